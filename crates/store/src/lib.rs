@@ -1,0 +1,34 @@
+//! Object-store client layer of s3vol.
+//!
+//! Everything above this crate talks to storage through [`ObjectStore`], so the
+//! filesystem core and the CSI driver can be tested against [`MemoryStore`] and run on a
+//! laptop against [`FileStore`] with no S3 at all.
+//!
+//! # Layout
+//! - `error`: [`StoreError`], the one typed error every backend maps into.
+//! - `types`: metadata, listing and upload value types shared by all backends.
+//! - `store`: the [`ObjectStore`] trait and its provided helpers.
+//! - `memory`: [`MemoryStore`], in-process, for tests.
+//! - `file`: [`FileStore`], a local directory (`file://`), the embedded default.
+//! - `s3`: [`S3Store`], aws-sdk-s3 against any S3-compatible endpoint.
+//! - `credentials`: [`CredentialSource`], static keys that can be rotated in place.
+//! - `location`: [`Location`], parsing `s3://bucket/prefix` and `file:///dir` URLs.
+
+mod credentials;
+mod error;
+mod file;
+mod listing;
+mod location;
+mod memory;
+mod s3;
+mod store;
+mod types;
+
+pub use credentials::{CredentialSource, StaticCredentials};
+pub use error::{ErrorKind, StoreError, StoreResult};
+pub use file::FileStore;
+pub use location::{normalize_prefix, Location, StoreKind};
+pub use memory::MemoryStore;
+pub use s3::{AddressingStyle, S3Config, S3Store};
+pub use store::{collect_body, BodyStream, GetResponse, ObjectStore};
+pub use types::{CompletedPart, ListPage, ListRequest, ListedObject, ObjectMeta, PutOptions};

@@ -1,0 +1,533 @@
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_credential_types::provider::{future, ProvideCredentials, SharedCredentialsProvider};
+use aws_credential_types::Credentials;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{IdentityCache, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    BucketLocationConstraint, CompletedMultipartUpload, CreateBucketConfiguration, Delete, MetadataDirective,
+    ObjectIdentifier, ServerSideEncryption, StorageClass,
+};
+use aws_sdk_s3::Client;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use bytes::Bytes;
+use parking_lot::RwLock;
+
+use crate::credentials::{CredentialSource, StaticCredentials};
+use crate::error::{ErrorKind, StoreError, StoreResult};
+use crate::store::{GetResponse, ObjectStore};
+use crate::types::{CompletedPart, ListPage, ListRequest, ListedObject, ObjectMeta, PutOptions};
+
+/// How bucket names go into request URLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AddressingStyle {
+    /// `https://endpoint/bucket/key`: MinIO, Ceph RGW, most self-hosted stores.
+    #[default]
+    Path,
+    /// `https://bucket.endpoint/key`: AWS, Alibaba OSS, Tencent COS.
+    Virtual,
+}
+
+impl std::str::FromStr for AddressingStyle {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "path" => Ok(AddressingStyle::Path),
+            "virtual" | "virtual-host" | "virtual-hosted" => Ok(AddressingStyle::Virtual),
+            other => Err(format!("addressing style {other:?} is not one of path, virtual")),
+        }
+    }
+}
+
+/// Where an S3-compatible store is and how to talk to it.
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    /// Endpoint URL (`http://127.0.0.1:9000`); `None` means AWS for `region`.
+    pub endpoint: Option<String>,
+    /// Signing region.
+    pub region: String,
+    /// Path- or virtual-host-style addressing.
+    pub addressing: AddressingStyle,
+    /// Where keys come from.
+    pub credentials: CredentialSource,
+    /// How long to wait for a TCP connection; an unreachable endpoint fails after this.
+    pub connect_timeout: Duration,
+    /// Budget for one request attempt (headers back), so nothing hangs forever.
+    pub attempt_timeout: Duration,
+    /// Attempts per request, for throttling and transient failures.
+    pub max_attempts: u32,
+}
+
+impl S3Config {
+    /// Sensible defaults for `endpoint` with the given credentials.
+    pub fn new(endpoint: Option<String>, region: impl Into<String>, credentials: CredentialSource) -> Self {
+        S3Config {
+            endpoint,
+            region: region.into(),
+            addressing: AddressingStyle::Path,
+            credentials,
+            connect_timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(120),
+            max_attempts: 3,
+        }
+    }
+}
+
+/// Credentials read at every signing, so a rotation takes effect on the next request.
+#[derive(Debug)]
+struct RotatingCredentials(Arc<RwLock<StaticCredentials>>);
+
+impl ProvideCredentials for RotatingCredentials {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        let c = self.0.read().clone();
+        future::ProvideCredentials::ready(Ok(Credentials::new(
+            c.access_key_id,
+            c.secret_access_key,
+            c.session_token,
+            None,
+            "s3vol",
+        )))
+    }
+}
+
+/// An S3-compatible store reached with aws-sdk-s3.
+pub struct S3Store {
+    client: Client,
+    describe: String,
+}
+
+impl S3Store {
+    /// Builds a client. Request checksums are sent only where the API requires them,
+    /// because many S3-compatible stores reject the newer default checksum headers.
+    pub async fn new(cfg: S3Config) -> StoreResult<Self> {
+        let mut b = aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(Region::new(cfg.region.clone()))
+            .force_path_style(cfg.addressing == AddressingStyle::Path)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .retry_config(RetryConfig::standard().with_max_attempts(cfg.max_attempts.max(1)))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(cfg.connect_timeout)
+                    .operation_attempt_timeout(cfg.attempt_timeout)
+                    .build(),
+            )
+            .sleep_impl(aws_smithy_async_sleep());
+        if let Some(ep) = &cfg.endpoint {
+            b = b.endpoint_url(ep);
+        }
+        b = match &cfg.credentials {
+            CredentialSource::Static(cell) => b
+                .credentials_provider(SharedCredentialsProvider::new(RotatingCredentials(cell.clone())))
+                .identity_cache(IdentityCache::no_cache()),
+            CredentialSource::DefaultChain => {
+                let chain = aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+                    .region(Region::new(cfg.region.clone()))
+                    .build()
+                    .await;
+                b.credentials_provider(SharedCredentialsProvider::new(chain))
+            }
+        };
+        let describe = format!("s3 {}", cfg.endpoint.as_deref().unwrap_or("(AWS default endpoint)"));
+        Ok(S3Store { client: Client::from_conf(b.build()), describe })
+    }
+}
+
+fn aws_smithy_async_sleep() -> aws_sdk_s3::config::SharedAsyncSleep {
+    aws_sdk_s3::config::SharedAsyncSleep::new(aws_smithy_async_tokio_sleep())
+}
+
+fn aws_smithy_async_tokio_sleep() -> aws_smithy_async::rt::sleep::TokioSleep {
+    aws_smithy_async::rt::sleep::TokioSleep::new()
+}
+
+/// Maps any SDK error once, keeping the store's code and naming what we did.
+fn map_err<E>(what: impl std::fmt::Display, e: SdkError<E, aws_smithy_runtime_api::http::Response>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match &e {
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            let code = se.err().code().map(str::to_string);
+            let msg = se.err().message().unwrap_or("").to_string();
+            classify(what, status, code, msg)
+        }
+        SdkError::ResponseError(re) => {
+            let status = re.raw().status().as_u16();
+            classify(what, status, None, format!("unparseable response: {}", DisplayErrorContext(&e)))
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => StoreError::new(
+            ErrorKind::Unavailable,
+            format!("{what}: endpoint unreachable or timed out: {}", DisplayErrorContext(&e)),
+        ),
+        _ => StoreError::new(ErrorKind::Other, format!("{what}: {}", DisplayErrorContext(&e))),
+    }
+}
+
+fn classify(what: impl std::fmt::Display, status: u16, code: Option<String>, msg: String) -> StoreError {
+    let kind = match (status, code.as_deref()) {
+        (_, Some("NoSuchBucket")) => ErrorKind::NoSuchBucket,
+        (_, Some("NoSuchKey" | "NoSuchUpload" | "NotFound")) | (404, _) => ErrorKind::NotFound,
+        (_, Some("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded")) | (429 | 503, _) => {
+            ErrorKind::Throttled
+        }
+        (_, Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken"))
+        | (401 | 403, _) => ErrorKind::AccessDenied,
+        (_, Some("BucketNotEmpty" | "BucketAlreadyExists" | "BucketAlreadyOwnedByYou")) | (409, _) => ErrorKind::Conflict,
+        (_, Some("NotImplemented")) | (501, _) => ErrorKind::NotImplemented,
+        (_, Some("InvalidBucketName" | "InvalidArgument" | "InvalidRange" | "InvalidRequest")) | (400 | 416, _) => {
+            ErrorKind::InvalidArgument
+        }
+        _ => ErrorKind::Other,
+    };
+    let detail = if msg.is_empty() { format!("HTTP {status}") } else { format!("HTTP {status}: {msg}") };
+    let code = code.or_else(|| match kind {
+        ErrorKind::NotFound => Some("NotFound".into()),
+        ErrorKind::AccessDenied => Some("AccessDenied".into()),
+        _ => None,
+    });
+    StoreError { kind, code, message: format!("{what}: {detail}") }
+}
+
+fn to_system_time(t: Option<&aws_smithy_types::DateTime>) -> SystemTime {
+    t.and_then(|d| SystemTime::try_from(*d).ok()).unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+fn unquote(etag: Option<&str>) -> String {
+    etag.unwrap_or("").trim_matches('"').to_string()
+}
+
+fn metadata_of(m: Option<&std::collections::HashMap<String, String>>) -> BTreeMap<String, String> {
+    m.map(|m| m.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect()).unwrap_or_default()
+}
+
+/// Total object size from `Content-Range: bytes a-b/TOTAL`.
+fn total_from_content_range(cr: Option<&str>) -> Option<u64> {
+    cr?.rsplit('/').next()?.parse().ok()
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    async fn head_object(&self, bucket: &str, key: &str) -> StoreResult<ObjectMeta> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| map_err(format_args!("HEAD {bucket}/{key}"), e))?;
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            last_modified: to_system_time(out.last_modified()),
+            etag: unquote(out.e_tag()),
+            metadata: metadata_of(out.metadata()),
+            content_type: out.content_type().map(str::to_string),
+        })
+    }
+
+    async fn get_object(&self, bucket: &str, key: &str, range: Option<Range<u64>>) -> StoreResult<GetResponse> {
+        let mut req = self.client.get_object().bucket(bucket).key(key);
+        if let Some(r) = &range {
+            if r.end <= r.start {
+                return Err(StoreError::new(ErrorKind::InvalidArgument, format!("GET {bucket}/{key}: empty range")));
+            }
+            req = req.range(format!("bytes={}-{}", r.start, r.end - 1));
+        }
+        let out = req.send().await.map_err(|e| map_err(format_args!("GET {bucket}/{key}"), e))?;
+        let len = out.content_length().unwrap_or(0).max(0) as u64;
+        let size = total_from_content_range(out.content_range()).unwrap_or(len);
+        let meta = ObjectMeta {
+            key: key.to_string(),
+            size,
+            last_modified: to_system_time(out.last_modified()),
+            etag: unquote(out.e_tag()),
+            metadata: metadata_of(out.metadata()),
+            content_type: out.content_type().map(str::to_string),
+        };
+        let what = format!("GET {bucket}/{key}");
+        let body = futures::stream::unfold((out.body, what), |(mut body, what)| async move {
+            match body.next().await {
+                None => None,
+                Some(Ok(b)) => Some((Ok(b), (body, what))),
+                Some(Err(e)) => {
+                    let err = StoreError::new(ErrorKind::Unavailable, format!("{what}: body interrupted: {}", DisplayErrorContext(&e)));
+                    Some((Err(err), (ByteStream::new(aws_smithy_types::body::SdkBody::empty()), what)))
+                }
+            }
+        });
+        Ok(GetResponse { meta, body: Box::pin(body) })
+    }
+
+    async fn put_object(&self, bucket: &str, key: &str, body: Bytes, opts: &PutOptions) -> StoreResult<()> {
+        let len = body.len() as i64;
+        let mut req = self.client.put_object().bucket(bucket).key(key).content_length(len).body(ByteStream::from(body));
+        req = req
+            .set_metadata(if opts.metadata.is_empty() { None } else { Some(opts.metadata.clone().into_iter().collect()) })
+            .set_content_type(opts.content_type.clone())
+            .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from))
+            .set_server_side_encryption(opts.sse.as_deref().map(ServerSideEncryption::from));
+        req.send().await.map_err(|e| map_err(format_args!("PUT {bucket}/{key}"), e))?;
+        Ok(())
+    }
+
+    async fn create_multipart(&self, bucket: &str, key: &str, opts: &PutOptions) -> StoreResult<String> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .set_metadata(if opts.metadata.is_empty() { None } else { Some(opts.metadata.clone().into_iter().collect()) })
+            .set_content_type(opts.content_type.clone())
+            .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from))
+            .set_server_side_encryption(opts.sse.as_deref().map(ServerSideEncryption::from))
+            .send()
+            .await
+            .map_err(|e| map_err(format_args!("CreateMultipartUpload {bucket}/{key}"), e))?;
+        out.upload_id().map(str::to_string).ok_or_else(|| {
+            StoreError::new(ErrorKind::Other, format!("CreateMultipartUpload {bucket}/{key}: the store returned no UploadId"))
+        })
+    }
+
+    async fn upload_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: Bytes,
+    ) -> StoreResult<CompletedPart> {
+        let len = body.len() as i64;
+        let out = self
+            .client
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(part_number)
+            .content_length(len)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| map_err(format_args!("UploadPart {bucket}/{key} #{part_number}"), e))?;
+        Ok(CompletedPart { part_number, etag: out.e_tag().unwrap_or("").to_string() })
+    }
+
+    async fn complete_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> StoreResult<()> {
+        let parts = parts
+            .into_iter()
+            .map(|p| aws_sdk_s3::types::CompletedPart::builder().part_number(p.part_number).e_tag(p.etag).build())
+            .collect();
+        self.client
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(|e| map_err(format_args!("CompleteMultipartUpload {bucket}/{key}"), e))?;
+        Ok(())
+    }
+
+    async fn abort_multipart(&self, bucket: &str, key: &str, upload_id: &str) -> StoreResult<()> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(|e| map_err(format_args!("AbortMultipartUpload {bucket}/{key}"), e))?;
+        Ok(())
+    }
+
+    async fn list(&self, bucket: &str, req: &ListRequest) -> StoreResult<ListPage> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(&req.prefix)
+            .set_delimiter(req.delimiter.clone())
+            .set_continuation_token(req.continuation.clone())
+            .set_start_after(req.start_after.clone())
+            .set_max_keys(req.max_keys.map(|m| m as i32))
+            .send()
+            .await
+            .map_err(|e| map_err(format_args!("LIST {bucket}/{}", req.prefix), e))?;
+        let objects: Vec<ListedObject> = out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                Some(ListedObject {
+                    key: o.key()?.to_string(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    last_modified: to_system_time(o.last_modified()),
+                    etag: unquote(o.e_tag()),
+                })
+            })
+            .collect();
+        let common_prefixes = out.common_prefixes().iter().filter_map(|p| p.prefix().map(str::to_string)).collect();
+        let truncated = out.is_truncated().unwrap_or(false);
+        let next = out.next_continuation_token().map(str::to_string);
+        if truncated && next.is_none() {
+            return Err(StoreError::new(
+                ErrorKind::Other,
+                format!("LIST {bucket}/{}: the store said the listing is truncated but sent no NextContinuationToken (ListObjectsV2 unsupported? try list_type=1)", req.prefix),
+            ));
+        }
+        Ok(ListPage { objects, common_prefixes, next_continuation: if truncated { next } else { None } })
+    }
+
+    async fn copy_object(
+        &self,
+        bucket: &str,
+        src_key: &str,
+        dst_key: &str,
+        replace: Option<&PutOptions>,
+    ) -> StoreResult<()> {
+        let source = format!("{bucket}/{}", urlencoding::encode(src_key).replace("%2F", "/"));
+        let mut req = self.client.copy_object().bucket(bucket).key(dst_key).copy_source(source);
+        if let Some(opts) = replace {
+            req = req
+                .metadata_directive(MetadataDirective::Replace)
+                .set_metadata(Some(opts.metadata.clone().into_iter().collect()))
+                .set_content_type(opts.content_type.clone());
+        }
+        req.send().await.map_err(|e| map_err(format_args!("COPY {bucket}/{src_key} -> {dst_key}"), e))?;
+        Ok(())
+    }
+
+    async fn delete_object(&self, bucket: &str, key: &str) -> StoreResult<()> {
+        self.client
+            .delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| map_err(format_args!("DELETE {bucket}/{key}"), e))?;
+        Ok(())
+    }
+
+    async fn delete_objects(&self, bucket: &str, keys: &[String]) -> StoreResult<Vec<(String, StoreError)>> {
+        let mut failed = Vec::new();
+        for chunk in keys.chunks(1000) {
+            let ids = chunk
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(k).build().expect("key is set"))
+                .collect::<Vec<_>>();
+            let delete = Delete::builder().set_objects(Some(ids)).quiet(true).build().expect("objects are set");
+            match self.client.delete_objects().bucket(bucket).delete(delete).send().await {
+                Ok(out) => {
+                    for e in out.errors() {
+                        let key = e.key().unwrap_or("").to_string();
+                        let err = classify(
+                            format_args!("DELETE {bucket}/{key}"),
+                            0,
+                            e.code().map(str::to_string),
+                            e.message().unwrap_or("").to_string(),
+                        );
+                        failed.push((key, err));
+                    }
+                }
+                Err(e) => {
+                    let err = map_err(format_args!("DeleteObjects {bucket}"), e);
+                    // Stores without multi-object delete: fall back to one request per key.
+                    if matches!(err.kind, ErrorKind::NotImplemented | ErrorKind::InvalidArgument) {
+                        tracing::warn!(store = %self.describe, error = %err, "multi-object delete unsupported by the store; deleting one by one");
+                        for k in chunk {
+                            if let Err(e) = self.delete_object(bucket, k).await {
+                                failed.push((k.clone(), e));
+                            }
+                        }
+                    } else {
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        Ok(failed)
+    }
+
+    async fn create_bucket(&self, bucket: &str) -> StoreResult<()> {
+        let mut req = self.client.create_bucket().bucket(bucket);
+        let region = self.client.config().region().map(|r| r.to_string()).unwrap_or_default();
+        if !region.is_empty() && region != "us-east-1" {
+            req = req.create_bucket_configuration(
+                CreateBucketConfiguration::builder().location_constraint(BucketLocationConstraint::from(region.as_str())).build(),
+            );
+        }
+        req.send().await.map_err(|e| map_err(format_args!("CreateBucket {bucket}"), e))?;
+        Ok(())
+    }
+
+    async fn head_bucket(&self, bucket: &str) -> StoreResult<()> {
+        match self.client.head_bucket().bucket(bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let err = map_err(format_args!("HEAD bucket {bucket}"), e);
+                // HEAD has no body, so a 404 carries no code: it can only be the bucket.
+                if err.kind == ErrorKind::NotFound {
+                    Err(StoreError::no_such_bucket(bucket))
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    async fn delete_bucket(&self, bucket: &str) -> StoreResult<()> {
+        self.client
+            .delete_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .map_err(|e| map_err(format_args!("DeleteBucket {bucket}"), e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_store_codes() {
+        assert_eq!(classify("x", 404, Some("NoSuchBucket".into()), String::new()).kind, ErrorKind::NoSuchBucket);
+        assert_eq!(classify("x", 404, None, String::new()).kind, ErrorKind::NotFound);
+        let denied = classify("x", 403, Some("InvalidAccessKeyId".into()), "bad key".into());
+        assert_eq!(denied.kind, ErrorKind::AccessDenied);
+        assert!(denied.to_string().contains("InvalidAccessKeyId"), "{denied}");
+        assert_eq!(classify("x", 503, Some("SlowDown".into()), String::new()).kind, ErrorKind::Throttled);
+        assert_eq!(classify("x", 409, Some("BucketNotEmpty".into()), String::new()).kind, ErrorKind::Conflict);
+    }
+
+    #[test]
+    fn parses_total_from_content_range() {
+        assert_eq!(total_from_content_range(Some("bytes 0-9/1234")), Some(1234));
+        assert_eq!(total_from_content_range(None), None);
+    }
+}

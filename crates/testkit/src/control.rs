@@ -1,0 +1,134 @@
+use std::collections::HashMap;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use s3s::auth::{S3Auth, SecretKey};
+use s3s::{S3Error, S3ErrorCode, S3Result};
+use std::sync::Arc;
+
+/// A failure to inject: the next `count` requests of `op` (or of any operation when
+/// `op` is `None`) fail with `code`.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    /// S3 operation name as s3s names it (`PutObject`, `GetObject`, `UploadPart`...).
+    pub op: Option<String>,
+    /// Error returned, e.g. `InternalError` (500) or `SlowDown` (503).
+    pub code: S3ErrorCode,
+    /// How many requests fail before the fault clears; `usize::MAX` = until cleared.
+    pub count: usize,
+}
+
+#[derive(Default)]
+struct State {
+    keys: HashMap<String, String>,
+    faults: Vec<Fault>,
+    counters: HashMap<String, u64>,
+    latency: Duration,
+    drop_connections: bool,
+}
+
+/// The test's handle on the server's behaviour; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Control {
+    state: Arc<Mutex<State>>,
+}
+
+impl Control {
+    /// Accepts `access_key` with `secret` from now on.
+    pub fn add_key(&self, access_key: &str, secret: &str) {
+        self.state.lock().keys.insert(access_key.into(), secret.into());
+    }
+
+    /// Refuses `access_key` from now on (InvalidAccessKeyId).
+    pub fn revoke_key(&self, access_key: &str) {
+        self.state.lock().keys.remove(access_key);
+    }
+
+    /// Adds a fault.
+    pub fn inject(&self, fault: Fault) {
+        self.state.lock().faults.push(fault);
+    }
+
+    /// Fails the next `count` requests of `op` with `code`.
+    pub fn fail_next(&self, op: &str, code: S3ErrorCode, count: usize) {
+        self.inject(Fault { op: Some(op.into()), code, count });
+    }
+
+    /// Removes every fault, latency and connection dropping.
+    pub fn clear_faults(&self) {
+        let mut st = self.state.lock();
+        st.faults.clear();
+        st.latency = Duration::ZERO;
+        st.drop_connections = false;
+    }
+
+    /// Delays every request by `d`.
+    pub fn set_latency(&self, d: Duration) {
+        self.state.lock().latency = d;
+    }
+
+    /// While true, new connections are closed without an answer (a store that is down).
+    pub fn set_drop_connections(&self, on: bool) {
+        self.state.lock().drop_connections = on;
+    }
+
+    /// Requests served for `op` so far (after auth, faults included).
+    pub fn count(&self, op: &str) -> u64 {
+        self.state.lock().counters.get(op).copied().unwrap_or(0)
+    }
+
+    /// Every operation's request count.
+    pub fn counts(&self) -> HashMap<String, u64> {
+        self.state.lock().counters.clone()
+    }
+
+    /// Zeroes the counters.
+    pub fn reset_counts(&self) {
+        self.state.lock().counters.clear();
+    }
+
+    pub(crate) fn dropping(&self) -> bool {
+        self.state.lock().drop_connections
+    }
+
+    pub(crate) fn latency(&self) -> Duration {
+        self.state.lock().latency
+    }
+
+    /// Counts a request of `op` and returns the injected error for it, if any.
+    pub(crate) fn enter(&self, op: &str) -> S3Result<()> {
+        let mut st = self.state.lock();
+        *st.counters.entry(op.to_string()).or_default() += 1;
+        let hit = st.faults.iter().position(|f| f.count > 0 && f.op.as_deref().is_none_or(|o| o == op));
+        if let Some(i) = hit {
+            let f = &mut st.faults[i];
+            if f.count != usize::MAX {
+                f.count -= 1;
+            }
+            let code = f.code.clone();
+            if st.faults[i].count == 0 {
+                st.faults.remove(i);
+            }
+            return Err(S3Error::with_message(code, format!("injected fault on {op}")));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl S3Auth for Control {
+    async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
+        match self.state.lock().keys.get(access_key) {
+            Some(s) => Ok(SecretKey::from(s.clone())),
+            None => {
+                // AWS answers 403 here; s3s's default for this code is 400.
+                let mut e = S3Error::with_message(
+                    S3ErrorCode::InvalidAccessKeyId,
+                    "The AWS Access Key Id you provided does not exist in our records.",
+                );
+                e.set_status_code(http::StatusCode::FORBIDDEN);
+                Err(e)
+            }
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! An S3 server for tests: a real HTTP endpoint on 127.0.0.1 (s3s does the protocol,
+//! SigV4 and XML), with an in-memory backend written here that behaves like AWS S3.
+//!
+//! Tests get the production S3 client talking over real sockets, plus knobs no real
+//! store offers: access keys added and revoked at run time, injected failures
+//! (500, 503 SlowDown, latency, dropped connections) and per-operation request counters.
+//!
+//! # Layout
+//! - `backend`: [`Backend`], the S3 semantics (objects, `dir/` markers, ranges, paging, multipart).
+//! - `control`: [`Control`], keys, faults and counters shared by the server and the test.
+//! - `server`: [`TestS3`], the listener and connection loop.
+
+mod backend;
+mod control;
+mod server;
+
+pub use backend::Backend;
+pub use control::{Control, Fault};
+pub use server::TestS3;
+
+/// Access key every [`TestS3`] accepts from the start.
+pub const ACCESS_KEY: &str = "testkey";
+/// Secret of [`ACCESS_KEY`].
+pub const SECRET_KEY: &str = "testsecret";
