@@ -45,8 +45,10 @@ async fn check(s: &dyn ObjectStore, bucket: &str, flat_only: bool) {
     s.head_bucket(bucket).await.unwrap();
     let e = s.head_bucket("s3vol-missing-bucket").await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::NoSuchBucket, "{e}");
-    let e = s.create_bucket(bucket).await.unwrap_err();
-    assert_eq!(e.kind, ErrorKind::Conflict, "{e}");
+    // Re-creating one's own bucket: Conflict, or success as AWS us-east-1 (and moto) answer.
+    if let Err(e) = s.create_bucket(bucket).await {
+        assert_eq!(e.kind, ErrorKind::Conflict, "{e}");
+    }
 
     // Objects with metadata, heads, ranges.
     let mut opts = PutOptions::default();
