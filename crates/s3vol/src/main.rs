@@ -1,1 +1,28 @@
-fn main() {}
+//! `s3vol`: the one binary. Subcommands: `csi` (the driver), `mount` (a standalone
+//! FUSE mount of a bucket or a local directory), `version`.
+
+mod cli;
+mod csi_cmd;
+mod logging;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    logging::init(&cli.log_format, cli.command.debug());
+    let result = match cli.command {
+        cli::Command::Csi(args) => csi_cmd::run(args),
+        cli::Command::Version => {
+            println!("{}", cli::version_text());
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One clear line for the user; details are in the log above it.
+            eprintln!("s3vol: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -78,7 +78,9 @@ impl StoreError {
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.code {
-            Some(code) if !self.message.contains(code.as_str()) => write!(f, "{} ({code})", self.message),
+            Some(code) if !self.message.contains(code.as_str()) => {
+                write!(f, "{} ({code})", self.message)
+            }
             _ => f.write_str(&self.message),
         }
     }

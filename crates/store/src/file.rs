@@ -42,7 +42,11 @@ impl FileStore {
             return Ok(self.root.clone());
         }
         if bucket.contains('/') || bucket == "." || bucket == ".." || bucket == RESERVED {
-            return Err(StoreError::with_code(ErrorKind::InvalidArgument, "InvalidBucketName", format!("invalid bucket name {bucket:?}")));
+            return Err(StoreError::with_code(
+                ErrorKind::InvalidArgument,
+                "InvalidBucketName",
+                format!("invalid bucket name {bucket:?}"),
+            ));
         }
         Ok(self.root.join(bucket))
     }
@@ -63,7 +67,11 @@ impl FileStore {
             || rel.components().any(|c| !matches!(c, Component::Normal(_)))
             || rel.components().next().is_some_and(|c| c.as_os_str() == RESERVED);
         if bad {
-            return Err(StoreError::with_code(ErrorKind::InvalidArgument, "InvalidKey", format!("key {key:?} cannot be stored in a local directory")));
+            return Err(StoreError::with_code(
+                ErrorKind::InvalidArgument,
+                "InvalidKey",
+                format!("key {key:?} cannot be stored in a local directory"),
+            ));
         }
         Ok(dir.join(rel))
     }
@@ -183,7 +191,9 @@ fn encode_meta(opts: &PutOptions) -> String {
 fn decode_meta(s: &str) -> PutOptions {
     let mut opts = PutOptions::default();
     for line in s.lines() {
-        let Some((k, v)) = line.split_once('=') else { continue };
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
         let v = urlencoding::decode(v).map(|c| c.into_owned()).unwrap_or_default();
         if k == "content-type" {
             opts.content_type = Some(v);
@@ -314,9 +324,14 @@ impl ObjectStore for FileStore {
         {
             let mut out = tokio::fs::File::create(&assembled).await?;
             for p in &parts {
-                let mut part = tokio::fs::File::open(up.join(format!("part-{}", p.part_number))).await.map_err(|_| {
-                    StoreError::with_code(ErrorKind::InvalidArgument, "InvalidPart", format!("part {} was not uploaded", p.part_number))
-                })?;
+                let mut part =
+                    tokio::fs::File::open(up.join(format!("part-{}", p.part_number))).await.map_err(|_| {
+                        StoreError::with_code(
+                            ErrorKind::InvalidArgument,
+                            "InvalidPart",
+                            format!("part {} was not uploaded", p.part_number),
+                        )
+                    })?;
                 tokio::io::copy(&mut part, &mut out).await?;
             }
             out.sync_all().await?;
@@ -371,7 +386,11 @@ impl ObjectStore for FileStore {
             Some(o) => o.clone(),
             None => Self::read_meta(&dir, src_key).await,
         };
-        let data = if src_key.ends_with('/') { Vec::new() } else { tokio::fs::read(Self::object_path(&dir, src_key)?).await? };
+        let data = if src_key.ends_with('/') {
+            Vec::new()
+        } else {
+            tokio::fs::read(Self::object_path(&dir, src_key)?).await?
+        };
         self.write_object(bucket, dst_key, &data, &opts).await
     }
 
@@ -426,7 +445,11 @@ impl ObjectStore for FileStore {
         let mut rd = tokio::fs::read_dir(&dir).await?;
         while let Some(e) = rd.next_entry().await? {
             if e.file_name() != RESERVED {
-                return Err(StoreError::with_code(ErrorKind::Conflict, "BucketNotEmpty", format!("bucket {bucket:?} is not empty")));
+                return Err(StoreError::with_code(
+                    ErrorKind::Conflict,
+                    "BucketNotEmpty",
+                    format!("bucket {bucket:?} is not empty"),
+                ));
             }
         }
         tokio::fs::remove_dir_all(&dir).await?;
@@ -437,8 +460,11 @@ impl ObjectStore for FileStore {
 async fn upload_dir(dir: &Path, upload_id: &str) -> StoreResult<PathBuf> {
     let up = dir.join(RESERVED).join("uploads").join(upload_id);
     if upload_id.contains('/') || !tokio::fs::try_exists(&up).await.unwrap_or(false) {
-        return Err(StoreError::with_code(ErrorKind::NotFound, "NoSuchUpload", format!("multipart upload {upload_id} does not exist")));
+        return Err(StoreError::with_code(
+            ErrorKind::NotFound,
+            "NoSuchUpload",
+            format!("multipart upload {upload_id} does not exist"),
+        ));
     }
     Ok(up)
 }
-

@@ -27,9 +27,10 @@ pub(crate) fn page<'a>(entries: impl IntoIterator<Item = &'a ListedObject>, req:
                 continue;
             }
         }
-        let group = req.delimiter.as_deref().filter(|d| !d.is_empty()).and_then(|d| {
-            key[req.prefix.len()..].find(d).map(|i| key[..req.prefix.len() + i + d.len()].to_string())
-        });
+        let group =
+            req.delimiter.as_deref().filter(|d| !d.is_empty()).and_then(|d| {
+                key[req.prefix.len()..].find(d).map(|i| key[..req.prefix.len() + i + d.len()].to_string())
+            });
         // Keys inside a common prefix already emitted (on this page or, through the
         // continuation token, on an earlier one) are folded into it.
         if let Some(g) = &group {
@@ -64,7 +65,12 @@ mod tests {
     fn objs(keys: &[&str]) -> Vec<ListedObject> {
         let mut v: Vec<_> = keys
             .iter()
-            .map(|k| ListedObject { key: k.to_string(), size: 1, last_modified: SystemTime::UNIX_EPOCH, etag: String::new() })
+            .map(|k| ListedObject {
+                key: k.to_string(),
+                size: 1,
+                last_modified: SystemTime::UNIX_EPOCH,
+                etag: String::new(),
+            })
             .collect();
         v.sort_by(|a, b| a.key.cmp(&b.key));
         v

@@ -25,7 +25,10 @@ impl Location {
     /// Parses `s3://bucket[/prefix]` or `file:///abs/dir`.
     pub fn parse(url: &str) -> StoreResult<Self> {
         let invalid = |why: &str| {
-            StoreError::new(ErrorKind::InvalidArgument, format!("invalid location {url:?}: {why} (use s3://BUCKET[/PREFIX] or file:///DIR)"))
+            StoreError::new(
+                ErrorKind::InvalidArgument,
+                format!("invalid location {url:?}: {why} (use s3://BUCKET[/PREFIX] or file:///DIR)"),
+            )
         };
         if let Some(path) = url.strip_prefix("file://") {
             if !path.starts_with('/') {

@@ -170,7 +170,11 @@ impl ObjectStore for MemoryStore {
         let mut data = BytesMut::new();
         for p in &parts {
             let body = up.parts.get(&p.part_number).ok_or_else(|| {
-                StoreError::with_code(ErrorKind::InvalidArgument, "InvalidPart", format!("part {} was not uploaded", p.part_number))
+                StoreError::with_code(
+                    ErrorKind::InvalidArgument,
+                    "InvalidPart",
+                    format!("part {} was not uploaded", p.part_number),
+                )
             })?;
             data.extend_from_slice(body);
         }

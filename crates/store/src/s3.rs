@@ -187,9 +187,14 @@ fn classify(what: impl std::fmt::Display, status: u16, code: Option<String>, msg
         (_, Some("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded")) | (429 | 503, _) => {
             ErrorKind::Throttled
         }
-        (_, Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken"))
+        (
+            _,
+            Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken"),
+        )
         | (401 | 403, _) => ErrorKind::AccessDenied,
-        (_, Some("BucketNotEmpty" | "BucketAlreadyExists" | "BucketAlreadyOwnedByYou")) | (409, _) => ErrorKind::Conflict,
+        (_, Some("BucketNotEmpty" | "BucketAlreadyExists" | "BucketAlreadyOwnedByYou")) | (409, _) => {
+            ErrorKind::Conflict
+        }
         (_, Some("NotImplemented")) | (501, _) => ErrorKind::NotImplemented,
         (_, Some("InvalidBucketName" | "InvalidArgument" | "InvalidRange" | "InvalidRequest")) | (400 | 416, _) => {
             ErrorKind::InvalidArgument
@@ -272,7 +277,10 @@ impl ObjectStore for S3Store {
                 None => None,
                 Some(Ok(b)) => Some((Ok(b), (body, what))),
                 Some(Err(e)) => {
-                    let err = StoreError::new(ErrorKind::Unavailable, format!("{what}: body interrupted: {}", DisplayErrorContext(&e)));
+                    let err = StoreError::new(
+                        ErrorKind::Unavailable,
+                        format!("{what}: body interrupted: {}", DisplayErrorContext(&e)),
+                    );
                     Some((Err(err), (ByteStream::new(aws_smithy_types::body::SdkBody::empty()), what)))
                 }
             }
@@ -284,7 +292,11 @@ impl ObjectStore for S3Store {
         let len = body.len() as i64;
         let mut req = self.client.put_object().bucket(bucket).key(key).content_length(len).body(ByteStream::from(body));
         req = req
-            .set_metadata(if opts.metadata.is_empty() { None } else { Some(opts.metadata.clone().into_iter().collect()) })
+            .set_metadata(if opts.metadata.is_empty() {
+                None
+            } else {
+                Some(opts.metadata.clone().into_iter().collect())
+            })
             .set_content_type(opts.content_type.clone())
             .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from))
             .set_server_side_encryption(opts.sse.as_deref().map(ServerSideEncryption::from));
@@ -298,7 +310,11 @@ impl ObjectStore for S3Store {
             .create_multipart_upload()
             .bucket(bucket)
             .key(key)
-            .set_metadata(if opts.metadata.is_empty() { None } else { Some(opts.metadata.clone().into_iter().collect()) })
+            .set_metadata(if opts.metadata.is_empty() {
+                None
+            } else {
+                Some(opts.metadata.clone().into_iter().collect())
+            })
             .set_content_type(opts.content_type.clone())
             .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from))
             .set_server_side_encryption(opts.sse.as_deref().map(ServerSideEncryption::from))
@@ -306,7 +322,10 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| map_err(format_args!("CreateMultipartUpload {bucket}/{key}"), e))?;
         out.upload_id().map(str::to_string).ok_or_else(|| {
-            StoreError::new(ErrorKind::Other, format!("CreateMultipartUpload {bucket}/{key}: the store returned no UploadId"))
+            StoreError::new(
+                ErrorKind::Other,
+                format!("CreateMultipartUpload {bucket}/{key}: the store returned no UploadId"),
+            )
         })
     }
 
@@ -356,7 +375,8 @@ impl ObjectStore for S3Store {
             .send()
             .await;
         let Err(e) = res else { return Ok(()) };
-        let answered_ok = matches!(&e, SdkError::ServiceError(se) if se.raw().status().as_u16() == 200 && se.err().code().is_none());
+        let answered_ok =
+            matches!(&e, SdkError::ServiceError(se) if se.raw().status().as_u16() == 200 && se.err().code().is_none());
         let err = map_err(format_args!("CompleteMultipartUpload {bucket}/{key}"), e);
         if answered_ok {
             // Some stores (moto) answer 200 with a differently named XML root. The upload
@@ -495,7 +515,9 @@ impl ObjectStore for S3Store {
         let region = self.client.config().region().map(|r| r.to_string()).unwrap_or_default();
         if !region.is_empty() && region != "us-east-1" {
             req = req.create_bucket_configuration(
-                CreateBucketConfiguration::builder().location_constraint(BucketLocationConstraint::from(region.as_str())).build(),
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(region.as_str()))
+                    .build(),
             );
         }
         req.send().await.map_err(|e| map_err(format_args!("CreateBucket {bucket}"), e))?;

@@ -12,7 +12,11 @@ use s3vol_store::{
 use s3vol_testkit::TestS3;
 
 fn creds(ak: &str, sk: &str) -> CredentialSource {
-    CredentialSource::fixed(StaticCredentials { access_key_id: ak.into(), secret_access_key: sk.into(), session_token: None })
+    CredentialSource::fixed(StaticCredentials {
+        access_key_id: ak.into(),
+        secret_access_key: sk.into(),
+        session_token: None,
+    })
 }
 
 async fn s3_store(endpoint: &str, ak: &str, sk: &str) -> S3Store {
@@ -65,7 +69,7 @@ async fn check(s: &dyn ObjectStore, bucket: &str, flat_only: bool) {
     assert_eq!(g.meta.size, 11, "a ranged GET reports the whole object size");
     assert_eq!(s.head_object(bucket, "nope").await.unwrap_err().kind, ErrorKind::NotFound);
     assert_eq!(s.get_object(bucket, "nope", None).await.err().unwrap().kind, ErrorKind::NotFound);
-    assert_eq!(s.head_object("s3vol-missing-bucket", "x").await.unwrap_err().kind.is_retryable(), false);
+    assert!(!s.head_object("s3vol-missing-bucket", "x").await.unwrap_err().kind.is_retryable());
 
     // Markers and listings, paged with a delimiter.
     s.put_object(bucket, "empty/", Bytes::new(), &PutOptions::default()).await.unwrap();
@@ -113,11 +117,17 @@ async fn check(s: &dyn ObjectStore, bucket: &str, flat_only: bool) {
 
     // Copy, keeping or replacing metadata.
     s.copy_object(bucket, "dir/a.txt", "copy/kept", None).await.unwrap();
-    assert_eq!(s.head_object(bucket, "copy/kept").await.unwrap().metadata.get("mode").map(String::as_str), Some("33188"));
+    assert_eq!(
+        s.head_object(bucket, "copy/kept").await.unwrap().metadata.get("mode").map(String::as_str),
+        Some("33188")
+    );
     let mut newer = PutOptions::default();
     newer.metadata.insert("mode".into(), "33261".into());
     s.copy_object(bucket, "dir/a.txt", "copy/replaced", Some(&newer)).await.unwrap();
-    assert_eq!(s.head_object(bucket, "copy/replaced").await.unwrap().metadata.get("mode").map(String::as_str), Some("33261"));
+    assert_eq!(
+        s.head_object(bucket, "copy/replaced").await.unwrap().metadata.get("mode").map(String::as_str),
+        Some("33261")
+    );
     assert_eq!(get_all(s, bucket, "copy/replaced", None).await, &b"hello world"[..]);
 
     // Deletes: a bucket with objects cannot go; delete-many empties it.
@@ -155,7 +165,10 @@ async fn s3_store_against_test_server() {
 #[tokio::test]
 async fn s3_store_against_moto() {
     let Ok(endpoint) = std::env::var("S3VOL_MOTO_ENDPOINT") else {
-        assert!(std::env::var("CI").is_err(), "CI must set S3VOL_MOTO_ENDPOINT (moto_server) for the second S3 implementation");
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must set S3VOL_MOTO_ENDPOINT (moto_server) for the second S3 implementation"
+        );
         eprintln!("S3VOL_MOTO_ENDPOINT unset: moto scenarios not run (outside CI)");
         return;
     };
@@ -210,7 +223,11 @@ async fn rotated_credentials_apply_to_the_next_request() {
     s.head_bucket("bkt").await.unwrap();
     srv.control.revoke_key(s3vol_testkit::ACCESS_KEY);
     assert_eq!(s.head_bucket("bkt").await.unwrap_err().kind, ErrorKind::AccessDenied);
-    assert!(source.rotate(StaticCredentials { access_key_id: "keyB".into(), secret_access_key: "secretB".into(), session_token: None }));
+    assert!(source.rotate(StaticCredentials {
+        access_key_id: "keyB".into(),
+        secret_access_key: "secretB".into(),
+        session_token: None
+    }));
     s.head_bucket("bkt").await.unwrap();
 }
 

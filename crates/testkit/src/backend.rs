@@ -156,7 +156,15 @@ impl Backend {
         self.control.enter(op)
     }
 
-    fn store(&self, bucket: &str, key: &str, data: Bytes, metadata: HashMap<String, String>, content_type: Option<String>, etag: String) -> S3Result<String> {
+    fn store(
+        &self,
+        bucket: &str,
+        key: &str,
+        data: Bytes,
+        metadata: HashMap<String, String>,
+        content_type: Option<String>,
+        etag: String,
+    ) -> S3Result<String> {
         let mut d = self.data.lock();
         let b = d.buckets.get_mut(bucket).ok_or_else(|| no_bucket(bucket))?;
         b.insert(key.into(), Obj { data, etag: etag.clone(), metadata, content_type, modified: SystemTime::now() });
@@ -177,7 +185,10 @@ impl S3 for Backend {
         let mut d = self.data.lock();
         let name = req.input.bucket;
         if d.buckets.contains_key(&name) {
-            return Err(S3Error::with_message(S3ErrorCode::BucketAlreadyOwnedByYou, format!("bucket {name} already exists")));
+            return Err(S3Error::with_message(
+                S3ErrorCode::BucketAlreadyOwnedByYou,
+                format!("bucket {name} already exists"),
+            ));
         }
         d.buckets.insert(name, BTreeMap::new());
         ok(CreateBucketOutput::default())
@@ -198,7 +209,10 @@ impl S3 for Backend {
         match d.buckets.get(&name) {
             None => return Err(no_bucket(&name)),
             Some(b) if !b.is_empty() => {
-                return Err(S3Error::with_message(S3ErrorCode::BucketNotEmpty, "The bucket you tried to delete is not empty"))
+                return Err(S3Error::with_message(
+                    S3ErrorCode::BucketNotEmpty,
+                    "The bucket you tried to delete is not empty",
+                ))
             }
             Some(_) => {}
         }
@@ -218,7 +232,14 @@ impl S3 for Backend {
         let i = req.input;
         let data = read_body(i.body).await?;
         let etag = md5_hex(&data);
-        self.store(&i.bucket, &i.key, data, i.metadata.unwrap_or_default(), i.content_type.map(|c| c.to_string()), etag.clone())?;
+        self.store(
+            &i.bucket,
+            &i.key,
+            data,
+            i.metadata.unwrap_or_default(),
+            i.content_type.map(|c| c.to_string()),
+            etag.clone(),
+        )?;
         ok(PutObjectOutput { e_tag: Some(ETag::Strong(etag)), ..Default::default() })
     }
 
@@ -335,10 +356,14 @@ impl S3 for Backend {
                 }
                 continue;
             }
-            if resume.as_deref().is_some_and(|r| key.as_str() <= r || (r.ends_with(delimiter.as_deref().unwrap_or("\0")) && key.starts_with(r))) {
+            if resume.as_deref().is_some_and(|r| {
+                key.as_str() <= r || (r.ends_with(delimiter.as_deref().unwrap_or("\0")) && key.starts_with(r))
+            }) {
                 continue;
             }
-            let rolled = delimiter.as_deref().and_then(|dl| key[prefix.len()..].find(dl).map(|p| key[..prefix.len() + p + dl.len()].to_string()));
+            let rolled = delimiter
+                .as_deref()
+                .and_then(|dl| key[prefix.len()..].find(dl).map(|p| key[..prefix.len() + p + dl.len()].to_string()));
             if let Some(cp) = &rolled {
                 if prefixes.last() == Some(cp) {
                     continue;
@@ -382,7 +407,10 @@ impl S3 for Backend {
         })
     }
 
-    async fn create_multipart_upload(&self, req: S3Request<CreateMultipartUploadInput>) -> R<CreateMultipartUploadOutput> {
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> R<CreateMultipartUploadOutput> {
         self.enter("CreateMultipartUpload").await?;
         let i = req.input;
         if !self.data.lock().buckets.contains_key(&i.bucket) {
@@ -399,7 +427,12 @@ impl S3 for Backend {
                 parts: BTreeMap::new(),
             },
         );
-        ok(CreateMultipartUploadOutput { bucket: Some(i.bucket), key: Some(i.key), upload_id: Some(id), ..Default::default() })
+        ok(CreateMultipartUploadOutput {
+            bucket: Some(i.bucket),
+            key: Some(i.key),
+            upload_id: Some(id),
+            ..Default::default()
+        })
     }
 
     async fn upload_part(&self, req: S3Request<UploadPartInput>) -> R<UploadPartOutput> {
@@ -413,7 +446,10 @@ impl S3 for Backend {
         ok(UploadPartOutput { e_tag: Some(ETag::Strong(etag)), ..Default::default() })
     }
 
-    async fn complete_multipart_upload(&self, req: S3Request<CompleteMultipartUploadInput>) -> R<CompleteMultipartUploadOutput> {
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> R<CompleteMultipartUploadOutput> {
         self.enter("CompleteMultipartUpload").await?;
         let i = req.input;
         let up = self.data.lock().uploads.remove(&i.upload_id).ok_or_else(|| no_upload(&i.upload_id))?;
@@ -426,7 +462,9 @@ impl S3 for Backend {
         let mut prev = 0;
         for (n, p) in wanted.iter().enumerate() {
             let num = p.part_number.unwrap_or(0);
-            let (bytes, etag) = up.parts.get(&num).ok_or_else(|| S3Error::with_message(S3ErrorCode::InvalidPart, format!("part {num} was not uploaded")))?;
+            let (bytes, etag) = up.parts.get(&num).ok_or_else(|| {
+                S3Error::with_message(S3ErrorCode::InvalidPart, format!("part {num} was not uploaded"))
+            })?;
             if num <= prev {
                 return Err(S3Error::with_message(S3ErrorCode::InvalidPartOrder, "parts must be in ascending order"));
             }
@@ -434,7 +472,10 @@ impl S3 for Backend {
                 return Err(S3Error::with_message(S3ErrorCode::InvalidPart, format!("part {num}: ETag mismatch")));
             }
             if n + 1 < wanted.len() && bytes.len() < 5 * 1024 * 1024 {
-                return Err(S3Error::with_message(S3ErrorCode::EntityTooSmall, format!("part {num} is smaller than 5 MiB and not the last")));
+                return Err(S3Error::with_message(
+                    S3ErrorCode::EntityTooSmall,
+                    format!("part {num} is smaller than 5 MiB and not the last"),
+                ));
             }
             prev = num;
             md5s.extend_from_slice(&hex::decode(etag).unwrap_or_default());
@@ -442,7 +483,12 @@ impl S3 for Backend {
         }
         let etag = format!("{}-{}", md5_hex(&md5s), wanted.len());
         self.store(&i.bucket, &i.key, data.freeze(), up.metadata, up.content_type, etag.clone())?;
-        ok(CompleteMultipartUploadOutput { bucket: Some(i.bucket), key: Some(i.key), e_tag: Some(ETag::Strong(etag)), ..Default::default() })
+        ok(CompleteMultipartUploadOutput {
+            bucket: Some(i.bucket),
+            key: Some(i.key),
+            e_tag: Some(ETag::Strong(etag)),
+            ..Default::default()
+        })
     }
 
     async fn abort_multipart_upload(&self, req: S3Request<AbortMultipartUploadInput>) -> R<AbortMultipartUploadOutput> {

@@ -33,7 +33,9 @@ impl TestS3 {
         let ctl = control.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 if ctl.dropping() {
                     drop(stream);
                     continue;

@@ -1,0 +1,25 @@
+# Developer targets. `make test` is the test command of README.md and of CI.
+.PHONY: all build release fmt fmt-check clippy test check
+
+all: build
+
+build:
+	cargo build --workspace
+
+release:
+	cargo build --release -p s3vol
+
+fmt:
+	cargo fmt --all
+
+fmt-check:
+	cargo fmt --all -- --check
+
+clippy:
+	cargo clippy --workspace --all-targets -- -D warnings
+
+# Every test, with moto started as the second S3 implementation.
+test:
+	scripts/with-moto.sh cargo test --workspace
+
+check: fmt-check clippy test

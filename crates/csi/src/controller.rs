@@ -1,0 +1,170 @@
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::error::CsiError;
+use crate::inflight::InFlight;
+use crate::pb::controller_server::Controller;
+use crate::pb::{
+    self, controller_service_capability, validate_volume_capabilities_response, volume_capability,
+    ControllerServiceCapability, VolumeCapability,
+};
+use crate::provision::{CapacityRequest, Provisioner};
+
+/// The Controller service: provisioning against the object store.
+pub struct ControllerService {
+    provisioner: Arc<Provisioner>,
+    inflight: InFlight,
+}
+
+impl ControllerService {
+    /// A controller that provisions through `provisioner`.
+    pub fn new(provisioner: Arc<Provisioner>) -> Self {
+        ControllerService { provisioner, inflight: InFlight::default() }
+    }
+}
+
+/// Why a capability cannot be served, or `None` when it can. Every access mode works
+/// on object storage (it is shared by nature); only block volumes do not.
+pub fn unsupported_capability(cap: &VolumeCapability) -> Option<String> {
+    use volume_capability::access_mode::Mode;
+    match &cap.access_type {
+        Some(volume_capability::AccessType::Block(_)) => {
+            return Some("block volumes are not supported; use a mount volume".into())
+        }
+        None => return Some("volume_capability.access_type is required (mount)".into()),
+        Some(volume_capability::AccessType::Mount(m)) => {
+            if let Err(e) = s3vol_fs::MountOptions::parse(&m.mount_flags) {
+                return Some(format!("mount flags: {e}"));
+            }
+        }
+    }
+    match cap.access_mode.as_ref().map(|m| Mode::try_from(m.mode)) {
+        None => Some("volume_capability.access_mode is required".into()),
+        Some(Ok(Mode::Unknown)) | Some(Err(_)) => Some("volume_capability.access_mode is unknown".into()),
+        Some(Ok(_)) => None,
+    }
+}
+
+fn check_capabilities(caps: &[VolumeCapability]) -> Result<(), CsiError> {
+    if caps.is_empty() {
+        return Err(CsiError::invalid("volume_capabilities is required"));
+    }
+    for c in caps {
+        if let Some(why) = unsupported_capability(c) {
+            return Err(CsiError::invalid(why));
+        }
+    }
+    Ok(())
+}
+
+fn capacity(range: Option<&pb::CapacityRange>) -> CapacityRequest {
+    range.map(|r| CapacityRequest { required: r.required_bytes, limit: r.limit_bytes }).unwrap_or_default()
+}
+
+fn rpc_cap(t: controller_service_capability::rpc::Type) -> ControllerServiceCapability {
+    ControllerServiceCapability {
+        r#type: Some(controller_service_capability::Type::Rpc(controller_service_capability::Rpc { r#type: t as i32 })),
+    }
+}
+
+#[tonic::async_trait]
+impl Controller for ControllerService {
+    async fn create_volume(
+        &self,
+        req: Request<pb::CreateVolumeRequest>,
+    ) -> Result<Response<pb::CreateVolumeResponse>, Status> {
+        let r = req.into_inner();
+        if r.name.is_empty() {
+            return Err(CsiError::invalid("name is required").into());
+        }
+        check_capabilities(&r.volume_capabilities)?;
+        if r.volume_content_source.is_some() {
+            return Err(CsiError::invalid("volume_content_source: cloning and snapshots are not supported yet").into());
+        }
+        let _guard = self.inflight.claim(&r.name)?;
+        let v =
+            self.provisioner.create(&r.name, capacity(r.capacity_range.as_ref()), &r.parameters, &r.secrets).await?;
+        Ok(Response::new(pb::CreateVolumeResponse {
+            volume: Some(pb::Volume {
+                capacity_bytes: v.capacity,
+                volume_id: v.id,
+                volume_context: v.context,
+                content_source: None,
+                accessible_topology: Vec::new(),
+            }),
+        }))
+    }
+
+    async fn delete_volume(
+        &self,
+        req: Request<pb::DeleteVolumeRequest>,
+    ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
+        let r = req.into_inner();
+        if r.volume_id.is_empty() {
+            return Err(CsiError::invalid("volume_id is required").into());
+        }
+        let _guard = self.inflight.claim(&r.volume_id)?;
+        self.provisioner.delete(&r.volume_id, &r.secrets).await?;
+        Ok(Response::new(pb::DeleteVolumeResponse {}))
+    }
+
+    async fn validate_volume_capabilities(
+        &self,
+        req: Request<pb::ValidateVolumeCapabilitiesRequest>,
+    ) -> Result<Response<pb::ValidateVolumeCapabilitiesResponse>, Status> {
+        let r = req.into_inner();
+        if r.volume_id.is_empty() {
+            return Err(CsiError::invalid("volume_id is required").into());
+        }
+        if r.volume_capabilities.is_empty() {
+            return Err(CsiError::invalid("volume_capabilities is required").into());
+        }
+        self.provisioner.lookup(&r.volume_id, &r.secrets).await?;
+        let problems: Vec<String> = r.volume_capabilities.iter().filter_map(unsupported_capability).collect();
+        let resp = if problems.is_empty() {
+            pb::ValidateVolumeCapabilitiesResponse {
+                confirmed: Some(validate_volume_capabilities_response::Confirmed {
+                    volume_context: r.volume_context,
+                    volume_capabilities: r.volume_capabilities,
+                    parameters: r.parameters,
+                    mutable_parameters: r.mutable_parameters,
+                }),
+                message: String::new(),
+            }
+        } else {
+            pb::ValidateVolumeCapabilitiesResponse { confirmed: None, message: problems.join("; ") }
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn controller_get_capabilities(
+        &self,
+        _req: Request<pb::ControllerGetCapabilitiesRequest>,
+    ) -> Result<Response<pb::ControllerGetCapabilitiesResponse>, Status> {
+        use controller_service_capability::rpc::Type;
+        Ok(Response::new(pb::ControllerGetCapabilitiesResponse {
+            capabilities: vec![
+                rpc_cap(Type::CreateDeleteVolume),
+                rpc_cap(Type::ExpandVolume),
+                rpc_cap(Type::SingleNodeMultiWriter),
+            ],
+        }))
+    }
+
+    async fn controller_expand_volume(
+        &self,
+        req: Request<pb::ControllerExpandVolumeRequest>,
+    ) -> Result<Response<pb::ControllerExpandVolumeResponse>, Status> {
+        let r = req.into_inner();
+        if r.volume_id.is_empty() {
+            return Err(CsiError::invalid("volume_id is required").into());
+        }
+        let Some(range) = r.capacity_range.as_ref() else {
+            return Err(CsiError::invalid("capacity_range is required").into());
+        };
+        let _guard = self.inflight.claim(&r.volume_id)?;
+        let cap = self.provisioner.expand(&r.volume_id, capacity(Some(range)), &r.secrets).await?;
+        Ok(Response::new(pb::ControllerExpandVolumeResponse { capacity_bytes: cap, node_expansion_required: false }))
+    }
+}

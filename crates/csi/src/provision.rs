@@ -1,0 +1,391 @@
+//! Creating, deleting, expanding and finding dynamic volumes against an object store.
+//!
+//! Ownership is recorded in a small marker object inside the volume
+//! (`<prefix>.s3vol-volume.json`). DeleteVolume removes only what carries a marker, so
+//! data of static or pre-existing volumes is never touched, and the marker carries the
+//! parameters fingerprint that makes CreateVolume idempotent without a database.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use s3vol_store::{collect_body, ErrorKind, ListRequest, ObjectStore, PutOptions, StaticCredentials};
+use serde::{Deserialize, Serialize};
+
+use crate::connect::StoreFactory;
+use crate::error::{CsiError, CsiResult};
+use crate::volume::{
+    bucket_name_for, Endpoint, OnDelete, ProvisionParams, SecretValues, VolumeId, VolumeSpec, DEFAULT_CAPACITY,
+    MAX_VOLUME_ID,
+};
+
+/// Name of the ownership marker object, relative to the volume prefix.
+pub const MARKER_NAME: &str = ".s3vol-volume.json";
+
+/// What the marker records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Marker {
+    /// Format version.
+    pub version: u32,
+    /// The CSI volume name (PV name) it was created for.
+    pub name: String,
+    /// Fingerprint of the StorageClass parameters.
+    pub fingerprint: String,
+    /// Recorded capacity in bytes.
+    pub capacity: i64,
+    /// What DeleteVolume does.
+    pub on_delete: OnDelete,
+    /// Whether the volume is a whole bucket created for it.
+    pub owns_bucket: bool,
+    /// Creation time, RFC 3339.
+    pub created: String,
+}
+
+/// A provisioned volume as CreateVolume reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvisionedVolume {
+    /// Volume id.
+    pub id: String,
+    /// Capacity in bytes.
+    pub capacity: i64,
+    /// Volume context for the node.
+    pub context: HashMap<String, String>,
+}
+
+/// Requested capacity: `required` and `limit` as in CSI's CapacityRange (0 = unset).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CapacityRequest {
+    /// At least this many bytes.
+    pub required: i64,
+    /// At most this many bytes.
+    pub limit: i64,
+}
+
+impl CapacityRequest {
+    /// The capacity to record, or OUT_OF_RANGE/INVALID_ARGUMENT for an impossible range.
+    pub fn resolve(self) -> CsiResult<i64> {
+        if self.required < 0 || self.limit < 0 {
+            return Err(CsiError::invalid("capacity_range: negative bytes"));
+        }
+        if self.limit > 0 && self.required > self.limit {
+            return Err(CsiError::invalid(format!(
+                "capacity_range: required_bytes {} exceeds limit_bytes {}",
+                self.required, self.limit
+            )));
+        }
+        Ok(match (self.required, self.limit) {
+            (0, 0) => DEFAULT_CAPACITY,
+            (0, l) => l.min(DEFAULT_CAPACITY),
+            (r, _) => r,
+        })
+    }
+
+    /// Whether an existing capacity satisfies this request.
+    pub fn accepts(self, capacity: i64) -> bool {
+        capacity >= self.required && (self.limit == 0 || capacity <= self.limit)
+    }
+}
+
+/// Does the controller's work against stores made by a [`StoreFactory`].
+pub struct Provisioner {
+    factory: Arc<dyn StoreFactory>,
+    defaults: Endpoint,
+}
+
+/// The per-volume directory name: the volume name, or a cut of it with a hash when the
+/// whole name would not fit in a volume id.
+fn dir_name_for(name: &str, budget: usize) -> String {
+    if name.len() <= budget {
+        return name.to_string();
+    }
+    use sha2::{Digest, Sha256};
+    let hash = hex::encode(&Sha256::digest(name.as_bytes())[..6]);
+    let keep = budget.saturating_sub(hash.len() + 1).min(name.len());
+    let mut cut = keep;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}-{hash}", &name[..cut])
+}
+
+fn marker_key(prefix: &str) -> String {
+    format!("{prefix}{MARKER_NAME}")
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+impl Provisioner {
+    /// A provisioner; `defaults` fill in endpoint/region missing from parameters and secrets.
+    pub fn new(factory: Arc<dyn StoreFactory>, defaults: Endpoint) -> Self {
+        Provisioner { factory, defaults }
+    }
+
+    /// The store a request talks to: StorageClass parameter, then secret, then the
+    /// volume id's record, then the driver's defaults.
+    async fn store_for(
+        &self,
+        param: &Endpoint,
+        recorded: Option<&VolumeId>,
+        secret: &SecretValues,
+    ) -> CsiResult<(Arc<dyn ObjectStore>, Endpoint)> {
+        let ep = Endpoint {
+            url: param
+                .url
+                .clone()
+                .or_else(|| secret.endpoint.clone())
+                .or_else(|| recorded.and_then(|r| r.endpoint.clone()))
+                .or_else(|| self.defaults.url.clone()),
+            region: param
+                .region
+                .clone()
+                .or_else(|| secret.region.clone())
+                .or_else(|| recorded.and_then(|r| r.region.clone()))
+                .or_else(|| self.defaults.region.clone()),
+            addressing: param.addressing,
+        };
+        let creds: Option<StaticCredentials> = secret.credentials.clone();
+        Ok((self.factory.connect(&ep, creds).await?, ep))
+    }
+
+    async fn read_marker(store: &dyn ObjectStore, bucket: &str, prefix: &str) -> CsiResult<Option<Marker>> {
+        match store.get_object(bucket, &marker_key(prefix), None).await {
+            Ok(resp) => {
+                let body = collect_body(resp.body).await?;
+                let m = serde_json::from_slice(&body).map_err(|e| {
+                    CsiError::Internal(format!("ownership marker {bucket}/{} is unreadable: {e}", marker_key(prefix)))
+                })?;
+                Ok(Some(m))
+            }
+            Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::NoSuchBucket) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn write_marker(store: &dyn ObjectStore, bucket: &str, prefix: &str, m: &Marker) -> CsiResult<()> {
+        let body = serde_json::to_vec_pretty(m).map_err(|e| CsiError::Internal(e.to_string()))?;
+        let opts = PutOptions { content_type: Some("application/json".into()), ..Default::default() };
+        store.put_object(bucket, &marker_key(prefix), Bytes::from(body), &opts).await?;
+        Ok(())
+    }
+
+    async fn is_empty(store: &dyn ObjectStore, bucket: &str, prefix: &str) -> CsiResult<bool> {
+        let req = ListRequest { prefix: prefix.to_string(), max_keys: Some(1), ..Default::default() };
+        let page = store.list(bucket, &req).await?;
+        Ok(page.objects.is_empty() && page.common_prefixes.is_empty())
+    }
+
+    /// CreateVolume: idempotent for the same name and parameters, ALREADY_EXISTS for the
+    /// same name with other parameters or for data we did not create.
+    pub async fn create(
+        &self,
+        name: &str,
+        capacity: CapacityRequest,
+        params: &HashMap<String, String>,
+        secrets: &HashMap<String, String>,
+    ) -> CsiResult<ProvisionedVolume> {
+        let p = ProvisionParams::parse(params)?;
+        let secret = SecretValues::from_map(secrets)?;
+        let cap = capacity.resolve()?;
+        let (store, ep) = self.store_for(&p.endpoint, None, &secret).await?;
+        if name.contains('/') || name.contains('|') {
+            return Err(CsiError::invalid(format!("volume name {name:?} may not contain '/' or '|'")));
+        }
+        let (bucket, prefix, owns_bucket) = match &p.bucket {
+            Some(b) => {
+                // Leave room in the 128-byte id for "v1|", the bucket, the base prefix and separators.
+                let budget = MAX_VOLUME_ID.saturating_sub(8 + b.len() + p.base_prefix.len());
+                (b.clone(), format!("{}{}/", p.base_prefix, dir_name_for(name, budget)), false)
+            }
+            None => (bucket_name_for(name)?, String::new(), true),
+        };
+        let id = VolumeId {
+            bucket: bucket.clone(),
+            prefix: prefix.clone(),
+            region: ep.region.clone(),
+            endpoint: ep.url.clone(),
+        }
+        .encode()?;
+        let fingerprint = p.fingerprint();
+        let spec = VolumeSpec {
+            bucket: bucket.clone(),
+            prefix: prefix.clone(),
+            endpoint: ep.clone(),
+            mount_options: p.mount_options.clone(),
+            read_only: false,
+            capacity: Some(cap),
+        };
+
+        match Self::read_marker(store.as_ref(), &bucket, &prefix).await? {
+            Some(m) if m.name == name && m.fingerprint == fingerprint => {
+                if !capacity.accepts(m.capacity) {
+                    return Err(CsiError::AlreadyExists(format!(
+                        "volume {name:?} exists with capacity {} bytes, incompatible with the requested range",
+                        m.capacity
+                    )));
+                }
+                let spec = VolumeSpec { capacity: Some(m.capacity), ..spec };
+                return Ok(ProvisionedVolume { id, capacity: m.capacity, context: spec.to_context() });
+            }
+            Some(m) if m.name == name => {
+                return Err(CsiError::AlreadyExists(format!(
+                    "volume {name:?} already exists with different parameters"
+                )))
+            }
+            Some(m) => {
+                return Err(CsiError::AlreadyExists(format!(
+                    "{bucket}/{prefix} already holds volume {:?}, not {name:?}",
+                    m.name
+                )))
+            }
+            None => {}
+        }
+
+        if owns_bucket {
+            match store.create_bucket(&bucket).await {
+                Ok(()) => {}
+                Err(e) if e.kind == ErrorKind::Conflict => {}
+                Err(e) => return Err(CsiError::from(e.context(format!("creating bucket {bucket} for volume {name}")))),
+            }
+        } else {
+            match store.head_bucket(&bucket).await {
+                Ok(()) => {}
+                Err(e) if e.kind == ErrorKind::NoSuchBucket => {
+                    return Err(CsiError::FailedPrecondition(format!(
+                        "parameter bucket={bucket:?}: the bucket does not exist on {}; create it or leave `bucket` unset for a bucket per volume",
+                        store.describe()
+                    )))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !Self::is_empty(store.as_ref(), &bucket, &prefix).await? {
+            return Err(CsiError::AlreadyExists(format!(
+                "{bucket}/{prefix} already holds data that s3vol did not create; refusing to adopt it (use a static PV for existing data)"
+            )));
+        }
+        let marker = Marker {
+            version: 1,
+            name: name.to_string(),
+            fingerprint,
+            capacity: cap,
+            on_delete: p.on_delete,
+            owns_bucket,
+            created: now_rfc3339(),
+        };
+        Self::write_marker(store.as_ref(), &bucket, &prefix, &marker).await?;
+        tracing::info!(volume = %name, %bucket, %prefix, capacity = cap, "volume created");
+        Ok(ProvisionedVolume { id, capacity: cap, context: spec.to_context() })
+    }
+
+    /// DeleteVolume: succeeds for ids that are not ours or already gone; otherwise applies
+    /// the volume's `onDelete` policy.
+    pub async fn delete(&self, volume_id: &str, secrets: &HashMap<String, String>) -> CsiResult<()> {
+        let Some(id) = VolumeId::parse(volume_id) else {
+            tracing::info!(volume_id, "DeleteVolume of an id s3vol did not issue: nothing to do");
+            return Ok(());
+        };
+        let secret = SecretValues::from_map(secrets)?;
+        let (store, _) = self.store_for(&Endpoint::default(), Some(&id), &secret).await?;
+        let Some(marker) = Self::read_marker(store.as_ref(), &id.bucket, &id.prefix).await? else {
+            tracing::info!(
+                volume_id,
+                "no ownership marker: volume already deleted or not created by s3vol; leaving data alone"
+            );
+            return Ok(());
+        };
+        if marker.on_delete == OnDelete::Retain {
+            tracing::info!(volume_id, "onDelete=retain: data kept");
+            return Ok(());
+        }
+        let trimmed = id.prefix.trim_end_matches('/');
+        let base = trimmed.rfind('/').map_or("", |i| &id.prefix[..=i]);
+        let archive_root = format!("{base}_archived/");
+        let archive_to = format!("{archive_root}{}/{}/", marker.name, time::OffsetDateTime::now_utc().unix_timestamp());
+        let marker_k = marker_key(&id.prefix);
+        // Deleting while paging would skip keys, so each batch lists from the start again;
+        // the continuation token is followed only past keys that are kept (earlier archives).
+        let mut req = ListRequest::recursive(id.prefix.clone());
+        loop {
+            let page = store.list(&id.bucket, &req).await?;
+            let keys: Vec<String> = page
+                .objects
+                .into_iter()
+                .map(|o| o.key)
+                .filter(|k| *k != marker_k && !k.starts_with(&archive_root))
+                .collect();
+            if keys.is_empty() {
+                match page.next_continuation {
+                    Some(t) => {
+                        req.continuation = Some(t);
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            if marker.on_delete == OnDelete::Archive {
+                for k in &keys {
+                    store.copy_object(&id.bucket, k, &format!("{archive_to}{}", &k[id.prefix.len()..]), None).await?;
+                }
+            }
+            Self::delete_keys(store.as_ref(), &id.bucket, &keys).await?;
+            req.continuation = None;
+        }
+        // The marker goes last, so an interrupted delete is retried by the sidecar.
+        store.delete_object(&id.bucket, &marker_key(&id.prefix)).await?;
+        if marker.owns_bucket && marker.on_delete == OnDelete::Delete {
+            match store.delete_bucket(&id.bucket).await {
+                Ok(()) => {}
+                Err(e) if e.kind == ErrorKind::NoSuchBucket => {}
+                Err(e) => return Err(CsiError::from(e.context(format!("deleting bucket {}", id.bucket)))),
+            }
+        }
+        tracing::info!(volume_id, policy = ?marker.on_delete, "volume deleted");
+        Ok(())
+    }
+
+    /// Deletes `keys` with multi-object deletes, failing on the first key the store kept.
+    async fn delete_keys(store: &dyn ObjectStore, bucket: &str, keys: &[String]) -> CsiResult<()> {
+        let failed = store.delete_objects(bucket, keys).await?;
+        if let Some((k, e)) = failed.first() {
+            return Err(CsiError::Internal(format!("{} objects could not be deleted, first {k}: {e}", failed.len())));
+        }
+        Ok(())
+    }
+
+    /// ControllerExpandVolume: records the new capacity (never shrinks).
+    pub async fn expand(
+        &self,
+        volume_id: &str,
+        capacity: CapacityRequest,
+        secrets: &HashMap<String, String>,
+    ) -> CsiResult<i64> {
+        let (store, id, marker) = self.lookup(volume_id, secrets).await?;
+        let wanted = capacity.resolve()?;
+        if wanted <= marker.capacity {
+            return Ok(marker.capacity);
+        }
+        let m = Marker { capacity: wanted, ..marker };
+        Self::write_marker(store.as_ref(), &id.bucket, &id.prefix, &m).await?;
+        tracing::info!(volume_id, capacity = wanted, "volume expanded");
+        Ok(wanted)
+    }
+
+    /// Finds a volume we created, or NOT_FOUND.
+    pub async fn lookup(
+        &self,
+        volume_id: &str,
+        secrets: &HashMap<String, String>,
+    ) -> CsiResult<(Arc<dyn ObjectStore>, VolumeId, Marker)> {
+        let id = VolumeId::parse(volume_id).ok_or_else(|| {
+            CsiError::NotFound(format!("volume {volume_id:?} does not exist (not an s3vol volume id)"))
+        })?;
+        let secret = SecretValues::from_map(secrets)?;
+        let (store, _) = self.store_for(&Endpoint::default(), Some(&id), &secret).await?;
+        let marker = Self::read_marker(store.as_ref(), &id.bucket, &id.prefix)
+            .await?
+            .ok_or_else(|| CsiError::NotFound(format!("volume {volume_id:?} does not exist (no ownership marker)")))?;
+        Ok((store, id, marker))
+    }
+}

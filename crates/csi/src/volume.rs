@@ -1,0 +1,566 @@
+//! What a volume is: its id, the StorageClass parameters that shape it, the static-PV
+//! attributes that point at existing data, and the secrets that open it. Attribute and
+//! secret names of the Alibaba OSS driver and of k8s-csi-s3 are accepted as aliases so
+//! that existing PVs work after changing only `driver:`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use s3vol_fs::MountOptions;
+use s3vol_store::{normalize_prefix, AddressingStyle, StaticCredentials};
+
+use crate::error::{CsiError, CsiResult};
+
+/// Longest volume id the CSI spec lets us return.
+pub const MAX_VOLUME_ID: usize = 128;
+/// Region used when none is given (what S3-compatible stores expect).
+pub const DEFAULT_REGION: &str = "us-east-1";
+/// Capacity recorded when a claim asks for none.
+pub const DEFAULT_CAPACITY: i64 = 1 << 30;
+
+/// What happens to a dynamic volume's data when its PV is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDelete {
+    /// Remove every object under the prefix (or the bucket).
+    Delete,
+    /// Leave everything in place.
+    Retain,
+    /// Move the objects to `_archived/<pv>/<timestamp>/` and remove the originals.
+    Archive,
+}
+
+impl std::str::FromStr for OnDelete {
+    type Err = CsiError;
+    fn from_str(s: &str) -> CsiResult<Self> {
+        match s {
+            "delete" => Ok(OnDelete::Delete),
+            "retain" => Ok(OnDelete::Retain),
+            "archive" => Ok(OnDelete::Archive),
+            other => {
+                Err(CsiError::invalid(format!("parameter onDelete={other:?}: expected delete, retain or archive")))
+            }
+        }
+    }
+}
+
+/// Where a store is: endpoint, region, addressing. No secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Endpoint {
+    /// `https://host[:port]`, `http://...`, `file:///dir`; `None` = AWS for the region.
+    pub url: Option<String>,
+    /// Signing region; `None` = [`DEFAULT_REGION`].
+    pub region: Option<String>,
+    /// Path or virtual-host style.
+    pub addressing: AddressingStyle,
+}
+
+impl Endpoint {
+    /// The region to sign with.
+    pub fn region(&self) -> &str {
+        self.region.as_deref().unwrap_or(DEFAULT_REGION)
+    }
+}
+
+/// Normalizes an endpoint: a bare host (`oss-cn-hangzhou.aliyuncs.com`, as the OSS
+/// driver's `url` attribute has it) means `https://` + host.
+pub fn normalize_endpoint(raw: &str, field: &str) -> CsiResult<String> {
+    let raw = raw.trim().trim_end_matches('/');
+    if raw.is_empty() {
+        return Err(CsiError::invalid(format!("{field} is empty")));
+    }
+    if raw.chars().any(|c| c.is_whitespace() || c == '|') {
+        return Err(CsiError::invalid(format!("{field}={raw:?} is not a URL")));
+    }
+    if raw.starts_with("http://") || raw.starts_with("https://") || raw.starts_with("file:///") {
+        Ok(raw.to_string())
+    } else if raw.contains("://") {
+        Err(CsiError::invalid(format!("{field}={raw:?}: only http, https and file URLs are supported")))
+    } else {
+        Ok(format!("https://{raw}"))
+    }
+}
+
+/// Identifies a volume without any database: bucket and prefix, plus the endpoint and
+/// region when they fit in 128 bytes. Text form: `v1|bucket|prefix|region|endpoint`.
+/// An empty prefix means the volume is the whole bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeId {
+    /// Bucket.
+    pub bucket: String,
+    /// Prefix, empty or ending in `/`.
+    pub prefix: String,
+    /// Region, when recorded.
+    pub region: Option<String>,
+    /// Endpoint, when recorded (`https://` dropped to save space).
+    pub endpoint: Option<String>,
+}
+
+impl VolumeId {
+    /// Encodes, dropping the endpoint and then the region if the id would be too long;
+    /// they then come from the secret or the driver's defaults.
+    pub fn encode(&self) -> CsiResult<String> {
+        let ep = self.endpoint.as_deref().map(|e| e.strip_prefix("https://").unwrap_or(e)).unwrap_or("");
+        let region = self.region.as_deref().unwrap_or("");
+        for (r, e) in [(region, ep), (region, ""), ("", "")] {
+            let id = format!("v1|{}|{}|{}|{}", self.bucket, self.prefix, r, e);
+            if id.len() <= MAX_VOLUME_ID {
+                return Ok(id);
+            }
+        }
+        Err(CsiError::invalid(format!(
+            "bucket {:?} with prefix {:?} does not fit in a {MAX_VOLUME_ID}-byte volume id; use a shorter prefix",
+            self.bucket, self.prefix
+        )))
+    }
+
+    /// Parses an id made by [`VolumeId::encode`]; `None` for anything else.
+    pub fn parse(id: &str) -> Option<VolumeId> {
+        let mut parts = id.split('|');
+        if parts.next()? != "v1" {
+            return None;
+        }
+        let bucket = parts.next()?.to_string();
+        let prefix = parts.next()?.to_string();
+        let region = parts.next()?;
+        let ep = parts.next()?;
+        if parts.next().is_some() || bucket.is_empty() || !(prefix.is_empty() || prefix.ends_with('/')) {
+            return None;
+        }
+        let endpoint = match ep {
+            "" => None,
+            e if e.starts_with("http://") || e.starts_with("file://") => Some(e.to_string()),
+            e => Some(format!("https://{e}")),
+        };
+        Some(VolumeId { bucket, prefix, region: (!region.is_empty()).then(|| region.to_string()), endpoint })
+    }
+}
+
+/// Credentials and connection overrides found in a CSI secret.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretValues {
+    /// Keys, when the secret has them; else the default AWS chain is used.
+    pub credentials: Option<StaticCredentials>,
+    /// `endpoint` key (k8s-csi-s3 keeps the endpoint in the secret).
+    pub endpoint: Option<String>,
+    /// `region` key.
+    pub region: Option<String>,
+}
+
+impl std::fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretValues")
+            .field("credentials", &self.credentials.as_ref().map(|_| "<redacted>"))
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .finish()
+    }
+}
+
+fn first<'a>(m: &'a HashMap<String, String>, names: &[&str]) -> Option<&'a str> {
+    names.iter().find_map(|n| m.get(*n)).map(String::as_str).filter(|v| !v.is_empty())
+}
+
+impl SecretValues {
+    /// Reads a CSI secret map. Key names: `accessKeyID`/`secretAccessKey`/`sessionToken`
+    /// (s3vol, k8s-csi-s3), `akId`/`akSecret`/`securityToken` (Alibaba OSS driver),
+    /// `endpoint`, `region`. Values are never echoed in errors.
+    pub fn from_map(m: &HashMap<String, String>) -> CsiResult<Self> {
+        let ak = first(m, &["accessKeyID", "accessKeyId", "akId", "AWS_ACCESS_KEY_ID"]);
+        let sk = first(m, &["secretAccessKey", "akSecret", "AWS_SECRET_ACCESS_KEY"]);
+        let token = first(m, &["sessionToken", "securityToken", "AWS_SESSION_TOKEN"]);
+        let credentials = match (ak, sk) {
+            (Some(a), Some(s)) => Some(StaticCredentials {
+                access_key_id: a.to_string(),
+                secret_access_key: s.to_string(),
+                session_token: token.map(str::to_string),
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(CsiError::invalid("secret has an access key id but no secretAccessKey (or akSecret)"))
+            }
+            (None, Some(_)) => {
+                return Err(CsiError::invalid("secret has a secretAccessKey but no accessKeyID (or akId)"))
+            }
+        };
+        let endpoint =
+            first(m, &["endpoint", "url"]).map(|e| normalize_endpoint(e, "secret key endpoint")).transpose()?;
+        Ok(SecretValues { credentials, endpoint, region: first(m, &["region"]).map(str::to_string) })
+    }
+}
+
+/// StorageClass parameters of a dynamic volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvisionParams {
+    /// Shared bucket (prefix per volume); `None` = a new bucket per volume.
+    pub bucket: Option<String>,
+    /// Base prefix inside the shared bucket.
+    pub base_prefix: String,
+    /// Store location.
+    pub endpoint: Endpoint,
+    /// Data policy at DeleteVolume.
+    pub on_delete: OnDelete,
+    /// Mount options, validated now so a typo fails at provisioning, not at mount.
+    pub mount_options: Vec<String>,
+    /// Whether capacity is enforced (ENOSPC past it).
+    pub hard_quota: bool,
+}
+
+impl ProvisionParams {
+    /// Parses and validates StorageClass parameters; an unknown key is INVALID_ARGUMENT.
+    pub fn parse(params: &HashMap<String, String>) -> CsiResult<Self> {
+        let mut p = ProvisionParams {
+            bucket: None,
+            base_prefix: String::new(),
+            endpoint: Endpoint::default(),
+            on_delete: OnDelete::Delete,
+            mount_options: Vec::new(),
+            hard_quota: false,
+        };
+        for (k, v) in params {
+            match k.as_str() {
+                "bucket" => p.bucket = Some(validate_bucket(v, "parameter bucket")?),
+                "prefix" | "path" => p.base_prefix = validate_prefix(v, k)?,
+                "endpoint" | "url" => p.endpoint.url = Some(normalize_endpoint(v, &format!("parameter {k}"))?),
+                "region" => p.endpoint.region = Some(v.clone()).filter(|r| !r.is_empty()),
+                "addressingStyle" => {
+                    p.endpoint.addressing =
+                        v.parse().map_err(|e: String| CsiError::invalid(format!("parameter addressingStyle: {e}")))?
+                }
+                "onDelete" => p.on_delete = v.parse()?,
+                "mountOptions" => p.mount_options = split_option_list(v),
+                "quota" => {
+                    p.hard_quota = match v.as_str() {
+                        "hard" => true,
+                        "none" | "soft" | "" => false,
+                        o => return Err(CsiError::invalid(format!("parameter quota={o:?}: expected hard or none"))),
+                    }
+                }
+                k if k.starts_with("csi.storage.k8s.io/") => {}
+                other => {
+                    return Err(CsiError::invalid(format!(
+                        "unknown StorageClass parameter {other:?} (known: bucket, prefix, endpoint, region, addressingStyle, onDelete, mountOptions, quota)"
+                    )))
+                }
+            }
+        }
+        MountOptions::parse(&p.mount_options).map_err(|e| CsiError::invalid(format!("parameter mountOptions: {e}")))?;
+        Ok(p)
+    }
+
+    /// A stable digest of everything that shapes the volume, to detect a CreateVolume
+    /// repeated with other parameters.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let text = format!(
+            "{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{}",
+            self.bucket,
+            self.base_prefix,
+            self.endpoint.url,
+            self.endpoint.region,
+            self.endpoint.addressing,
+            self.on_delete,
+            self.mount_options,
+            self.hard_quota
+        );
+        hex::encode(&Sha256::digest(text.as_bytes())[..16])
+    }
+}
+
+/// Splits `mountOptions` given as one string: comma- or space-separated.
+pub fn split_option_list(v: &str) -> Vec<String> {
+    v.split([',', ' ', '\n']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
+
+/// Checks an S3 bucket name (3-63 chars, lower-case letters, digits, dots, hyphens).
+pub fn validate_bucket(name: &str, field: &str) -> CsiResult<String> {
+    let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    let ends_ok = name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+    if (3..=63).contains(&name.len()) && ok_chars && ends_ok && !name.contains("..") {
+        Ok(name.to_string())
+    } else {
+        Err(CsiError::invalid(format!(
+            "{field}={name:?} is not a valid bucket name (3-63 lower-case letters, digits, dots, hyphens)"
+        )))
+    }
+}
+
+fn validate_prefix(v: &str, field: &str) -> CsiResult<String> {
+    if v.contains('|') || v.split('/').any(|s| s == "." || s == "..") {
+        return Err(CsiError::invalid(format!("{field}={v:?}: a prefix may not contain '|', '.' or '..' segments")));
+    }
+    Ok(normalize_prefix(v))
+}
+
+/// Turns a PV name into a bucket name for bucket-per-volume provisioning.
+pub fn bucket_name_for(pv_name: &str) -> CsiResult<String> {
+    let mut s: String = pv_name
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' { c } else { '-' })
+        .collect();
+    s = s.trim_matches('-').to_string();
+    if s.len() > 63 {
+        use sha2::{Digest, Sha256};
+        let h = hex::encode(&Sha256::digest(pv_name.as_bytes())[..4]);
+        s = format!("{}-{h}", s[..54].trim_end_matches('-'));
+    }
+    validate_bucket(&s, "volume name")
+}
+
+/// Everything needed to mount a volume on a node, resolved from the volume id, the
+/// volume context (dynamic or static PV attributes) and the node secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeSpec {
+    /// Bucket.
+    pub bucket: String,
+    /// Prefix inside it, empty or ending in `/`.
+    pub prefix: String,
+    /// Store location.
+    pub endpoint: Endpoint,
+    /// Mount options (typed options, as strings).
+    pub mount_options: Vec<String>,
+    /// Mounted read-only whatever the pod asks.
+    pub read_only: bool,
+    /// Capacity reported by statfs (bytes); `None` = a large constant.
+    pub capacity: Option<i64>,
+}
+
+/// Volume attributes we set on dynamic volumes or accept on static PVs.
+const KNOWN_ATTRIBUTES: &[&str] = &[
+    "bucket",
+    "prefix",
+    "path",
+    "endpoint",
+    "url",
+    "region",
+    "addressingStyle",
+    "mountOptions",
+    "otherOpts",
+    "options",
+    "readOnly",
+    "capacity",
+    "mounter",
+];
+
+impl VolumeSpec {
+    /// Resolves a volume for NodeStage. Static PVs may name the bucket in the volume
+    /// handle (`bucket` or `bucket/prefix`, as k8s-csi-s3 does) or in attributes.
+    pub fn resolve(volume_id: &str, ctx: &HashMap<String, String>, secret: &SecretValues) -> CsiResult<Self> {
+        for k in ctx.keys() {
+            if !KNOWN_ATTRIBUTES.contains(&k.as_str())
+                && !k.starts_with("csi.storage.k8s.io/")
+                && !k.starts_with("storage.kubernetes.io/")
+            {
+                return Err(CsiError::invalid(format!(
+                    "unknown volume attribute {k:?} (known: {})",
+                    KNOWN_ATTRIBUTES.join(", ")
+                )));
+            }
+        }
+        let id = VolumeId::parse(volume_id);
+        let (mut bucket, mut prefix) = match &id {
+            Some(id) => (id.bucket.clone(), id.prefix.clone()),
+            None => {
+                let (b, p) = volume_id.split_once('/').unwrap_or((volume_id, ""));
+                (b.to_string(), normalize_prefix(p))
+            }
+        };
+        if let Some(b) = ctx.get("bucket").filter(|b| !b.is_empty()) {
+            bucket = b.clone();
+            prefix = String::new();
+        }
+        if let Some(p) = ctx.get("prefix").or_else(|| ctx.get("path")) {
+            prefix = validate_prefix(p, "volume attribute prefix")?;
+        }
+        let bucket = validate_bucket(&bucket, "bucket (volume attribute or volume handle)")?;
+        let url = match ctx.get("endpoint").or_else(|| ctx.get("url")).filter(|s| !s.is_empty()) {
+            Some(u) => Some(normalize_endpoint(u, "volume attribute endpoint")?),
+            None => secret.endpoint.clone().or_else(|| id.as_ref().and_then(|i| i.endpoint.clone())),
+        };
+        let region = ctx
+            .get("region")
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .or_else(|| secret.region.clone())
+            .or_else(|| id.as_ref().and_then(|i| i.region.clone()));
+        let mut addressing = AddressingStyle::Path;
+        if let Some(a) = ctx.get("addressingStyle") {
+            addressing =
+                a.parse().map_err(|e: String| CsiError::invalid(format!("volume attribute addressingStyle: {e}")))?;
+        }
+        let mut mount_options = Vec::new();
+        if let Some(m) = ctx.get("mountOptions") {
+            mount_options.extend(split_option_list(m));
+        }
+        for key in ["otherOpts", "options"] {
+            if let Some(o) = ctx.get(key) {
+                mount_options.extend(
+                    MountOptions::split_dash_o(o)
+                        .map_err(|e| CsiError::invalid(format!("volume attribute {key}: {e}")))?,
+                );
+            }
+        }
+        MountOptions::parse(&mount_options).map_err(|e| CsiError::invalid(format!("mount options: {e}")))?;
+        let read_only = match ctx.get("readOnly").map(String::as_str) {
+            None | Some("false") | Some("") => false,
+            Some("true") => true,
+            Some(o) => {
+                return Err(CsiError::invalid(format!("volume attribute readOnly={o:?}: expected true or false")))
+            }
+        };
+        let capacity = match ctx.get("capacity") {
+            None => None,
+            Some(c) => Some(
+                parse_capacity(c)
+                    .ok_or_else(|| CsiError::invalid(format!("volume attribute capacity={c:?} is not a size")))?,
+            ),
+        };
+        if let Some(m) = ctx.get("mounter") {
+            tracing::info!(mounter = %m, "volume attribute mounter is ignored: s3vol always mounts with its own filesystem");
+        }
+        Ok(VolumeSpec {
+            bucket,
+            prefix,
+            endpoint: Endpoint { url, region, addressing },
+            mount_options,
+            read_only,
+            capacity,
+        })
+    }
+
+    /// The attributes a dynamic volume carries in its volume context.
+    pub fn to_context(&self) -> HashMap<String, String> {
+        let mut m = BTreeMap::new();
+        m.insert("bucket".to_string(), self.bucket.clone());
+        m.insert("prefix".to_string(), self.prefix.clone());
+        if let Some(u) = &self.endpoint.url {
+            m.insert("endpoint".into(), u.clone());
+        }
+        if let Some(r) = &self.endpoint.region {
+            m.insert("region".into(), r.clone());
+        }
+        if self.endpoint.addressing == AddressingStyle::Virtual {
+            m.insert("addressingStyle".into(), "virtual".into());
+        }
+        if !self.mount_options.is_empty() {
+            m.insert("mountOptions".into(), self.mount_options.join(","));
+        }
+        if let Some(c) = self.capacity {
+            m.insert("capacity".into(), c.to_string());
+        }
+        m.into_iter().collect()
+    }
+}
+
+/// Parses `1073741824`, `10Gi`, `500M`, `2G`.
+pub fn parse_capacity(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: i64 = num.parse().ok()?;
+    let mult: i64 = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "k" | "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(kv: &[(&str, &str)]) -> HashMap<String, String> {
+        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn volume_id_round_trips_and_fits() {
+        let id = VolumeId {
+            bucket: "shared".into(),
+            prefix: "vols/pvc-1/".into(),
+            region: Some("eu-west-1".into()),
+            endpoint: Some("https://s3.example.com".into()),
+        };
+        let s = id.encode().unwrap();
+        assert_eq!(s, "v1|shared|vols/pvc-1/|eu-west-1|s3.example.com");
+        assert_eq!(VolumeId::parse(&s).unwrap(), id);
+        let long = VolumeId { endpoint: Some(format!("http://{}.example.com:9000", "x".repeat(80))), ..id.clone() };
+        let s = long.encode().unwrap();
+        assert!(s.len() <= MAX_VOLUME_ID);
+        assert_eq!(VolumeId::parse(&s).unwrap().endpoint, None, "endpoint dropped when too long");
+        assert!(VolumeId::parse("bucket/prefix").is_none());
+        assert!(VolumeId::parse("v1|b|noslash|r|e").is_none());
+    }
+
+    #[test]
+    fn unknown_parameter_is_named() {
+        let e = ProvisionParams::parse(&map(&[("bukket", "x")])).unwrap_err();
+        assert!(matches!(&e, CsiError::InvalidArgument(m) if m.contains("bukket")), "{e}");
+        let e = ProvisionParams::parse(&map(&[("onDelete", "shred")])).unwrap_err();
+        assert!(e.to_string().contains("shred"));
+        let e = ProvisionParams::parse(&map(&[("mountOptions", "uid=1000,frobnicate")])).unwrap_err();
+        assert!(e.to_string().contains("frobnicate"), "{e}");
+        assert!(ProvisionParams::parse(&map(&[("csi.storage.k8s.io/pv/name", "x")])).is_ok());
+    }
+
+    #[test]
+    fn secrets_accept_aliases_and_never_print_values() {
+        let s = SecretValues::from_map(&map(&[("akId", "AKIDVALUE"), ("akSecret", "SECRETVALUE")])).unwrap();
+        assert_eq!(s.credentials.as_ref().unwrap().access_key_id, "AKIDVALUE");
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("SECRETVALUE") && !dbg.contains("AKIDVALUE"), "{dbg}");
+        let e = SecretValues::from_map(&map(&[("accessKeyID", "A")])).unwrap_err();
+        assert!(e.to_string().contains("secretAccessKey"));
+    }
+
+    #[test]
+    fn oss_static_pv_resolves() {
+        let ctx = map(&[
+            ("bucket", "my-bucket"),
+            ("url", "oss-cn-hangzhou.aliyuncs.com"),
+            ("path", "/"),
+            ("otherOpts", "-o max_stat_cache_size=0 -o allow_other"),
+        ]);
+        let v = VolumeSpec::resolve("pv-oss", &ctx, &SecretValues::default()).unwrap();
+        assert_eq!(v.bucket, "my-bucket");
+        assert_eq!(v.prefix, "");
+        assert_eq!(v.endpoint.url.as_deref(), Some("https://oss-cn-hangzhou.aliyuncs.com"));
+        assert_eq!(v.mount_options, vec!["max_stat_cache_size=0", "allow_other"]);
+    }
+
+    #[test]
+    fn k8s_csi_s3_static_pv_uses_the_volume_handle() {
+        let ctx = map(&[("mounter", "geesefs"), ("options", "--memory-limit 1000 --dir-mode 0777")]);
+        let e = VolumeSpec::resolve("bucket-name/some/prefix", &ctx, &SecretValues::default()).unwrap_err();
+        assert!(e.to_string().contains("--memory-limit"), "{e}");
+        let ctx = map(&[("mounter", "geesefs")]);
+        let secret = SecretValues { endpoint: Some("http://minio:9000".into()), ..Default::default() };
+        let v = VolumeSpec::resolve("bucket-name/some/prefix", &ctx, &secret).unwrap();
+        assert_eq!((v.bucket.as_str(), v.prefix.as_str()), ("bucket-name", "some/prefix/"));
+        assert_eq!(v.endpoint.url.as_deref(), Some("http://minio:9000"));
+    }
+
+    #[test]
+    fn bucket_names_from_pv_names() {
+        assert_eq!(bucket_name_for("pvc-1234_ABC").unwrap(), "pvc-1234-abc");
+        let long = bucket_name_for(&"p".repeat(100)).unwrap();
+        assert!(long.len() <= 63);
+        assert!(validate_bucket("Bad_Name", "bucket").is_err());
+    }
+
+    #[test]
+    fn capacities_parse() {
+        assert_eq!(parse_capacity("10Gi"), Some(10 << 30));
+        assert_eq!(parse_capacity("5"), Some(5));
+        assert_eq!(parse_capacity("x"), None);
+    }
+}

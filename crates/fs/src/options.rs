@@ -1,0 +1,264 @@
+//! Typed mount options. Names follow s3fs/ossfs where one exists, so option strings of
+//! existing PVs keep working; anything unknown is refused with its name (and, for
+//! options of other tools, what to use instead), never passed on.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A mount option could not be accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct OptionError(pub String);
+
+/// Every knob of a mount, with defaults a user would expect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountOptions {
+    /// Owner of files and directories that carry no uid metadata.
+    pub uid: u32,
+    /// Group of files and directories that carry no gid metadata.
+    pub gid: u32,
+    /// Bits cleared from every mode (applied after file_mode/dir_mode).
+    pub umask: u32,
+    /// Mode of files without mode metadata.
+    pub file_mode: u32,
+    /// Mode of directories without mode metadata.
+    pub dir_mode: u32,
+    /// Let users other than the mounter use the mount (needed for pods).
+    pub allow_other: bool,
+    /// Refuse every write with EROFS.
+    pub read_only: bool,
+    /// How long metadata (and negative lookups) are trusted; zero = always ask the store.
+    pub stat_cache_ttl: Duration,
+    /// Bound on cached metadata entries.
+    pub max_stat_cache_size: usize,
+    /// ListObjects version (1 or 2).
+    pub list_type: u8,
+    /// Where appends and random writes stage whole objects; `None` = a temp dir.
+    pub cache_dir: Option<PathBuf>,
+    /// Bound on the staging cache, bytes.
+    pub cache_size: u64,
+    /// Largest prefetch window for sequential reads, bytes.
+    pub read_ahead: u64,
+    /// Multipart part size, bytes (≥ 5 MiB).
+    pub part_size: u64,
+    /// Parts uploaded in parallel per file.
+    pub upload_concurrency: usize,
+    /// Storage class for new objects.
+    pub storage_class: Option<String>,
+    /// Server-side encryption for new objects (`AES256`, `aws:kms`).
+    pub sse: Option<String>,
+    /// Set Content-Type from the file extension.
+    pub mime: bool,
+    /// Verbose logging of filesystem operations.
+    pub debug: bool,
+}
+
+const MIB: u64 = 1024 * 1024;
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            uid: 0,
+            gid: 0,
+            umask: 0o022,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+            allow_other: false,
+            read_only: false,
+            stat_cache_ttl: Duration::from_secs(1),
+            max_stat_cache_size: 100_000,
+            list_type: 2,
+            cache_dir: None,
+            cache_size: 1024 * MIB,
+            read_ahead: 64 * MIB,
+            part_size: 8 * MIB,
+            upload_concurrency: 8,
+            storage_class: None,
+            sse: None,
+            mime: true,
+            debug: false,
+        }
+    }
+}
+
+/// Options of other tools that we recognise, with what to do instead.
+const FOREIGN: &[(&str, &str)] = &[
+    ("url", "set the endpoint with the volume attribute `endpoint` (or `url`), not a mount option"),
+    ("endpoint", "set the endpoint with the volume attribute `endpoint`, not a mount option"),
+    ("passwd_file", "put keys in the node-stage Secret (accessKeyID/secretAccessKey)"),
+    ("use_path_request_style", "use the attribute addressingStyle=path (the default)"),
+    ("sigv2", "s3vol signs with SigV4 only"),
+    ("iam_role", "leave the Secret out to use the default AWS credential chain (IRSA, instance role)"),
+    ("use_cache", "use cache_dir"),
+    ("multipart_size", "use part_size (MiB)"),
+    ("parallel_count", "use upload_concurrency"),
+    ("stat_cache_expire", "use stat_cache_ttl (seconds)"),
+    ("memory-limit", "s3vol bounds memory with read_ahead, part_size and upload_concurrency"),
+    ("dir-mode", "use dir_mode"),
+    ("file-mode", "use file_mode"),
+];
+
+/// Options accepted for compatibility that change nothing in s3vol.
+const IGNORED: &[&str] = &["rw", "nonempty", "default_permissions", "noatime", "relatime", "_netdev", "auto_unmount"];
+
+fn octal(name: &str, v: &str) -> Result<u32, OptionError> {
+    u32::from_str_radix(v.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| OptionError(format!("option {name}={v:?}: expected an octal mode such as 0755")))
+}
+
+fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, OptionError> {
+    v.parse().map_err(|_| OptionError(format!("option {name}={v:?}: expected a number")))
+}
+
+fn flag(name: &str, v: Option<&str>) -> Result<bool, OptionError> {
+    match v {
+        None | Some("true") | Some("on") | Some("1") => Ok(true),
+        Some("false") | Some("off") | Some("0") => Ok(false),
+        Some(o) => Err(OptionError(format!("option {name}={o:?}: expected on or off"))),
+    }
+}
+
+impl MountOptions {
+    /// Parses options given as separate items, each `name` or `name=value`; an item may
+    /// itself be a comma-separated list (`-o uid=1,gid=2`).
+    pub fn parse<S: AsRef<str>>(items: &[S]) -> Result<Self, OptionError> {
+        let mut o = MountOptions::default();
+        for item in items
+            .iter()
+            .flat_map(|s| s.as_ref().split(',').map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>())
+        {
+            let (name, value) = match item.split_once('=') {
+                Some((n, v)) => (n.trim(), Some(v.trim())),
+                None => (item, None),
+            };
+            let need = || value.ok_or_else(|| OptionError(format!("option {name} needs a value ({name}=...)")));
+            match name {
+                "uid" => o.uid = number(name, need()?)?,
+                "gid" => o.gid = number(name, need()?)?,
+                "umask" => o.umask = octal(name, need()?)?,
+                "file_mode" => o.file_mode = octal(name, need()?)?,
+                "dir_mode" => o.dir_mode = octal(name, need()?)?,
+                "mp_umask" => o.umask = octal(name, need()?)?,
+                "allow_other" => o.allow_other = flag(name, value)?,
+                "ro" => o.read_only = flag(name, value)?,
+                "stat_cache_ttl" => o.stat_cache_ttl = Duration::from_secs_f64(number::<f64>(name, need()?)?.max(0.0)),
+                "max_stat_cache_size" => o.max_stat_cache_size = number(name, need()?)?,
+                "list_type" => {
+                    o.list_type = match need()? {
+                        "1" => 1,
+                        "2" => 2,
+                        v => return Err(OptionError(format!("option list_type={v:?}: expected 1 or 2"))),
+                    }
+                }
+                "cache_dir" => o.cache_dir = Some(PathBuf::from(need()?)),
+                "cache_size" => o.cache_size = number::<u64>(name, need()?)? * MIB,
+                "read_ahead" => o.read_ahead = number::<u64>(name, need()?)?.max(1) * MIB,
+                "part_size" => {
+                    let mib: u64 = number(name, need()?)?;
+                    if !(5..=5120).contains(&mib) {
+                        return Err(OptionError(format!("option part_size={mib}: S3 parts are 5 to 5120 MiB")));
+                    }
+                    o.part_size = mib * MIB;
+                }
+                "upload_concurrency" => {
+                    o.upload_concurrency = number(name, need()?)?;
+                    if o.upload_concurrency == 0 || o.upload_concurrency > 64 {
+                        return Err(OptionError(format!(
+                            "option upload_concurrency={}: expected 1 to 64",
+                            o.upload_concurrency
+                        )));
+                    }
+                }
+                "storage_class" => o.storage_class = Some(need()?.to_string()),
+                "sse" => o.sse = Some(need()?.to_string()),
+                "mime" => o.mime = flag(name, value)?,
+                "debug" => o.debug = flag(name, value)?,
+                n if IGNORED.contains(&n) => {}
+                n => {
+                    let bare = n.trim_start_matches('-');
+                    return Err(OptionError(match FOREIGN.iter().find(|(f, _)| *f == bare) {
+                        Some((_, instead)) => format!("mount option {n:?} is not supported by s3vol: {instead}"),
+                        None => format!(
+                            "unknown mount option {n:?} (supported: uid, gid, umask, file_mode, dir_mode, allow_other, ro, stat_cache_ttl, max_stat_cache_size, list_type, cache_dir, cache_size, read_ahead, part_size, upload_concurrency, storage_class, sse, mime, debug)"
+                        ),
+                    }));
+                }
+            }
+        }
+        Ok(o)
+    }
+
+    /// Splits an option string in the `-o a=b -o c` form of existing PVs (ossfs
+    /// `otherOpts`, k8s-csi-s3 `options`) into items. Anything that is not a `-o` item
+    /// (a bare flag such as `--memory-limit`) is refused by name.
+    pub fn split_dash_o(s: &str) -> Result<Vec<String>, OptionError> {
+        let mut out = Vec::new();
+        let mut words = s.split_whitespace();
+        while let Some(w) = words.next() {
+            if w == "-o" {
+                let v = words
+                    .next()
+                    .ok_or_else(|| OptionError("\"-o\" at the end of the option string has no value".into()))?;
+                out.push(v.to_string());
+            } else if let Some(v) = w.strip_prefix("-o") {
+                out.push(v.to_string());
+            } else if w.starts_with('-') {
+                let name = w.trim_start_matches('-');
+                return Err(OptionError(match FOREIGN.iter().find(|(f, _)| *f == name) {
+                    Some((_, instead)) => format!("option {w:?} is not supported by s3vol: {instead}"),
+                    None => format!("option {w:?} is not supported by s3vol (only -o name[=value] items are accepted)"),
+                }));
+            } else {
+                out.push(w.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Mode of a file given stored metadata (if any), after the umask.
+    pub fn file_perm(&self, stored: Option<u32>) -> u32 {
+        stored.unwrap_or(self.file_mode) & 0o7777 & !self.umask
+    }
+
+    /// Mode of a directory given stored metadata (if any), after the umask.
+    pub fn dir_perm(&self, stored: Option<u32>) -> u32 {
+        stored.unwrap_or(self.dir_mode) & 0o7777 & !self.umask
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_option_forms() {
+        let o = MountOptions::parse(&["uid=1000,gid=2000", "umask=0002", "allow_other", "part_size=16"]).unwrap();
+        assert_eq!((o.uid, o.gid, o.umask, o.allow_other, o.part_size), (1000, 2000, 0o002, true, 16 * MIB));
+        let items = MountOptions::split_dash_o("-o max_stat_cache_size=0 -o allow_other -oro").unwrap();
+        assert_eq!(items, vec!["max_stat_cache_size=0", "allow_other", "ro"]);
+        let o = MountOptions::parse(&items).unwrap();
+        assert!(o.read_only && o.allow_other && o.max_stat_cache_size == 0);
+    }
+
+    #[test]
+    fn refuses_unknown_and_foreign_options_by_name() {
+        let e = MountOptions::parse(&["uid=1", "bogus=3"]).unwrap_err();
+        assert!(e.0.contains("\"bogus\""), "{e}");
+        let e = MountOptions::parse(&["passwd_file=/etc/x"]).unwrap_err();
+        assert!(e.0.contains("passwd_file") && e.0.contains("Secret"), "{e}");
+        let e = MountOptions::split_dash_o("--memory-limit 1000").unwrap_err();
+        assert!(e.0.contains("--memory-limit"), "{e}");
+        let e = MountOptions::parse(&["umask=999"]).unwrap_err();
+        assert!(e.0.contains("999"));
+        assert!(MountOptions::parse(&["part_size=1"]).is_err());
+    }
+
+    #[test]
+    fn permissions_apply_umask() {
+        let o = MountOptions::parse(&["umask=027", "file_mode=0666"]).unwrap();
+        assert_eq!(o.file_perm(None), 0o640);
+        assert_eq!(o.dir_perm(Some(0o777)), 0o750);
+    }
+}
