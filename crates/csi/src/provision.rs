@@ -20,7 +20,7 @@ use crate::volume::{
 };
 
 /// Name of the ownership marker object, relative to the volume prefix.
-pub const MARKER_NAME: &str = ".s3vol-volume.json";
+pub const MARKER_NAME: &str = s3vol_fs::VOLUME_MARKER;
 
 /// What the marker records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,9 +1,31 @@
 //! The s3vol filesystem core: POSIX semantics over an `ObjectStore`, with no FUSE and
-//! no gRPC in it, so it is tested directly against the in-memory store.
+//! no gRPC in it, so it is tested directly against the in-memory store. The FUSE
+//! adapter (crate `s3vol-fuse`) is a thin mapping of kernel requests onto [`Fs`].
 //!
 //! # Layout
 //! - `options`: [`MountOptions`], the typed option set of a mount.
+//! - `attr`: attributes and the s3fs-compatible metadata headers they are kept in.
+//! - `inode`: the inode table, attribute cache and negative cache.
+//! - `dir`: directory listings streamed page by page.
+//! - `read`: the prefetching reader.
+//! - `write`: streaming multipart uploads and the staging cache.
+//! - `fs`: [`Fs`], the operations.
+//! - `error`: [`Errno`] and the store-error mapping.
+//! - `mime`: Content-Type by extension.
 
+mod attr;
+mod dir;
+mod error;
+mod fs;
+mod inode;
+mod mime;
 mod options;
+mod read;
+mod write;
 
+pub use attr::{Attr, FileKind, StoredMeta};
+pub use dir::{DirEntry, VOLUME_MARKER};
+pub use error::{Errno, FsResult};
+pub use fs::{Caller, Fs, FsConfig, SetAttr, StatFs};
+pub use inode::ROOT_INO;
 pub use options::{MountOptions, OptionError};

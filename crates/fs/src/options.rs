@@ -13,10 +13,10 @@ pub struct OptionError(pub String);
 /// Every knob of a mount, with defaults a user would expect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {
-    /// Owner of files and directories that carry no uid metadata.
-    pub uid: u32,
-    /// Group of files and directories that carry no gid metadata.
-    pub gid: u32,
+    /// Owner reported for every file and directory; `None` = the stored uid (else 0).
+    pub uid: Option<u32>,
+    /// Group reported for every file and directory; `None` = the stored gid (else 0).
+    pub gid: Option<u32>,
     /// Bits cleared from every mode (applied after file_mode/dir_mode).
     pub umask: u32,
     /// Mode of files without mode metadata.
@@ -58,8 +58,8 @@ const MIB: u64 = 1024 * 1024;
 impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
-            uid: 0,
-            gid: 0,
+            uid: None,
+            gid: None,
             umask: 0o022,
             file_mode: 0o644,
             dir_mode: 0o755,
@@ -135,8 +135,8 @@ impl MountOptions {
             };
             let need = || value.ok_or_else(|| OptionError(format!("option {name} needs a value ({name}=...)")));
             match name {
-                "uid" => o.uid = number(name, need()?)?,
-                "gid" => o.gid = number(name, need()?)?,
+                "uid" => o.uid = Some(number(name, need()?)?),
+                "gid" => o.gid = Some(number(name, need()?)?),
                 "umask" => o.umask = octal(name, need()?)?,
                 "file_mode" => o.file_mode = octal(name, need()?)?,
                 "dir_mode" => o.dir_mode = octal(name, need()?)?,
@@ -235,7 +235,10 @@ mod tests {
     #[test]
     fn parses_both_option_forms() {
         let o = MountOptions::parse(&["uid=1000,gid=2000", "umask=0002", "allow_other", "part_size=16"]).unwrap();
-        assert_eq!((o.uid, o.gid, o.umask, o.allow_other, o.part_size), (1000, 2000, 0o002, true, 16 * MIB));
+        assert_eq!(
+            (o.uid, o.gid, o.umask, o.allow_other, o.part_size),
+            (Some(1000), Some(2000), 0o002, true, 16 * MIB)
+        );
         let items = MountOptions::split_dash_o("-o max_stat_cache_size=0 -o allow_other -oro").unwrap();
         assert_eq!(items, vec!["max_stat_cache_size=0", "allow_other", "ro"]);
         let o = MountOptions::parse(&items).unwrap();

@@ -19,6 +19,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the CSI driver (controller, node, or both) on a unix socket.
     Csi(CsiArgs),
+    /// Mount a bucket/prefix (s3://BUCKET[/PREFIX]) or a local directory (file:///DIR).
+    Mount(MountArgs),
     /// Print version and build information.
     Version,
 }
@@ -26,7 +28,10 @@ pub enum Command {
 impl Command {
     /// Whether verbose logging was asked for on the command itself.
     pub fn debug(&self) -> bool {
-        false
+        match self {
+            Command::Mount(m) => m.options.iter().any(|o| o.split(',').any(|x| x == "debug" || x == "debug=on")),
+            _ => false,
+        }
     }
 }
 
@@ -78,4 +83,36 @@ pub fn version_text() -> String {
         if cfg!(debug_assertions) { "debug" } else { "release" },
         std::env::consts::ARCH,
     )
+}
+
+/// `s3vol mount` arguments. Credentials come from the standard AWS chain
+/// (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, profile, web identity),
+/// never from the command line.
+#[derive(Args, Debug, Clone)]
+pub struct MountArgs {
+    /// What to mount: `s3://BUCKET[/PREFIX]` or `file:///DIR`.
+    pub source: String,
+    /// Where to mount it (an existing directory).
+    pub mountpoint: PathBuf,
+    /// S3 endpoint URL (default: AWS for the region).
+    #[arg(long, env = "S3VOL_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// Signing region.
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    pub region: String,
+    /// Bucket addressing: path or virtual.
+    #[arg(long, default_value = "path")]
+    pub addressing_style: String,
+    /// Mount options, `-o uid=1000,gid=1000 -o allow_other` (see docs/CONFIGURATION.md).
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+    /// Capacity statfs reports, bytes (default 1 PiB).
+    #[arg(long)]
+    pub capacity: Option<u64>,
+    /// Stay in the foreground instead of returning once the mount is ready.
+    #[arg(long, short = 'f')]
+    pub foreground: bool,
+    /// Where a background mount writes its log (default: nowhere).
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
 }

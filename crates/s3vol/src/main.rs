@@ -4,6 +4,7 @@
 mod cli;
 mod csi_cmd;
 mod logging;
+mod mount_cmd;
 
 use clap::Parser;
 
@@ -12,6 +13,7 @@ fn main() -> std::process::ExitCode {
     logging::init(&cli.log_format, cli.command.debug());
     let result = match cli.command {
         cli::Command::Csi(args) => csi_cmd::run(args),
+        cli::Command::Mount(args) => mount_cmd::run(args),
         cli::Command::Version => {
             println!("{}", cli::version_text());
             Ok(())

@@ -1,0 +1,106 @@
+//! Directory listing, streamed page by page over ListObjectsV2 with `/` as delimiter:
+//! only one page of entries is held at a time, however large the directory.
+
+use std::sync::Arc;
+
+use s3vol_store::{ListRequest, ObjectStore};
+
+use crate::attr::FileKind;
+use crate::error::{store_errno, FsResult};
+
+/// Name of the ownership marker s3vol's provisioner writes at a volume root; hidden.
+pub const VOLUME_MARKER: &str = ".s3vol-volume.json";
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Name in the directory.
+    pub name: String,
+    /// Type as the listing shows it (symlinks show as files until looked up).
+    pub kind: FileKind,
+}
+
+/// An open directory: a window of entries and the listing position after it.
+pub struct DirStream {
+    store: Arc<dyn ObjectStore>,
+    bucket: String,
+    /// Directory key, empty or ending in `/`.
+    dir_key: String,
+    hide_marker: bool,
+    /// Index (readdir offset) of `entries[0]`.
+    base: u64,
+    entries: Vec<DirEntry>,
+    token: Option<String>,
+    started: bool,
+    done: bool,
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty() && n != "." && n != ".." && !n.contains('/') && n.len() <= 255
+}
+
+impl DirStream {
+    /// A listing of `dir_key`; `hide_marker` at a volume root.
+    pub fn new(store: Arc<dyn ObjectStore>, bucket: String, dir_key: String, hide_marker: bool) -> Self {
+        DirStream {
+            store,
+            bucket,
+            dir_key,
+            hide_marker,
+            base: 0,
+            entries: Vec::new(),
+            token: None,
+            started: false,
+            done: false,
+        }
+    }
+
+    async fn next_page(&mut self) -> FsResult<()> {
+        let mut req = ListRequest::directory(self.dir_key.clone());
+        req.continuation = self.token.take();
+        let page = self.store.list(&self.bucket, &req).await.map_err(|e| store_errno("readdir", &e))?;
+        self.started = true;
+        let plen = self.dir_key.len();
+        let mut out: Vec<DirEntry> = Vec::with_capacity(page.objects.len() + page.common_prefixes.len());
+        for p in &page.common_prefixes {
+            let name = p[plen..].trim_end_matches('/');
+            if valid_name(name) {
+                out.push(DirEntry { name: name.to_string(), kind: FileKind::Dir });
+            }
+        }
+        for o in &page.objects {
+            let name = &o.key[plen..];
+            if !valid_name(name) || (self.hide_marker && name == VOLUME_MARKER) {
+                continue;
+            }
+            // A directory shadows a file of the same name.
+            if out.iter().any(|e| e.kind == FileKind::Dir && e.name == name) {
+                continue;
+            }
+            out.push(DirEntry { name: name.to_string(), kind: FileKind::File });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        self.base += self.entries.len() as u64;
+        self.entries = out;
+        self.token = page.next_continuation;
+        self.done = self.token.is_none();
+        Ok(())
+    }
+
+    /// Entries from listing index `index` on (at least one, unless the listing is over).
+    pub async fn entries_from(&mut self, index: u64) -> FsResult<(u64, &[DirEntry])> {
+        if index < self.base || !self.started {
+            // A rewind (or the first call): list from the start again.
+            self.base = 0;
+            self.entries.clear();
+            self.token = None;
+            self.done = false;
+            self.next_page().await?;
+        }
+        while index >= self.base + self.entries.len() as u64 && !self.done {
+            self.next_page().await?;
+        }
+        let skip = (index.saturating_sub(self.base) as usize).min(self.entries.len());
+        Ok((self.base + skip as u64, &self.entries[skip..]))
+    }
+}

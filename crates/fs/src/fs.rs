@@ -1,0 +1,837 @@
+//! [`Fs`]: every filesystem operation, in POSIX terms, over an object store.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use s3vol_store::{collect_body, ErrorKind, ListRequest, ObjectStore, PutOptions};
+
+use crate::attr::{Attr, FileKind, StoredMeta, S_IFDIR, S_IFLNK, S_IFREG};
+use crate::dir::{DirEntry, DirStream, VOLUME_MARKER};
+use crate::error::{store_errno, Errno, FsResult};
+use crate::inode::{Inode, InodeTable, ROOT_INO};
+use crate::mime::content_type_for;
+use crate::options::MountOptions;
+use crate::read::Reader;
+use crate::write::{WriteConfig, Writer};
+
+/// What to mount.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// Bucket.
+    pub bucket: String,
+    /// Prefix inside the bucket, empty or ending in `/`.
+    pub prefix: String,
+    /// Mount options.
+    pub options: MountOptions,
+    /// Capacity statfs reports, bytes; `None` = 1 PiB.
+    pub capacity: Option<u64>,
+}
+
+/// Who is calling (from the FUSE request), for ownership of new files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Caller {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// statfs answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatFs {
+    /// Total blocks.
+    pub blocks: u64,
+    /// Free blocks.
+    pub bfree: u64,
+    /// Blocks available to unprivileged users.
+    pub bavail: u64,
+    /// Total inodes.
+    pub files: u64,
+    /// Free inodes.
+    pub ffree: u64,
+    /// Block size.
+    pub bsize: u32,
+    /// Longest name.
+    pub namelen: u32,
+}
+
+/// Attribute changes of a setattr.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size (truncate).
+    pub size: Option<u64>,
+    /// New modification time.
+    pub mtime: Option<SystemTime>,
+}
+
+enum Handle {
+    Read(Reader),
+    Write { ino: u64, writer: Writer },
+    Dir(DirStream),
+}
+
+type SharedHandle = Arc<tokio::sync::Mutex<Handle>>;
+
+/// A mounted bucket/prefix. Cheap to share; every method is safe to call concurrently.
+pub struct Fs {
+    store: Arc<dyn ObjectStore>,
+    cfg: FsConfig,
+    table: Mutex<InodeTable>,
+    handles: Mutex<HashMap<u64, SharedHandle>>,
+    writers: Mutex<HashMap<u64, usize>>,
+    next_fh: AtomicU64,
+    wcfg: WriteConfig,
+}
+
+fn check_name(name: &str) -> FsResult<()> {
+    if name.len() > 255 {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
+impl Fs {
+    /// A filesystem over `store`.
+    pub fn new(store: Arc<dyn ObjectStore>, cfg: FsConfig) -> Self {
+        let o = &cfg.options;
+        let root_attr = StoredMeta::default().attr(ROOT_INO, FileKind::Dir, 0, SystemTime::now(), o);
+        let root = Inode {
+            ino: ROOT_INO,
+            parent: ROOT_INO,
+            name: String::new(),
+            path: String::new(),
+            kind: FileKind::Dir,
+            attr: root_attr,
+            stored: StoredMeta::default(),
+            has_marker: true,
+            expires: Instant::now() + std::time::Duration::from_secs(3600 * 24 * 365),
+            lookups: 1,
+        };
+        let wcfg = WriteConfig {
+            part_size: o.part_size,
+            concurrency: o.upload_concurrency,
+            cache_dir: o.cache_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("s3vol-cache")),
+            cache_limit: o.cache_size,
+        };
+        Fs {
+            store,
+            table: Mutex::new(InodeTable::new(root, o.max_stat_cache_size)),
+            handles: Mutex::new(HashMap::new()),
+            writers: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            wcfg,
+            cfg,
+        }
+    }
+
+    /// The mount options in force.
+    pub fn options(&self) -> &MountOptions {
+        &self.cfg.options
+    }
+
+    /// How long the kernel may cache attributes and entries.
+    pub fn ttl(&self) -> std::time::Duration {
+        self.cfg.options.stat_cache_ttl
+    }
+
+    fn writable(&self) -> FsResult<()> {
+        if self.cfg.options.read_only {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn key(&self, path: &str, kind: FileKind) -> String {
+        match (kind, path.is_empty()) {
+            (FileKind::Dir, true) => self.cfg.prefix.clone(),
+            (FileKind::Dir, false) => format!("{}{path}/", self.cfg.prefix),
+            _ => format!("{}{path}", self.cfg.prefix),
+        }
+    }
+
+    fn child_path(parent: &Inode, name: &str) -> String {
+        if parent.path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}/{name}", parent.path)
+        }
+    }
+
+    fn expiry(&self) -> Instant {
+        Instant::now() + self.cfg.options.stat_cache_ttl
+    }
+
+    fn inode(&self, ino: u64) -> FsResult<Inode> {
+        self.table.lock().get(ino).cloned().ok_or(Errno::ENOENT)
+    }
+
+    fn dir_inode(&self, ino: u64) -> FsResult<Inode> {
+        let i = self.inode(ino)?;
+        if i.kind != FileKind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        Ok(i)
+    }
+
+    fn has_writer(&self, ino: u64) -> bool {
+        self.writers.lock().get(&ino).copied().unwrap_or(0) > 0
+    }
+
+    fn make_inode(
+        &self,
+        parent: &Inode,
+        name: &str,
+        kind: FileKind,
+        size: u64,
+        mtime: SystemTime,
+        stored: StoredMeta,
+        has_marker: bool,
+    ) -> Inode {
+        let ino = self.table.lock().assign(parent.ino, name, kind);
+        Inode {
+            ino,
+            parent: parent.ino,
+            name: name.to_string(),
+            path: Self::child_path(parent, name),
+            kind,
+            attr: stored.attr(ino, kind, size, mtime, &self.cfg.options),
+            stored,
+            has_marker,
+            expires: self.expiry(),
+            lookups: 0,
+        }
+    }
+
+    /// Asks the store what `name` in `parent` is: a HEAD of the key and a one-key LIST of
+    /// `key/` in parallel (the LIST finds marker and implicit directories alike).
+    async fn probe(&self, parent: &Inode, name: &str) -> FsResult<Option<Inode>> {
+        let path = Self::child_path(parent, name);
+        let file_key = self.key(&path, FileKind::File);
+        let dir_key = self.key(&path, FileKind::Dir);
+        let list_req = ListRequest { prefix: dir_key.clone(), max_keys: Some(1), ..Default::default() };
+        let (head, list) = tokio::join!(
+            self.store.head_object(&self.cfg.bucket, &file_key),
+            self.store.list(&self.cfg.bucket, &list_req)
+        );
+        let list = list.map_err(|e| store_errno("lookup", &e))?;
+        if !list.objects.is_empty() || !list.common_prefixes.is_empty() {
+            let has_marker = list.objects.first().is_some_and(|o| o.key == dir_key);
+            let (stored, mtime) = if has_marker {
+                // Marker metadata (mode/owner); some stores fail HEAD of `dir/` keys, so
+                // any error just means defaults.
+                match self.store.head_object(&self.cfg.bucket, &dir_key).await {
+                    Ok(m) => (StoredMeta::from_metadata(&m.metadata), m.last_modified),
+                    Err(_) => (StoredMeta::default(), list.objects[0].last_modified),
+                }
+            } else {
+                (StoredMeta::default(), SystemTime::now())
+            };
+            return Ok(Some(self.make_inode(parent, name, FileKind::Dir, 0, mtime, stored, has_marker)));
+        }
+        match head {
+            Ok(m) => {
+                let stored = StoredMeta::from_metadata(&m.metadata);
+                Ok(Some(self.make_inode(parent, name, stored.object_kind(), m.size, m.last_modified, stored, false)))
+            }
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(store_errno("lookup", &e)),
+        }
+    }
+
+    /// Looks `name` up in `parent`, counting a kernel reference on success.
+    pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        check_name(name)?;
+        let p = self.dir_inode(parent)?;
+        if parent == ROOT_INO && name == VOLUME_MARKER {
+            return Err(Errno::ENOENT);
+        }
+        {
+            let mut t = self.table.lock();
+            if let Some(ino) = t.child(parent, name) {
+                let fresh = t.get(ino).is_some_and(|i| i.expires > Instant::now()) || self.has_writer(ino);
+                if fresh {
+                    t.add_lookup(ino);
+                    return Ok(t.get(ino).expect("present").attr);
+                }
+            }
+            if t.is_negative(parent, name) {
+                return Err(Errno::ENOENT);
+            }
+        }
+        match self.probe(&p, name).await? {
+            Some(inode) => {
+                let attr = inode.attr;
+                let mut t = self.table.lock();
+                t.upsert(inode);
+                t.add_lookup(attr.ino);
+                Ok(attr)
+            }
+            None => {
+                let ttl = self.cfg.options.stat_cache_ttl;
+                let until = (!ttl.is_zero()).then(|| Instant::now() + ttl);
+                self.table.lock().remove_name(parent, name, until);
+                Err(Errno::ENOENT)
+            }
+        }
+    }
+
+    /// The kernel dropped `n` references.
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.table.lock().forget(ino, n);
+    }
+
+    /// Attributes, refreshed from the store once the cache entry expired.
+    pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let i = self.inode(ino)?;
+        if i.expires > Instant::now() || i.kind == FileKind::Dir || self.has_writer(ino) {
+            return Ok(i.attr);
+        }
+        let parent = self.inode(i.parent)?;
+        match self.probe(&parent, &i.name).await? {
+            Some(fresh) if fresh.kind == i.kind => {
+                let attr = Attr { ino, ..fresh.attr };
+                let mut t = self.table.lock();
+                if let Some(cur) = t.get_mut(ino) {
+                    cur.attr = attr;
+                    cur.stored = fresh.stored;
+                    cur.expires = fresh.expires;
+                }
+                Ok(attr)
+            }
+            _ => Err(Errno::ENOENT),
+        }
+    }
+
+    fn update_attr(&self, ino: u64, f: impl FnOnce(&mut Inode)) -> FsResult<Attr> {
+        let mut t = self.table.lock();
+        let i = t.get_mut(ino).ok_or(Errno::ENOENT)?;
+        f(i);
+        let o = &self.cfg.options;
+        i.attr = i.stored.attr(ino, i.kind, i.attr.size, i.attr.mtime, o);
+        Ok(i.attr)
+    }
+
+    /// chmod, chown, truncate, utimens.
+    pub async fn setattr(&self, ino: u64, set: SetAttr, fh: Option<u64>) -> FsResult<Attr> {
+        self.writable()?;
+        let i = self.inode(ino)?;
+        if let Some(size) = set.size {
+            if i.kind == FileKind::Dir {
+                return Err(Errno::EISDIR);
+            }
+            let handle = fh.and_then(|f| self.handles.lock().get(&f).cloned());
+            let mut done = false;
+            if let Some(h) = handle {
+                if let Handle::Write { writer, .. } = &mut *h.lock().await {
+                    writer.set_size(size).await?;
+                    done = true;
+                }
+            }
+            if !done {
+                let key = self.key(&i.path, FileKind::File);
+                let put = self.put_options(&i.name, i.stored);
+                let (store, bucket, wcfg) = (self.store.clone(), self.cfg.bucket.clone(), self.wcfg.clone());
+                let mut w = if size == 0 {
+                    Writer::new_stream(store, bucket, key, put, wcfg)
+                } else {
+                    let mut w = Writer::existing(store, bucket, key, put, wcfg, i.attr.size);
+                    w.set_size(size).await?;
+                    w
+                };
+                w.commit().await?;
+            }
+            self.update_attr(ino, |n| {
+                n.attr.size = size;
+                n.attr.mtime = SystemTime::now();
+            })?;
+        }
+        if set.mode.is_none() && set.uid.is_none() && set.gid.is_none() && set.mtime.is_none() {
+            return self.inode(ino).map(|i| i.attr);
+        }
+        let type_bits = match i.kind {
+            FileKind::Dir => S_IFDIR,
+            FileKind::File => S_IFREG,
+            FileKind::Symlink => S_IFLNK,
+        };
+        let mut stored = i.stored;
+        if let Some(m) = set.mode {
+            stored.mode = Some(type_bits | (m & 0o7777));
+        }
+        if let Some(u) = set.uid {
+            stored.uid = Some(u);
+        }
+        if let Some(g) = set.gid {
+            stored.gid = Some(g);
+        }
+        stored.mtime = Some(set.mtime.unwrap_or(i.attr.mtime));
+        if stored.mode.is_none() {
+            stored.mode = Some(type_bits | (i.attr.perm & 0o7777));
+        }
+        self.persist_meta(&i, stored).await?;
+        self.update_attr(ino, |n| {
+            n.stored = stored;
+            if let Some(t) = stored.mtime {
+                n.attr.mtime = t;
+            }
+            n.expires = Instant::now() + self.cfg.options.stat_cache_ttl;
+        })
+    }
+
+    /// Writes new ownership/mode metadata: onto an open writer (applied at upload), by
+    /// a server-side copy onto itself (files), or as the `dir/` marker (directories).
+    async fn persist_meta(&self, i: &Inode, stored: StoredMeta) -> FsResult<()> {
+        let handles: Vec<SharedHandle> = self.handles.lock().values().cloned().collect();
+        let mut pending_writer = false;
+        for h in handles {
+            if let Handle::Write { ino, writer } = &mut *h.lock().await {
+                if *ino == i.ino {
+                    writer.put.metadata = stored.to_metadata();
+                    pending_writer |= writer.is_dirty();
+                }
+            }
+        }
+        if pending_writer {
+            return Ok(());
+        }
+        let put = self.put_options(&i.name, stored);
+        match i.kind {
+            FileKind::Dir if i.ino == ROOT_INO && self.cfg.prefix.is_empty() => Ok(()),
+            FileKind::Dir => {
+                let key = self.key(&i.path, FileKind::Dir);
+                let put = PutOptions { content_type: None, ..put };
+                self.store
+                    .put_object(&self.cfg.bucket, &key, Bytes::new(), &put)
+                    .await
+                    .map_err(|e| store_errno("setattr", &e))
+            }
+            _ => {
+                let key = self.key(&i.path, FileKind::File);
+                self.store
+                    .copy_object(&self.cfg.bucket, &key, &key, Some(&put))
+                    .await
+                    .map_err(|e| store_errno("setattr", &e))
+            }
+        }
+    }
+
+    fn put_options(&self, name: &str, stored: StoredMeta) -> PutOptions {
+        let o = &self.cfg.options;
+        PutOptions {
+            metadata: stored.to_metadata(),
+            content_type: o.mime.then(|| content_type_for(name).to_string()),
+            storage_class: o.storage_class.clone(),
+            sse: o.sse.clone(),
+        }
+    }
+
+    fn add_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        if let Handle::Write { ino, .. } = &h {
+            *self.writers.lock().entry(*ino).or_default() += 1;
+        }
+        self.handles.lock().insert(fh, Arc::new(tokio::sync::Mutex::new(h)));
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<SharedHandle> {
+        self.handles.lock().get(&fh).cloned().ok_or(Errno::EBADF)
+    }
+
+    /// Opens a directory for listing.
+    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let i = self.dir_inode(ino)?;
+        let key = self.key(&i.path, FileKind::Dir);
+        Ok(self.add_handle(Handle::Dir(DirStream::new(
+            self.store.clone(),
+            self.cfg.bucket.clone(),
+            key,
+            ino == ROOT_INO,
+        ))))
+    }
+
+    /// Entries from readdir offset `offset` (0 = start; `.` and `..` are 0 and 1). Each
+    /// returned entry carries the offset of the next one.
+    pub async fn readdir(&self, ino: u64, fh: u64, offset: u64) -> FsResult<Vec<(u64, u64, DirEntry)>> {
+        let h = self.handle(fh)?;
+        let mut guard = h.lock().await;
+        let Handle::Dir(stream) = &mut *guard else { return Err(Errno::EBADF) };
+        let me = self.inode(ino)?;
+        let mut out = Vec::new();
+        if offset == 0 {
+            out.push((ino, 1, DirEntry { name: ".".into(), kind: FileKind::Dir }));
+        }
+        if offset <= 1 {
+            out.push((me.parent, 2, DirEntry { name: "..".into(), kind: FileKind::Dir }));
+        }
+        let (first, entries) = stream.entries_from(offset.saturating_sub(2)).await?;
+        let mut t = self.table.lock();
+        for (n, e) in entries.iter().enumerate() {
+            let child = t.assign(ino, &e.name, e.kind);
+            out.push((child, first + n as u64 + 3, e.clone()));
+        }
+        Ok(out)
+    }
+
+    /// Closes a directory handle.
+    pub fn releasedir(&self, fh: u64) {
+        self.handles.lock().remove(&fh);
+    }
+
+    /// Opens a file. `flags` are the open(2) flags.
+    pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
+        let i = self.inode(ino)?;
+        if i.kind == FileKind::Dir {
+            return Err(Errno::EISDIR);
+        }
+        let acc = flags & libc::O_ACCMODE;
+        let key = self.key(&i.path, FileKind::File);
+        if acc == libc::O_RDONLY {
+            // Close-to-open: a stale entry is checked against the store before reading.
+            let attr = if self.has_writer(ino) { i.attr } else { self.getattr(ino).await? };
+            let o = &self.cfg.options;
+            let reader =
+                Reader::new(self.store.clone(), self.cfg.bucket.clone(), key, attr.size, o.read_ahead, o.part_size);
+            return Ok(self.add_handle(Handle::Read(reader)));
+        }
+        self.writable()?;
+        let put = self.put_options(&i.name, StoredMeta { mtime: Some(SystemTime::now()), ..i.stored });
+        let writer = if flags & libc::O_TRUNC != 0 {
+            self.update_attr(ino, |n| n.attr.size = 0)?;
+            Writer::new_stream(self.store.clone(), self.cfg.bucket.clone(), key, put, self.wcfg.clone())
+        } else {
+            let size = if self.has_writer(ino) { i.attr.size } else { self.getattr(ino).await?.size };
+            Writer::existing(self.store.clone(), self.cfg.bucket.clone(), key, put, self.wcfg.clone(), size)
+        };
+        Ok(self.add_handle(Handle::Write { ino, writer }))
+    }
+
+    /// Creates and opens a new file.
+    pub async fn create(&self, parent: u64, name: &str, mode: u32, caller: Caller) -> FsResult<(Attr, u64)> {
+        self.writable()?;
+        check_name(name)?;
+        let p = self.dir_inode(parent)?;
+        if parent == ROOT_INO && name == VOLUME_MARKER {
+            return Err(Errno::EACCES);
+        }
+        let stored = StoredMeta {
+            mode: Some(S_IFREG | (mode & 0o7777)),
+            uid: Some(caller.uid),
+            gid: Some(caller.gid),
+            mtime: Some(SystemTime::now()),
+        };
+        let inode = self.make_inode(&p, name, FileKind::File, 0, SystemTime::now(), stored, false);
+        let key = self.key(&inode.path, FileKind::File);
+        let attr = inode.attr;
+        let put = self.put_options(name, stored);
+        self.table.lock().upsert(inode);
+        self.table.lock().add_lookup(attr.ino);
+        let writer = Writer::new_stream(self.store.clone(), self.cfg.bucket.clone(), key, put, self.wcfg.clone());
+        Ok((attr, self.add_handle(Handle::Write { ino: attr.ino, writer })))
+    }
+
+    /// Reads from an open file.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        let h = self.handle(fh)?;
+        let mut g = h.lock().await;
+        match &mut *g {
+            Handle::Read(r) => r.read(offset, size).await,
+            Handle::Write { writer, .. } => writer.read(offset, size).await,
+            Handle::Dir(_) => Err(Errno::EISDIR),
+        }
+    }
+
+    /// Writes to an open file.
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let h = self.handle(fh)?;
+        let mut g = h.lock().await;
+        let Handle::Write { ino, writer } = &mut *g else { return Err(Errno::EBADF) };
+        let n = writer.write(offset, data).await?;
+        let size = writer.size();
+        let ino = *ino;
+        drop(g);
+        self.update_attr(ino, |i| {
+            i.attr.size = size;
+            i.attr.mtime = SystemTime::now();
+        })?;
+        Ok(n)
+    }
+
+    /// close(2) of one descriptor, and fsync(2): uploads pending content and returns
+    /// its error, if any.
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        let mut g = h.lock().await;
+        if let Handle::Write { ino, writer } = &mut *g {
+            writer.commit().await?;
+            let ino = *ino;
+            drop(g);
+            self.update_attr(ino, |i| i.expires = Instant::now() + self.cfg.options.stat_cache_ttl)?;
+        }
+        Ok(())
+    }
+
+    /// Last close of an open file: uploads anything still pending (errors can only be
+    /// logged here; flush already returned them) and frees the handle.
+    pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let Some(h) = self.handles.lock().remove(&fh) else { return Ok(()) };
+        let mut g = h.lock().await;
+        if let Handle::Write { ino, writer } = &mut *g {
+            let res = writer.commit().await;
+            let ino = *ino;
+            if let Some(c) = self.writers.lock().get_mut(&ino) {
+                *c = c.saturating_sub(1);
+            }
+            if res.is_err() {
+                writer.abort().await;
+                tracing::error!(ino, "upload failed at release; the error was returned by flush/fsync");
+            }
+            return res;
+        }
+        Ok(())
+    }
+
+    /// mkdir: writes a `dir/` marker with the directory's mode and owner.
+    pub async fn mkdir(&self, parent: u64, name: &str, mode: u32, caller: Caller) -> FsResult<Attr> {
+        self.writable()?;
+        check_name(name)?;
+        let p = self.dir_inode(parent)?;
+        if self.lookup_quiet(parent, name).await?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let stored = StoredMeta {
+            mode: Some(S_IFDIR | (mode & 0o7777)),
+            uid: Some(caller.uid),
+            gid: Some(caller.gid),
+            mtime: Some(SystemTime::now()),
+        };
+        let inode = self.make_inode(&p, name, FileKind::Dir, 0, SystemTime::now(), stored, true);
+        let key = self.key(&inode.path, FileKind::Dir);
+        let put = PutOptions { content_type: None, ..self.put_options(name, stored) };
+        self.store
+            .put_object(&self.cfg.bucket, &key, Bytes::new(), &put)
+            .await
+            .map_err(|e| store_errno("mkdir", &e))?;
+        let attr = inode.attr;
+        let mut t = self.table.lock();
+        t.upsert(inode);
+        t.add_lookup(attr.ino);
+        Ok(attr)
+    }
+
+    /// A lookup that does not count a kernel reference.
+    async fn lookup_quiet(&self, parent: u64, name: &str) -> FsResult<Option<Inode>> {
+        match self.lookup(parent, name).await {
+            Ok(a) => {
+                self.table.lock().forget(a.ino, 1);
+                Ok(self.table.lock().get(a.ino).cloned())
+            }
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Keeps a directory that just lost its last entry, if it only existed implicitly.
+    async fn keep_dir(&self, dir: &Inode) -> FsResult<()> {
+        if dir.ino == ROOT_INO || dir.has_marker {
+            return Ok(());
+        }
+        let key = self.key(&dir.path, FileKind::Dir);
+        let req = ListRequest { prefix: key.clone(), max_keys: Some(1), ..Default::default() };
+        let page = self.store.list(&self.cfg.bucket, &req).await.map_err(|e| store_errno("unlink", &e))?;
+        if page.objects.is_empty() && page.common_prefixes.is_empty() {
+            let put = PutOptions::default();
+            self.store
+                .put_object(&self.cfg.bucket, &key, Bytes::new(), &put)
+                .await
+                .map_err(|e| store_errno("unlink", &e))?;
+            if let Some(i) = self.table.lock().get_mut(dir.ino) {
+                i.has_marker = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn negative_until(&self) -> Option<Instant> {
+        let ttl = self.cfg.options.stat_cache_ttl;
+        (!ttl.is_zero()).then(|| Instant::now() + ttl)
+    }
+
+    /// unlink.
+    pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.writable()?;
+        let p = self.dir_inode(parent)?;
+        let i = self.lookup_quiet(parent, name).await?.ok_or(Errno::ENOENT)?;
+        if i.kind == FileKind::Dir {
+            return Err(Errno::EISDIR);
+        }
+        let key = self.key(&i.path, FileKind::File);
+        self.store.delete_object(&self.cfg.bucket, &key).await.map_err(|e| store_errno("unlink", &e))?;
+        self.table.lock().remove_name(parent, name, self.negative_until());
+        self.keep_dir(&p).await
+    }
+
+    /// rmdir: ENOTEMPTY unless only the marker is left.
+    pub async fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.writable()?;
+        let p = self.dir_inode(parent)?;
+        let i = self.lookup_quiet(parent, name).await?.ok_or(Errno::ENOENT)?;
+        if i.kind != FileKind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        let key = self.key(&i.path, FileKind::Dir);
+        let req = ListRequest { prefix: key.clone(), max_keys: Some(2), ..Default::default() };
+        let page = self.store.list(&self.cfg.bucket, &req).await.map_err(|e| store_errno("rmdir", &e))?;
+        if page.objects.iter().any(|o| o.key != key) || !page.common_prefixes.is_empty() {
+            return Err(Errno::ENOTEMPTY);
+        }
+        self.store.delete_object(&self.cfg.bucket, &key).await.map_err(|e| store_errno("rmdir", &e))?;
+        self.table.lock().remove_name(parent, name, self.negative_until());
+        self.keep_dir(&p).await
+    }
+
+    /// rename: files by server-side copy + delete; directories key by key (not atomic).
+    pub async fn rename(&self, parent: u64, name: &str, newparent: u64, newname: &str, flags: u32) -> FsResult<()> {
+        self.writable()?;
+        check_name(newname)?;
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let p = self.dir_inode(parent)?;
+        let np = self.dir_inode(newparent)?;
+        let src = self.lookup_quiet(parent, name).await?.ok_or(Errno::ENOENT)?;
+        let dst = self.lookup_quiet(newparent, newname).await?;
+        if let Some(d) = &dst {
+            if flags & libc::RENAME_NOREPLACE != 0 {
+                return Err(Errno::EEXIST);
+            }
+            if d.ino == src.ino {
+                return Ok(());
+            }
+            match (src.kind == FileKind::Dir, d.kind == FileKind::Dir) {
+                (true, false) => return Err(Errno::ENOTDIR),
+                (false, true) => return Err(Errno::EISDIR),
+                (true, true) => self.rmdir(newparent, newname).await?,
+                (false, false) => {}
+            }
+        }
+        let new_path = Self::child_path(&np, newname);
+        if src.kind == FileKind::Dir {
+            if new_path.starts_with(&format!("{}/", src.path)) {
+                return Err(Errno::EINVAL);
+            }
+            let from = self.key(&src.path, FileKind::Dir);
+            let to = self.key(&new_path, FileKind::Dir);
+            let mut req = ListRequest::recursive(from.clone());
+            loop {
+                let page = self.store.list(&self.cfg.bucket, &req).await.map_err(|e| store_errno("rename", &e))?;
+                let keys: Vec<String> = page.objects.into_iter().map(|o| o.key).collect();
+                for k in &keys {
+                    let dest = format!("{to}{}", &k[from.len()..]);
+                    self.store
+                        .copy_object(&self.cfg.bucket, k, &dest, None)
+                        .await
+                        .map_err(|e| store_errno("rename", &e))?;
+                }
+                let failed =
+                    self.store.delete_objects(&self.cfg.bucket, &keys).await.map_err(|e| store_errno("rename", &e))?;
+                if let Some((_, e)) = failed.first() {
+                    return Err(store_errno("rename", e));
+                }
+                if page.next_continuation.is_none() {
+                    break;
+                }
+                // Deleted keys are gone, so the listing restarts from the beginning.
+                req.continuation = None;
+            }
+        } else {
+            let from = self.key(&src.path, FileKind::File);
+            let to = self.key(&new_path, FileKind::File);
+            self.store.copy_object(&self.cfg.bucket, &from, &to, None).await.map_err(|e| store_errno("rename", &e))?;
+            self.store.delete_object(&self.cfg.bucket, &from).await.map_err(|e| store_errno("rename", &e))?;
+        }
+        {
+            let mut t = self.table.lock();
+            t.remove_name(parent, name, self.negative_until());
+            t.clear_negative(newparent, newname);
+            if src.kind == FileKind::Dir {
+                t.rename_subtree(&src.path, &new_path);
+            }
+        }
+        let moved =
+            Inode { parent: newparent, name: newname.to_string(), path: new_path, expires: Instant::now(), ..src };
+        self.table.lock().upsert(moved);
+        if parent != newparent || src.kind == FileKind::Dir {
+            self.keep_dir(&p).await?;
+        }
+        Ok(())
+    }
+
+    /// symlink: an object holding the target, with S_IFLNK in its mode (as s3fs does).
+    pub async fn symlink(&self, parent: u64, name: &str, target: &str, caller: Caller) -> FsResult<Attr> {
+        self.writable()?;
+        check_name(name)?;
+        let p = self.dir_inode(parent)?;
+        if self.lookup_quiet(parent, name).await?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let stored = StoredMeta {
+            mode: Some(S_IFLNK | 0o777),
+            uid: Some(caller.uid),
+            gid: Some(caller.gid),
+            mtime: Some(SystemTime::now()),
+        };
+        let inode = self.make_inode(&p, name, FileKind::Symlink, target.len() as u64, SystemTime::now(), stored, false);
+        let key = self.key(&inode.path, FileKind::File);
+        let put = PutOptions { content_type: None, ..self.put_options(name, stored) };
+        self.store
+            .put_object(&self.cfg.bucket, &key, Bytes::copy_from_slice(target.as_bytes()), &put)
+            .await
+            .map_err(|e| store_errno("symlink", &e))?;
+        let attr = inode.attr;
+        let mut t = self.table.lock();
+        t.upsert(inode);
+        t.add_lookup(attr.ino);
+        Ok(attr)
+    }
+
+    /// readlink.
+    pub async fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let i = self.inode(ino)?;
+        if i.kind != FileKind::Symlink {
+            return Err(Errno::EINVAL);
+        }
+        let key = self.key(&i.path, FileKind::File);
+        let resp =
+            self.store.get_object(&self.cfg.bucket, &key, None).await.map_err(|e| store_errno("readlink", &e))?;
+        Ok(collect_body(resp.body).await.map_err(|e| store_errno("readlink", &e))?.to_vec())
+    }
+
+    /// statfs: the volume capacity (or 1 PiB), never garbage.
+    pub fn statfs(&self) -> StatFs {
+        let bsize = 4096u64;
+        let total = self.cfg.capacity.unwrap_or(1 << 50) / bsize;
+        StatFs {
+            blocks: total,
+            bfree: total,
+            bavail: total,
+            files: 1 << 32,
+            ffree: 1 << 32,
+            bsize: bsize as u32,
+            namelen: 255,
+        }
+    }
+}

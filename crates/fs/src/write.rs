@@ -1,0 +1,421 @@
+//! The write path. New files and truncating overwrites stream to the store while the
+//! application writes: data collects into `part_size` parts that are uploaded
+//! `upload_concurrency` at a time as a multipart upload, completed on flush/fsync. Any
+//! other write pattern (append to an existing object, a seek backwards, a read on a
+//! read-write handle) moves the file into a local staging file under `cache_dir`, which
+//! is uploaded whole on flush. Upload errors are returned by flush/fsync, never dropped.
+
+use std::collections::VecDeque;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use s3vol_store::{CompletedPart, ObjectStore, PutOptions, StoreResult};
+use tokio::task::JoinHandle;
+
+use crate::error::{store_errno, Errno, FsResult};
+
+/// Upload settings shared by every writer of a mount.
+#[derive(Clone)]
+pub struct WriteConfig {
+    /// Part size in bytes.
+    pub part_size: u64,
+    /// Parts in flight per file.
+    pub concurrency: usize,
+    /// Where staging files go.
+    pub cache_dir: PathBuf,
+    /// Largest file that may be staged.
+    pub cache_limit: u64,
+}
+
+struct Streaming {
+    buf: BytesMut,
+    upload_id: Option<String>,
+    next_part: i32,
+    parts: Vec<CompletedPart>,
+    inflight: VecDeque<JoinHandle<StoreResult<CompletedPart>>>,
+}
+
+struct Staged {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+enum Mode {
+    Streaming(Streaming),
+    Staged(Staged),
+    /// Uploaded; the next write stages the object from the store first.
+    Committed,
+}
+
+/// One open file's pending content.
+pub struct Writer {
+    store: Arc<dyn ObjectStore>,
+    bucket: String,
+    key: String,
+    /// Metadata and content type the object gets.
+    pub put: PutOptions,
+    cfg: WriteConfig,
+    mode: Mode,
+    size: u64,
+    dirty: bool,
+    failed: Option<Errno>,
+}
+
+impl Writer {
+    /// A writer for a new (or truncated) object: starts empty, streams.
+    pub fn new_stream(
+        store: Arc<dyn ObjectStore>,
+        bucket: String,
+        key: String,
+        put: PutOptions,
+        cfg: WriteConfig,
+    ) -> Self {
+        let mode = Mode::Streaming(Streaming {
+            buf: BytesMut::new(),
+            upload_id: None,
+            next_part: 1,
+            parts: Vec::new(),
+            inflight: VecDeque::new(),
+        });
+        Writer { store, bucket, key, put, cfg, mode, size: 0, dirty: true, failed: None }
+    }
+
+    /// A writer over an existing object of `size` bytes; staged on the first write.
+    pub fn existing(
+        store: Arc<dyn ObjectStore>,
+        bucket: String,
+        key: String,
+        put: PutOptions,
+        cfg: WriteConfig,
+        size: u64,
+    ) -> Self {
+        Writer { store, bucket, key, put, cfg, mode: Mode::Committed, size, dirty: false, failed: None }
+    }
+
+    /// Current logical size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether there is content not yet in the store.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    async fn stage(&mut self) -> FsResult<()> {
+        if matches!(self.mode, Mode::Staged(_)) {
+            return Ok(());
+        }
+        if self.size > self.cfg.cache_limit {
+            tracing::warn!(key = %self.key, size = self.size, limit = self.cfg.cache_limit, "file too large for the staging cache (cache_size)");
+            return Err(Errno::EFBIG);
+        }
+        std::fs::create_dir_all(&self.cfg.cache_dir).map_err(|_| Errno::EIO)?;
+        let path = self.cfg.cache_dir.join(format!("stage-{}-{}", std::process::id(), next_stage_id()));
+        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(|e| {
+            tracing::warn!(path = %path.display(), error = %e, "cannot create staging file in cache_dir");
+            Errno::EIO
+        })?;
+        let staged = Staged { file, path };
+        match std::mem::replace(&mut self.mode, Mode::Committed) {
+            Mode::Streaming(s) => {
+                if s.upload_id.is_some() {
+                    // Parts already left for the store: this is a non-sequential write after streaming began.
+                    self.mode = Mode::Streaming(s);
+                    tracing::warn!(key = %self.key, "out-of-order write after part of the file was uploaded; not supported (see SEMANTICS.md)");
+                    return Err(Errno::EINVAL);
+                }
+                staged.file.write_all_at(&s.buf, 0).map_err(|_| Errno::EIO)?;
+            }
+            Mode::Committed if self.size > 0 => {
+                let resp =
+                    self.store.get_object(&self.bucket, &self.key, None).await.map_err(|e| store_errno("stage", &e))?;
+                let mut body = resp.body;
+                let mut off = 0u64;
+                while let Some(chunk) = body.next().await {
+                    let chunk = chunk.map_err(|e| store_errno("stage", &e))?;
+                    staged.file.write_all_at(&chunk, off).map_err(|_| Errno::EIO)?;
+                    off += chunk.len() as u64;
+                }
+                self.size = off;
+            }
+            _ => {}
+        }
+        self.mode = Mode::Staged(staged);
+        Ok(())
+    }
+
+    /// Writes `data` at `off`.
+    pub async fn write(&mut self, off: u64, data: &[u8]) -> FsResult<u32> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        if matches!(self.mode, Mode::Committed) && self.size == 0 && off == 0 {
+            // Rewriting an empty (or just truncated) file from the start streams too.
+            *self = Writer::new_stream(
+                self.store.clone(),
+                self.bucket.clone(),
+                self.key.clone(),
+                self.put.clone(),
+                self.cfg.clone(),
+            );
+        }
+        if let Mode::Streaming(s) = &mut self.mode {
+            if off == self.size {
+                s.buf.extend_from_slice(data);
+                self.size += data.len() as u64;
+                self.dirty = true;
+                if let Err(e) = self.pump(false).await {
+                    self.failed = Some(e);
+                    return Err(e);
+                }
+                return Ok(data.len() as u32);
+            }
+        }
+        self.stage().await?;
+        let Mode::Staged(st) = &self.mode else { unreachable!("staged above") };
+        if off + data.len() as u64 > self.cfg.cache_limit {
+            return Err(Errno::EFBIG);
+        }
+        st.file.write_all_at(data, off).map_err(|_| Errno::EIO)?;
+        self.size = self.size.max(off + data.len() as u64);
+        self.dirty = true;
+        Ok(data.len() as u32)
+    }
+
+    /// Reads back pending content (read on a read-write handle).
+    pub async fn read(&mut self, off: u64, len: u32) -> FsResult<Bytes> {
+        self.stage().await?;
+        let Mode::Staged(st) = &self.mode else { unreachable!("staged above") };
+        let end = (off + len as u64).min(self.size);
+        if off >= end {
+            return Ok(Bytes::new());
+        }
+        let mut buf = vec![0u8; (end - off) as usize];
+        st.file.read_exact_at(&mut buf, off).map_err(|_| Errno::EIO)?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// Changes the size (truncate/extend).
+    pub async fn set_size(&mut self, size: u64) -> FsResult<()> {
+        if size == self.size {
+            return Ok(());
+        }
+        if size == 0 {
+            self.abort().await;
+            *self = Writer::new_stream(
+                self.store.clone(),
+                self.bucket.clone(),
+                self.key.clone(),
+                self.put.clone(),
+                self.cfg.clone(),
+            );
+            return Ok(());
+        }
+        if let Mode::Streaming(s) = &mut self.mode {
+            if s.upload_id.is_none() && size < self.size {
+                s.buf.truncate(size as usize);
+                self.size = size;
+                self.dirty = true;
+                return Ok(());
+            }
+        }
+        self.stage().await?;
+        let Mode::Staged(st) = &self.mode else { unreachable!("staged above") };
+        st.file.set_len(size).map_err(|_| Errno::EIO)?;
+        self.size = size;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Uploads full parts; with `all`, waits for every part in flight.
+    async fn pump(&mut self, all: bool) -> FsResult<()> {
+        let Mode::Streaming(s) = &mut self.mode else { return Ok(()) };
+        let part = self.cfg.part_size as usize;
+        while s.buf.len() >= part {
+            if s.upload_id.is_none() {
+                let id = self
+                    .store
+                    .create_multipart(&self.bucket, &self.key, &self.put)
+                    .await
+                    .map_err(|e| store_errno("write", &e))?;
+                s.upload_id = Some(id);
+            }
+            let body = s.buf.split_to(part).freeze();
+            let (store, bucket, key, id, n) = (
+                self.store.clone(),
+                self.bucket.clone(),
+                self.key.clone(),
+                s.upload_id.clone().unwrap_or_default(),
+                s.next_part,
+            );
+            s.next_part += 1;
+            s.inflight.push_back(tokio::spawn(async move { store.upload_part(&bucket, &key, &id, n, body).await }));
+            while s.inflight.len() >= self.cfg.concurrency {
+                let h = s.inflight.pop_front().expect("non-empty");
+                s.parts.push(join_part(h).await?);
+            }
+        }
+        if all {
+            while let Some(h) = s.inflight.pop_front() {
+                s.parts.push(join_part(h).await?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the store hold exactly the content written so far. Called by flush, fsync
+    /// and release; an upload failure is returned here.
+    pub async fn commit(&mut self) -> FsResult<()> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        if !self.dirty {
+            return Ok(());
+        }
+        let res = self.commit_inner().await;
+        match res {
+            Ok(()) => {
+                self.mode = Mode::Committed;
+                self.dirty = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.abort().await;
+                self.failed = Some(e);
+                Err(e)
+            }
+        }
+    }
+
+    async fn commit_inner(&mut self) -> FsResult<()> {
+        match &mut self.mode {
+            Mode::Streaming(_) => {
+                self.pump(true).await?;
+                let Mode::Streaming(s) = &mut self.mode else { unreachable!() };
+                match s.upload_id.clone() {
+                    None => {
+                        let body = std::mem::take(&mut s.buf).freeze();
+                        self.store
+                            .put_object(&self.bucket, &self.key, body, &self.put)
+                            .await
+                            .map_err(|e| store_errno("flush", &e))
+                    }
+                    Some(id) => {
+                        if !s.buf.is_empty() || s.parts.is_empty() {
+                            let body = std::mem::take(&mut s.buf).freeze();
+                            let p = self
+                                .store
+                                .upload_part(&self.bucket, &self.key, &id, s.next_part, body)
+                                .await
+                                .map_err(|e| store_errno("flush", &e))?;
+                            s.next_part += 1;
+                            s.parts.push(p);
+                        }
+                        s.parts.sort_by_key(|p| p.part_number);
+                        let parts = s.parts.clone();
+                        self.store
+                            .complete_multipart(&self.bucket, &self.key, &id, parts)
+                            .await
+                            .map_err(|e| store_errno("flush", &e))?;
+                        s.upload_id = None;
+                        Ok(())
+                    }
+                }
+            }
+            Mode::Staged(st) => {
+                let file = st.file.try_clone().map_err(|_| Errno::EIO)?;
+                upload_file(self.store.clone(), &self.bucket, &self.key, &self.put, file, self.size, &self.cfg).await
+            }
+            Mode::Committed => Ok(()),
+        }
+    }
+
+    /// Abandons an unfinished multipart upload.
+    pub async fn abort(&mut self) {
+        if let Mode::Streaming(s) = &mut self.mode {
+            for h in s.inflight.drain(..) {
+                h.abort();
+            }
+            if let Some(id) = s.upload_id.take() {
+                if let Err(e) = self.store.abort_multipart(&self.bucket, &self.key, &id).await {
+                    tracing::warn!(key = %self.key, error = %e, "could not abort multipart upload");
+                }
+            }
+        }
+    }
+}
+
+async fn join_part(h: JoinHandle<StoreResult<CompletedPart>>) -> FsResult<CompletedPart> {
+    match h.await {
+        Ok(Ok(p)) => Ok(p),
+        Ok(Err(e)) => Err(store_errno("write", &e)),
+        Err(_) => Err(Errno::EIO),
+    }
+}
+
+/// Uploads a staged file: one PUT when small, else a multipart upload read part by part.
+async fn upload_file(
+    store: Arc<dyn ObjectStore>,
+    bucket: &str,
+    key: &str,
+    put: &PutOptions,
+    file: std::fs::File,
+    size: u64,
+    cfg: &WriteConfig,
+) -> FsResult<()> {
+    let read_part = |off: u64, len: u64| -> FsResult<Bytes> {
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, off).map_err(|_| Errno::EIO)?;
+        Ok(Bytes::from(buf))
+    };
+    if size <= cfg.part_size {
+        let body = read_part(0, size)?;
+        return store.put_object(bucket, key, body, put).await.map_err(|e| store_errno("flush", &e));
+    }
+    let id = store.create_multipart(bucket, key, put).await.map_err(|e| store_errno("flush", &e))?;
+    let mut parts = Vec::new();
+    let mut inflight: VecDeque<JoinHandle<StoreResult<CompletedPart>>> = VecDeque::new();
+    let mut off = 0;
+    let mut n = 1;
+    let result: FsResult<()> = async {
+        while off < size {
+            let len = cfg.part_size.min(size - off);
+            let body = read_part(off, len)?;
+            let (s, b, k, i) = (store.clone(), bucket.to_string(), key.to_string(), id.clone());
+            inflight.push_back(tokio::spawn(async move { s.upload_part(&b, &k, &i, n, body).await }));
+            n += 1;
+            off += len;
+            while inflight.len() >= cfg.concurrency {
+                parts.push(join_part(inflight.pop_front().expect("non-empty")).await?);
+            }
+        }
+        while let Some(h) = inflight.pop_front() {
+            parts.push(join_part(h).await?);
+        }
+        store.complete_multipart(bucket, key, &id, parts.clone()).await.map_err(|e| store_errno("flush", &e))
+    }
+    .await;
+    if result.is_err() {
+        for h in inflight {
+            h.abort();
+        }
+        let _ = store.abort_multipart(bucket, key, &id).await;
+    }
+    result
+}
+
+fn next_stage_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}

@@ -1,0 +1,15 @@
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use fuser::{Session, SessionACL};
+use s3vol_fs::Fs;
+
+use crate::adapter::FuseAdapter;
+
+/// Serves `fs` on the FUSE device `fd` until the filesystem is unmounted. Blocks the
+/// calling thread; operations run on `rt`.
+pub fn serve_fd(fs: Arc<Fs>, fd: OwnedFd, rt: tokio::runtime::Handle) -> std::io::Result<()> {
+    let acl = if fs.options().allow_other { SessionACL::All } else { SessionACL::Owner };
+    let mut session = Session::from_fd(FuseAdapter::new(fs, rt), fd, acl);
+    session.run()
+}

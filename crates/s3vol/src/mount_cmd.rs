@@ -1,0 +1,167 @@
+//! `s3vol mount`: check the store, mount(2) the FUSE device, serve until unmounted.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use s3vol_fs::{Fs, FsConfig, MountOptions};
+use s3vol_store::{
+    CredentialSource, ErrorKind, FileStore, ListRequest, Location, ObjectStore, S3Config, S3Store, StoreKind,
+};
+
+use crate::cli::MountArgs;
+
+/// Environment variable naming the pipe a background child reports readiness on.
+const READY_FD_ENV: &str = "S3VOL_READY_FD";
+
+/// Runs `s3vol mount`.
+pub fn run(args: MountArgs) -> anyhow::Result<()> {
+    let opts = MountOptions::parse(&args.options).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let loc = Location::parse(&args.source).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !args.foreground {
+        return spawn_background(&args);
+    }
+    let ready = ready_pipe();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("s3vol-fs").build()?;
+    let result = rt.block_on(prepare(&args, &loc));
+    let store = match result {
+        Ok(s) => s,
+        Err(e) => {
+            report(ready, &format!("{e:#}"));
+            return Err(e);
+        }
+    };
+    let fsname = match &loc.kind {
+        StoreKind::File(p) => format!("s3vol:{}", p.display()),
+        StoreKind::S3 => format!("s3vol:{}/{}", loc.bucket, loc.prefix),
+    };
+    let fd = match s3vol_fuse::mount_fuse(&args.mountpoint, &fsname, opts.allow_other, opts.read_only) {
+        Ok(fd) => fd,
+        Err(e) => {
+            report(ready, &e.to_string());
+            bail!("{e}");
+        }
+    };
+    let fs = Arc::new(Fs::new(
+        store,
+        FsConfig { bucket: loc.bucket.clone(), prefix: loc.prefix.clone(), options: opts, capacity: args.capacity },
+    ));
+    tracing::info!(source = %args.source, mountpoint = %args.mountpoint.display(), "mounted");
+    report(ready, "");
+    let mp = args.mountpoint.clone();
+    rt.spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::info!(mountpoint = %mp.display(), "signal received: unmounting");
+        if let Err(e) = s3vol_fuse::unmount(&mp) {
+            tracing::error!(error = %e, "unmount failed");
+        }
+    });
+    let served = s3vol_fuse::serve_fd(fs, fd, rt.handle().clone());
+    rt.shutdown_timeout(std::time::Duration::from_secs(10));
+    served.context("FUSE session failed")?;
+    tracing::info!("unmounted; exiting");
+    Ok(())
+}
+
+/// Builds the store and checks, before mounting, that the bucket and prefix can be
+/// reached with these credentials, so failures are one clear line, not a dead mount.
+async fn prepare(args: &MountArgs, loc: &Location) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    let store: Arc<dyn ObjectStore> = match &loc.kind {
+        StoreKind::File(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            Arc::new(FileStore::new(dir))
+        }
+        StoreKind::S3 => {
+            let mut cfg = S3Config::new(args.endpoint.clone(), args.region.clone(), CredentialSource::DefaultChain);
+            cfg.addressing =
+                args.addressing_style.parse().map_err(|e: String| anyhow::anyhow!("--addressing-style: {e}"))?;
+            Arc::new(S3Store::new(cfg).await?)
+        }
+    };
+    let probe = ListRequest { prefix: loc.prefix.clone(), max_keys: Some(1), ..Default::default() };
+    if let Err(e) = store.list(&loc.bucket, &probe).await {
+        let what = match e.kind {
+            ErrorKind::NoSuchBucket => format!("bucket {:?} does not exist on {}", loc.bucket, store.describe()),
+            ErrorKind::AccessDenied => format!("access denied to bucket {:?} on {}: {e}", loc.bucket, store.describe()),
+            ErrorKind::Unavailable => format!("endpoint {} is unreachable: {e}", store.describe()),
+            _ => format!("cannot list {}: {e}", args.source),
+        };
+        bail!("{what}");
+    }
+    Ok(store)
+}
+
+/// Starts `s3vol mount --foreground` detached and waits until it says the mount is ready
+/// (exit 0) or why it failed (its message, exit 1).
+fn spawn_background(args: &MountArgs) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let (read_end, write_end) = nix::unistd::pipe().context("pipe")?;
+    let exe = std::env::current_exe().context("locating the s3vol binary")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("mount").arg(&args.source).arg(&args.mountpoint).arg("--foreground");
+    if let Some(e) = &args.endpoint {
+        cmd.arg("--endpoint").arg(e);
+    }
+    cmd.arg("--region").arg(&args.region).arg("--addressing-style").arg(&args.addressing_style);
+    for o in &args.options {
+        cmd.arg("-o").arg(o);
+    }
+    if let Some(c) = args.capacity {
+        cmd.arg("--capacity").arg(c.to_string());
+    }
+    let log: std::process::Stdio = match &args.log_file {
+        Some(p) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .with_context(|| format!("--log-file {}", p.display()))?
+            .into(),
+        None => std::process::Stdio::null(),
+    };
+    cmd.env(READY_FD_ENV, write_end.as_raw_fd().to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .process_group(0);
+    let mut child = cmd.spawn().context("starting the background mount process")?;
+    drop(write_end);
+    let mut msg = String::new();
+    std::fs::File::from(read_end).read_to_string(&mut msg).ok();
+    match msg.strip_prefix("ready") {
+        Some(_) => Ok(()),
+        None => {
+            let _ = child.wait();
+            let msg = msg.strip_prefix("error: ").unwrap_or(&msg).trim().to_string();
+            if msg.is_empty() {
+                bail!("the mount process exited before the mount was ready (see --log-file)");
+            }
+            bail!("{msg}")
+        }
+    }
+}
+
+/// The readiness pipe inherited from a background parent, if any.
+fn ready_pipe() -> Option<OwnedFd> {
+    let fd: i32 = std::env::var(READY_FD_ENV).ok()?.parse().ok()?;
+    // Called before any other thread exists, so changing the environment is safe.
+    std::env::remove_var(READY_FD_ENV);
+    // SAFETY: the parent passed this descriptor number for us alone and nothing else in
+    // this process owns it; it is wrapped exactly once.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Tells a waiting parent the outcome: empty = ready, else the error line.
+fn report(pipe: Option<OwnedFd>, error: &str) {
+    if let Some(fd) = pipe {
+        let mut f = std::fs::File::from(fd);
+        let _ = if error.is_empty() {
+            f.write_all(b"ready\n")
+        } else {
+            f.write_all(format!("error: {error}\n").as_bytes())
+        };
+    }
+}
