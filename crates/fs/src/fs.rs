@@ -76,8 +76,17 @@ pub struct SetAttr {
 
 enum Handle {
     Read(Reader),
-    Write { ino: u64, writer: Writer },
+    Write { ino: u64, writer: Box<Writer> },
     Dir(DirStream),
+}
+
+/// What the store said an entry is, before it gets an inode number.
+struct Found {
+    kind: FileKind,
+    size: u64,
+    mtime: SystemTime,
+    stored: StoredMeta,
+    has_marker: bool,
 }
 
 type SharedHandle = Arc<tokio::sync::Mutex<Handle>>;
@@ -191,26 +200,17 @@ impl Fs {
         self.writers.lock().get(&ino).copied().unwrap_or(0) > 0
     }
 
-    fn make_inode(
-        &self,
-        parent: &Inode,
-        name: &str,
-        kind: FileKind,
-        size: u64,
-        mtime: SystemTime,
-        stored: StoredMeta,
-        has_marker: bool,
-    ) -> Inode {
-        let ino = self.table.lock().assign(parent.ino, name, kind);
+    fn make_inode(&self, parent: &Inode, name: &str, found: Found) -> Inode {
+        let ino = self.table.lock().assign(parent.ino, name, found.kind);
         Inode {
             ino,
             parent: parent.ino,
             name: name.to_string(),
             path: Self::child_path(parent, name),
-            kind,
-            attr: stored.attr(ino, kind, size, mtime, &self.cfg.options),
-            stored,
-            has_marker,
+            kind: found.kind,
+            attr: found.stored.attr(ino, found.kind, found.size, found.mtime, &self.cfg.options),
+            stored: found.stored,
+            has_marker: found.has_marker,
             expires: self.expiry(),
             lookups: 0,
         }
@@ -240,12 +240,26 @@ impl Fs {
             } else {
                 (StoredMeta::default(), SystemTime::now())
             };
-            return Ok(Some(self.make_inode(parent, name, FileKind::Dir, 0, mtime, stored, has_marker)));
+            return Ok(Some(self.make_inode(
+                parent,
+                name,
+                Found { kind: FileKind::Dir, size: 0, mtime, stored, has_marker },
+            )));
         }
         match head {
             Ok(m) => {
                 let stored = StoredMeta::from_metadata(&m.metadata);
-                Ok(Some(self.make_inode(parent, name, stored.object_kind(), m.size, m.last_modified, stored, false)))
+                Ok(Some(self.make_inode(
+                    parent,
+                    name,
+                    Found {
+                        kind: stored.object_kind(),
+                        size: m.size,
+                        mtime: m.last_modified,
+                        stored,
+                        has_marker: false,
+                    },
+                )))
             }
             Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(store_errno("lookup", &e)),
@@ -516,7 +530,7 @@ impl Fs {
             let size = if self.has_writer(ino) { i.attr.size } else { self.getattr(ino).await?.size };
             Writer::existing(self.store.clone(), self.cfg.bucket.clone(), key, put, self.wcfg.clone(), size)
         };
-        Ok(self.add_handle(Handle::Write { ino, writer }))
+        Ok(self.add_handle(Handle::Write { ino, writer: Box::new(writer) }))
     }
 
     /// Creates and opens a new file.
@@ -533,14 +547,18 @@ impl Fs {
             gid: Some(caller.gid),
             mtime: Some(SystemTime::now()),
         };
-        let inode = self.make_inode(&p, name, FileKind::File, 0, SystemTime::now(), stored, false);
+        let inode = self.make_inode(
+            &p,
+            name,
+            Found { kind: FileKind::File, size: 0, mtime: SystemTime::now(), stored, has_marker: false },
+        );
         let key = self.key(&inode.path, FileKind::File);
         let attr = inode.attr;
         let put = self.put_options(name, stored);
         self.table.lock().upsert(inode);
         self.table.lock().add_lookup(attr.ino);
         let writer = Writer::new_stream(self.store.clone(), self.cfg.bucket.clone(), key, put, self.wcfg.clone());
-        Ok((attr, self.add_handle(Handle::Write { ino: attr.ino, writer })))
+        Ok((attr, self.add_handle(Handle::Write { ino: attr.ino, writer: Box::new(writer) })))
     }
 
     /// Reads from an open file.
@@ -618,7 +636,11 @@ impl Fs {
             gid: Some(caller.gid),
             mtime: Some(SystemTime::now()),
         };
-        let inode = self.make_inode(&p, name, FileKind::Dir, 0, SystemTime::now(), stored, true);
+        let inode = self.make_inode(
+            &p,
+            name,
+            Found { kind: FileKind::Dir, size: 0, mtime: SystemTime::now(), stored, has_marker: true },
+        );
         let key = self.key(&inode.path, FileKind::Dir);
         let put = PutOptions { content_type: None, ..self.put_options(name, stored) };
         self.store
@@ -794,7 +816,17 @@ impl Fs {
             gid: Some(caller.gid),
             mtime: Some(SystemTime::now()),
         };
-        let inode = self.make_inode(&p, name, FileKind::Symlink, target.len() as u64, SystemTime::now(), stored, false);
+        let inode = self.make_inode(
+            &p,
+            name,
+            Found {
+                kind: FileKind::Symlink,
+                size: target.len() as u64,
+                mtime: SystemTime::now(),
+                stored,
+                has_marker: false,
+            },
+        );
         let key = self.key(&inode.path, FileKind::File);
         let put = PutOptions { content_type: None, ..self.put_options(name, stored) };
         self.store
