@@ -21,7 +21,10 @@ fn setup() -> (Arc<MemoryStore>, Fs) {
 }
 
 async fn put(store: &MemoryStore, key: &str, data: &[u8], meta: &[(&str, &str)]) {
-    let opts = PutOptions { metadata: meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..Default::default() };
+    let opts = PutOptions {
+        metadata: meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..Default::default()
+    };
     store.put_object(B, key, Bytes::copy_from_slice(data), &opts).await.unwrap();
 }
 
@@ -101,7 +104,13 @@ async fn all_three_directory_shapes_look_up_and_list() {
 #[tokio::test]
 async fn s3fs_metadata_gives_mode_owner_and_symlinks() {
     let (store, fs) = setup();
-    put(&store, "vol/script.sh", b"#!/bin/sh", &[("mode", "33261"), ("uid", "1000"), ("gid", "50"), ("mtime", "1600000000")]).await;
+    put(
+        &store,
+        "vol/script.sh",
+        b"#!/bin/sh",
+        &[("mode", "33261"), ("uid", "1000"), ("gid", "50"), ("mtime", "1600000000")],
+    )
+    .await;
     put(&store, "vol/link", b"script.sh", &[("mode", "41471")]).await;
     let a = fs.lookup(ROOT_INO, "script.sh").await.unwrap();
     assert_eq!((a.perm, a.uid, a.gid), (0o755, 1000, 50));
@@ -207,7 +216,10 @@ async fn rename_files_and_directories() {
     assert_eq!(object(&store, "vol/moved").await.unwrap(), b"B");
     assert!(object(&store, "vol/dst/sub/b").await.is_none());
     write_file(&fs, ROOT_INO, "other", b"O").await;
-    assert_eq!(fs.rename(ROOT_INO, "moved", ROOT_INO, "other", libc::RENAME_NOREPLACE).await.unwrap_err(), Errno::EEXIST);
+    assert_eq!(
+        fs.rename(ROOT_INO, "moved", ROOT_INO, "other", libc::RENAME_NOREPLACE).await.unwrap_err(),
+        Errno::EEXIST
+    );
     fs.rename(ROOT_INO, "moved", ROOT_INO, "other", 0).await.unwrap();
     assert_eq!(object(&store, "vol/other").await.unwrap(), b"B");
     assert_eq!(fs.rename(ROOT_INO, "dst", ROOT_INO, "other", 0).await.unwrap_err(), Errno::ENOTDIR);

@@ -1,0 +1,352 @@
+//! Real FUSE mounts of the `s3vol` binary against the in-process S3 server, exercised
+//! with coreutils the way a user would. Needs root and /dev/fuse: outside CI the tests
+//! say so and return; in CI (CI=true) not being able to mount is a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use s3vol_testkit::{TestS3, ACCESS_KEY, SECRET_KEY};
+
+const BIN: &str = env!("CARGO_BIN_EXE_s3vol");
+
+struct Env {
+    srv: TestS3,
+    rt: tokio::runtime::Runtime,
+}
+
+fn can_mount() -> bool {
+    let ok = nix::unistd::geteuid().is_root() && Path::new("/dev/fuse").exists();
+    if !ok {
+        assert!(std::env::var("CI").is_err(), "CI must run these tests as root with /dev/fuse");
+        eprintln!("skipping FUSE mount tests: needs root and /dev/fuse");
+    }
+    ok
+}
+
+fn env() -> Env {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let srv = rt.block_on(TestS3::start()).unwrap();
+    srv.backend.create_bucket("bkt");
+    Env { srv, rt }
+}
+
+struct Mount {
+    mnt: PathBuf,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Mount {
+    fn sh(&self, script: &str) -> Output {
+        Command::new("sh").arg("-c").arg(script).current_dir(&self.mnt).output().unwrap()
+    }
+
+    fn ok(&self, script: &str) -> String {
+        let out = self.sh(script);
+        assert!(
+            out.status.success(),
+            "{script}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn err(&self, script: &str) -> String {
+        let out = self.sh(script);
+        assert!(!out.status.success(), "{script} should fail\nstdout: {}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        if let Some(mut c) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if c.try_wait().unwrap().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            panic!("mount process did not exit after unmount");
+        }
+    }
+}
+
+fn is_mounted(p: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let p = p.to_string_lossy();
+    mounts.lines().any(|l| l.split_whitespace().nth(1) == Some(&*p))
+}
+
+fn mount_cmd(e: &Env, source: &str, mnt: &Path, opts: &[&str]) -> Command {
+    mount_cmd_at(&e.srv.endpoint(), source, mnt, opts)
+}
+
+fn mount_cmd_at(endpoint: &str, source: &str, mnt: &Path, opts: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("mount").arg(source).arg(mnt).arg("--endpoint").arg(endpoint);
+    for o in opts {
+        c.arg("-o").arg(o);
+    }
+    c.env("AWS_ACCESS_KEY_ID", ACCESS_KEY).env("AWS_SECRET_ACCESS_KEY", SECRET_KEY).env("RUST_LOG", "warn");
+    c
+}
+
+fn mount(e: &Env, source: &str, opts: &[&str]) -> Mount {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let child = mount_cmd(e, source, &mnt, opts).arg("--foreground").stdout(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !is_mounted(&mnt) {
+        assert!(Instant::now() < deadline, "mount did not appear");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Mount { mnt, child: Some(child), _dir: dir }
+}
+
+#[test]
+fn coreutils_scenarios_and_keys_in_s3() {
+    if !can_mount() {
+        return;
+    }
+    let e = env();
+    let m = mount(&e, "s3://bkt/vol", &[]);
+    m.ok("mkdir -p src/a/b && echo hello > src/a/f.txt && echo deep > src/a/b/g && cp -r src copy && mv copy moved");
+    let ls = m.ok("ls -l moved/a");
+    assert!(ls.contains("f.txt") && ls.contains(" b"), "{ls}");
+    assert!(m.ok("stat -c '%s %F' moved/a/f.txt").starts_with("6 regular"), "stat size and type");
+    assert_eq!(m.ok("find moved -type f | sort"), "moved/a/b/g\nmoved/a/f.txt\n");
+    m.ok("tar cf ../x.tar src && mkdir untar && tar xf ../x.tar -C untar && cmp untar/src/a/b/g src/a/b/g");
+    m.ok("rm -r moved && test ! -e moved");
+    m.ok("echo l1 >> log && echo l2 >> log && sed -i s/l1/L1/ log");
+    assert_eq!(m.ok("cat log"), "L1\nl2\n");
+    m.ok("dd if=/dev/urandom of=../big.local bs=1M count=48 status=none && dd if=../big.local of=big.bin bs=1M status=none");
+    assert_eq!(m.ok("sha256sum < big.bin"), m.ok("sha256sum < ../big.local"));
+    let keys = e.srv.backend.keys("bkt");
+    for k in
+        ["vol/src/", "vol/src/a/", "vol/src/a/f.txt", "vol/src/a/b/g", "vol/log", "vol/big.bin", "vol/untar/src/a/b/g"]
+    {
+        assert!(keys.contains(&k.to_string()), "{k} missing in {keys:?}");
+    }
+    assert!(!keys.iter().any(|k| k.starts_with("vol/moved")), "{keys:?}");
+    assert_eq!(e.srv.backend.get("bkt", "vol/log").unwrap(), &b"L1\nl2\n"[..]);
+    assert_eq!(e.srv.backend.pending_uploads(), 0);
+}
+
+#[test]
+fn git_works_in_the_mount() {
+    if !can_mount() || Command::new("git").arg("--version").output().is_err() {
+        assert!(
+            std::env::var("CI").is_err() || Command::new("git").arg("--version").output().is_ok(),
+            "git needed in CI"
+        );
+        return;
+    }
+    let e = env();
+    let m = mount(&e, "s3://bkt/repo", &[]);
+    m.ok("git init -q . && git config user.email t@example.com && git config user.name t && echo a > a.txt && git add a.txt && git commit -qm first && echo b >> a.txt && git commit -qam second");
+    assert_eq!(m.ok("git log --format=%s"), "second\nfirst\n");
+    assert_eq!(m.ok("git status --porcelain"), "");
+}
+
+#[test]
+fn objects_written_by_other_tools_appear_correctly() {
+    if !can_mount() {
+        return;
+    }
+    let e = env();
+    let b = &e.srv.backend;
+    b.put("bkt", "with-marker/", b"", &[]);
+    b.put("bkt", "with-marker/x", b"1", &[]);
+    b.put("bkt", "implicit/y", b"22", &[]);
+    b.put("bkt", "s3fs-file", b"333", &[("mode", "33257"), ("uid", "1234"), ("gid", "4321"), ("mtime", "1600000000")]);
+    b.put("bkt", "s3fs-link", b"s3fs-file", &[("mode", "41471")]);
+    let m = mount(&e, "s3://bkt", &[]);
+    assert_eq!(m.ok("ls"), "implicit\ns3fs-file\ns3fs-link\nwith-marker\n");
+    assert_eq!(m.ok("stat -c '%F' implicit with-marker"), "directory\ndirectory\n");
+    assert_eq!(m.ok("cat implicit/y with-marker/x"), "221");
+    assert_eq!(m.ok("stat -c '%a %u %g %Y' s3fs-file"), "751 1234 4321 1600000000\n");
+    assert_eq!(m.ok("readlink s3fs-link && cat s3fs-link"), "s3fs-file\n333");
+}
+
+#[test]
+fn hard_links_are_not_supported() {
+    if !can_mount() {
+        return;
+    }
+    let e = env();
+    let m = mount(&e, "s3://bkt", &[]);
+    m.ok("echo x > a");
+    let err = m.err("ln a b");
+    assert!(err.contains("Operation not supported"), "{err}");
+    m.ok("ln -s a sym && test \"$(cat sym)\" = x");
+}
+
+#[test]
+fn non_root_users_with_uid_gid_umask() {
+    if !can_mount() {
+        return;
+    }
+    let e = env();
+    let m = mount(&e, "s3://bkt/shared", &["allow_other,uid=1000,gid=1000,umask=0022"]);
+    let as_user = |script: &str| {
+        Command::new("setpriv")
+            .args(["--reuid=1000", "--regid=1000", "--clear-groups", "sh", "-c", script])
+            .current_dir(&m.mnt)
+            .output()
+            .unwrap()
+    };
+    let out = as_user("echo data > mine && mkdir d && echo more > d/f && cat mine d/f && ls -ln mine");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("data\nmore\n-rw-r--r-- 1 1000 1000"), "{text}");
+    drop(m);
+
+    // A locked-down mount: owned by root, 0700. The same user is refused.
+    let m2 = mount(&e, "s3://bkt/locked", &["allow_other", "umask=077"]);
+    m2.ok("echo secret > s");
+    let out = Command::new("setpriv")
+        .args(["--reuid=1000", "--regid=1000", "--clear-groups", "cat", "s"])
+        .current_dir(&m2.mnt)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn read_only_mount_refuses_writes() {
+    if !can_mount() {
+        return;
+    }
+    let e = env();
+    e.srv.backend.put("bkt", "ro/f", b"keep", &[]);
+    let m = mount(&e, "s3://bkt/ro", &["ro"]);
+    assert_eq!(m.ok("cat f"), "keep");
+    for cmd in ["touch g", "echo x > f", "rm f", "mkdir d"] {
+        let err = m.err(cmd);
+        assert!(err.contains("Read-only file system"), "{cmd}: {err}");
+    }
+    assert_eq!(e.srv.backend.get("bkt", "ro/f").unwrap(), &b"keep"[..]);
+}
+
+#[test]
+fn failed_upload_is_an_error_of_close() {
+    if !can_mount() {
+        return;
+    }
+    let e = env();
+    let m = mount(&e, "s3://bkt", &["part_size=5"]);
+    for op in ["PutObject", "UploadPart", "CompleteMultipartUpload", "CreateMultipartUpload"] {
+        e.srv.control.fail_next(op, "InternalError".parse().unwrap(), usize::MAX);
+    }
+    let script = r#"
+import errno, os, sys
+for size in (1000, 12 * 1024 * 1024):
+    f = open(f"f{size}", "wb")
+    try:
+        f.write(os.urandom(size))
+        f.close()
+    except OSError as e:
+        print(f"{size}:{e.errno}")
+        continue
+    print(f"{size}:ok")
+"#;
+    let out = Command::new("python3").arg("-c").arg(script).current_dir(&m.mnt).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text,
+        format!("1000:{}\n{}:{}\n", libc::EIO, 12 * 1024 * 1024, libc::EIO),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    e.srv.control.clear_faults();
+    m.ok("echo back > ok.txt");
+    assert_eq!(e.srv.backend.get("bkt", "ok.txt").unwrap(), &b"back\n"[..]);
+    assert_eq!(e.srv.backend.pending_uploads(), 0, "failed multipart uploads are aborted");
+}
+
+#[test]
+fn mount_failures_are_one_clear_line() {
+    if !can_mount() {
+        return;
+    }
+    let e = env();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |source: &str, env_ak: &str, endpoint: Option<String>| {
+        let mut c = mount_cmd_at(&endpoint.unwrap_or_else(|| e.srv.endpoint()), source, dir.path(), &[]);
+        c.env("AWS_ACCESS_KEY_ID", env_ak);
+        let t = Instant::now();
+        let out = c.output().unwrap();
+        assert!(t.elapsed() < Duration::from_secs(20), "took {:?}", t.elapsed());
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run("s3://no-such-bucket", ACCESS_KEY, None);
+    assert!(err.contains("no-such-bucket") && err.contains("does not exist"), "{err}");
+    let err = run("s3://bkt", "wrong-key", None);
+    assert!(err.contains("access denied") && err.contains("InvalidAccessKeyId"), "{err}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let err = run("s3://bkt", ACCESS_KEY, Some(format!("http://127.0.0.1:{port}")));
+    assert!(err.contains("unreachable"), "{err}");
+    let out = Command::new(BIN).args(["mount", "s3://bkt", "/tmp", "-o", "bogus_option=1"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bogus_option"));
+    assert!(!is_mounted(dir.path()));
+}
+
+#[test]
+fn background_mount_returns_when_ready_and_exits_on_unmount() {
+    if !can_mount() {
+        return;
+    }
+    let e = env();
+    let dir = tempfile::tempdir().unwrap();
+    let status = mount_cmd(&e, "s3://bkt/bg", dir.path(), &[]).status().unwrap();
+    assert!(status.success());
+    assert!(is_mounted(dir.path()), "mounted when the command returns");
+    std::fs::write(dir.path().join("f"), b"bg").unwrap();
+    assert_eq!(e.srv.backend.get("bkt", "bg/f").unwrap(), &b"bg"[..]);
+    assert!(Command::new("umount").arg(dir.path()).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let running = Command::new("pgrep")
+            .args(["-f", &format!("s3vol mount s3://bkt/bg {}", dir.path().display())])
+            .output()
+            .unwrap();
+        if running.stdout.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "background process still running after unmount");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(e.rt);
+}
+
+#[test]
+fn local_directory_mount_needs_no_s3() {
+    if !can_mount() {
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let src = format!("file://{}", data.path().display());
+    let out = Command::new(BIN).args(["mount", &src]).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::create_dir(dir.path().join("d")).unwrap();
+    std::fs::write(dir.path().join("d/f"), b"local").unwrap();
+    assert_eq!(std::fs::read(data.path().join("d/f")).unwrap(), b"local");
+    assert!(Command::new("umount").arg(dir.path()).status().unwrap().success());
+}
