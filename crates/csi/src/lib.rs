@@ -1,7 +1,7 @@
 //! The CSI driver: Identity, Controller and Node services over gRPC on a unix socket.
 //!
 //! This crate decides what a volume is and where its data lives; it never imports fuser.
-//! The node half (to come) starts FUSE servers through a `Launcher` seam.
+//! The node half starts FUSE servers through the [`node::launcher::Launcher`] seam.
 //!
 //! # Layout
 //! - `pb`: the CSI protobuf (package `csi.v1`), generated at build time from `proto/csi.proto`.
@@ -11,7 +11,8 @@
 //! - `connect`: [`connect::StoreFactory`], turning a connection description into an `ObjectStore`.
 //! - `provision`: create / delete / expand / look up volumes against a store, with the ownership marker.
 //! - `inflight`: per-volume operation guard (ABORTED for a call already in flight).
-//! - `identity`, `controller`: the gRPC services served so far.
+//! - `identity`, `controller`, `node`: the three gRPC services (`node` also holds the
+//!   FUSE server control protocol, the launcher and the node state registry).
 //! - `server`: serving them on a unix socket until a shutdown future resolves.
 
 pub mod connect;
@@ -19,6 +20,7 @@ pub mod controller;
 pub mod error;
 pub mod identity;
 pub mod inflight;
+pub mod node;
 
 pub mod provision;
 pub mod server;

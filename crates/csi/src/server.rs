@@ -6,8 +6,10 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::controller::ControllerService;
 use crate::identity::IdentityService;
+use crate::node::NodeService;
 use crate::pb::controller_server::ControllerServer;
 use crate::pb::identity_server::IdentityServer;
+use crate::pb::node_server::NodeServer;
 
 /// Why the gRPC server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -51,17 +53,19 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
     UnixListener::bind(path).map_err(err)
 }
 
-/// Serves Identity (always) and Controller (when given) on `listener` until `shutdown`
-/// resolves; in-flight calls finish first.
+/// Serves Identity (always), Controller and Node (when given) on `listener` until
+/// `shutdown` resolves; in-flight calls finish first.
 pub async fn serve(
     listener: UnixListener,
     identity: IdentityService,
     controller: Option<ControllerService>,
+    node: Option<NodeService>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let router = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(identity))
-        .add_optional_service(controller.map(ControllerServer::new));
+        .add_optional_service(controller.map(ControllerServer::new))
+        .add_optional_service(node.map(NodeServer::new));
     router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown).await?;
     Ok(())
 }

@@ -63,7 +63,7 @@ async fn start_with_endpoint(endpoint: Option<String>) -> Harness {
     let controller = ControllerService::new(Arc::new(Provisioner::new(Arc::new(DefaultStoreFactory), defaults)));
     let identity = IdentityService::new("s3vol.csi.io", true, Arc::new(|| Ok(())));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::serve(listener, identity, Some(controller), async move {
+    tokio::spawn(server::serve(listener, identity, Some(controller), None, async move {
         let _ = rx.await;
     }));
     let ch = connect(sock).await;

@@ -4,15 +4,14 @@
 //! mounted (the CSI node plugin does that).
 //!
 //! # Layout
-//! - `mount`: opening /dev/fuse, mount(2), unmount.
+//! - mounting itself lives in `s3vol-mount` (re-exported here for the binary).
 //! - `adapter`: [`FuseAdapter`], one fuser callback per operation, each run as a task on
 //!   a tokio runtime so slow store calls never block the kernel channel.
 //! - `serve`: running a session on an fd until the mount goes away.
 
 mod adapter;
-mod mount;
 mod serve;
 
 pub use adapter::FuseAdapter;
-pub use mount::{mount_fuse, unmount, MountError};
+pub use s3vol_mount::{mount_fuse, unmount, MountError};
 pub use serve::serve_fd;

@@ -23,6 +23,9 @@ pub enum Command {
     Mount(MountArgs),
     /// Print version and build information.
     Version,
+    /// Internal: the per-volume FUSE server started by the node plugin.
+    #[command(hide = true)]
+    FuseServer(crate::fuse_server::FuseServerArgs),
 }
 
 impl Command {
@@ -71,6 +74,13 @@ pub struct CsiArgs {
     /// Region when neither the StorageClass nor the secret names one.
     #[arg(long, env = "S3VOL_DEFAULT_REGION")]
     pub default_region: Option<String>,
+    /// A tmpfs directory where the node keeps volume credentials, so it can repair
+    /// mounts after its own restart; ignored (with a warning) if not a tmpfs.
+    #[arg(long, default_value = "/run/s3vol")]
+    pub secrets_dir: PathBuf,
+    /// Seconds between node health checks (dead FUSE servers are replaced).
+    #[arg(long, default_value = "5")]
+    pub health_interval: f64,
 }
 
 /// `s3vol version` output: version, commit, build profile and target.

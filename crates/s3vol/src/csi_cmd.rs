@@ -4,9 +4,12 @@ use anyhow::Context;
 use s3vol_csi::connect::DefaultStoreFactory;
 use s3vol_csi::controller::ControllerService;
 use s3vol_csi::identity::IdentityService;
+use s3vol_csi::node::launcher::ProcessLauncher;
+use s3vol_csi::node::{NodeConfig, NodeService};
 use s3vol_csi::provision::Provisioner;
 use s3vol_csi::server;
 use s3vol_csi::volume::{normalize_endpoint, Endpoint};
+use std::time::Duration;
 
 use crate::cli::{CsiArgs, Mode};
 
@@ -26,13 +29,49 @@ async fn serve(args: CsiArgs) -> anyhow::Result<()> {
     let listener = server::bind_unix(&path)?;
     let controller = matches!(args.mode, Mode::Controller | Mode::All)
         .then(|| ControllerService::new(Arc::new(Provisioner::new(Arc::new(DefaultStoreFactory), defaults.clone()))));
-    let node_half = matches!(args.mode, Mode::Node | Mode::All);
-    if node_half {
-        anyhow::bail!("--mode {:?}: the node service is not built yet; run --mode controller", args.mode);
-    }
-    let identity = IdentityService::new(args.driver_name.clone(), controller.is_some(), Arc::new(|| Ok(())));
+    let node = if matches!(args.mode, Mode::Node | Mode::All) {
+        let node_id = match &args.node_id {
+            Some(n) => n.clone(),
+            None => nix::unistd::gethostname()
+                .context("reading the host name for --node-id")?
+                .to_string_lossy()
+                .into_owned(),
+        };
+        let cfg = NodeConfig {
+            node_id,
+            state_dir: args.state_dir.clone(),
+            secrets_dir: Some(args.secrets_dir.clone()),
+            health_interval: Duration::from_secs_f64(args.health_interval.max(0.1)),
+            defaults: defaults.clone(),
+        };
+        let exe = std::env::current_exe().context("locating the s3vol binary")?;
+        let node = NodeService::new(&cfg, Arc::new(ProcessLauncher::new(exe)), Arc::new(DefaultStoreFactory))
+            .with_context(|| format!("state dir {}", args.state_dir.display()))?;
+        node.recover().await;
+        node.spawn_health_loop(cfg.health_interval);
+        Some(node)
+    } else {
+        None
+    };
+    let ready: s3vol_csi::identity::ReadinessCheck = if node.is_some() {
+        let state = args.state_dir.clone();
+        Arc::new(move || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/fuse")
+                .map_err(|e| format!("/dev/fuse: {e}"))?;
+            if !state.is_dir() {
+                return Err(format!("state dir {} missing", state.display()));
+            }
+            Ok(())
+        })
+    } else {
+        Arc::new(|| Ok(()))
+    };
+    let identity = IdentityService::new(args.driver_name.clone(), controller.is_some(), ready);
     tracing::info!(endpoint = %args.endpoint, mode = ?args.mode, driver = %args.driver_name, "serving CSI");
-    server::serve(listener, identity, controller, shutdown_signal()).await?;
+    server::serve(listener, identity, controller, node, shutdown_signal()).await?;
     let _ = std::fs::remove_file(&path);
     tracing::info!("CSI server stopped");
     Ok(())

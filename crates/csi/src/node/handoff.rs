@@ -1,0 +1,264 @@
+//! The control channel between the node plugin and a FUSE server: a SOCK_SEQPACKET unix
+//! socket (one JSON message per packet), with the /dev/fuse descriptor passed as
+//! SCM_RIGHTS beside the first message. Credentials travel only over this socket, never
+//! in argv, the environment or files.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::socket::{
+    self, AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
+};
+use serde::{Deserialize, Serialize};
+
+/// Largest control message.
+const MAX_MSG: usize = 64 * 1024;
+
+/// Keys as they cross the control socket. Debug output never shows them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireCredentials {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret key.
+    pub secret_access_key: String,
+    /// Session token.
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for WireCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WireCredentials(<redacted>)")
+    }
+}
+
+impl From<s3vol_store::StaticCredentials> for WireCredentials {
+    fn from(c: s3vol_store::StaticCredentials) -> Self {
+        WireCredentials {
+            access_key_id: c.access_key_id,
+            secret_access_key: c.secret_access_key,
+            session_token: c.session_token,
+        }
+    }
+}
+
+impl From<WireCredentials> for s3vol_store::StaticCredentials {
+    fn from(c: WireCredentials) -> Self {
+        s3vol_store::StaticCredentials {
+            access_key_id: c.access_key_id,
+            secret_access_key: c.secret_access_key,
+            session_token: c.session_token,
+        }
+    }
+}
+
+/// Everything a FUSE server needs to serve one volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServeConfig {
+    /// CSI volume id (for logs).
+    pub volume_id: String,
+    /// Bucket.
+    pub bucket: String,
+    /// Prefix, empty or ending in `/`.
+    pub prefix: String,
+    /// Endpoint URL (`file:///dir` for a local directory); `None` = AWS.
+    pub endpoint: Option<String>,
+    /// Region.
+    pub region: String,
+    /// `path` or `virtual`.
+    pub addressing: String,
+    /// Mount options.
+    pub options: Vec<String>,
+    /// Capacity for statfs.
+    pub capacity: Option<u64>,
+    /// Keys; `None` = the default AWS chain.
+    pub credentials: Option<WireCredentials>,
+}
+
+/// A request to a FUSE server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ControlRequest {
+    /// Serve the FUSE fd sent with this message.
+    Serve {
+        /// What to serve.
+        config: ServeConfig,
+    },
+    /// Replace the credentials of the running server (rotation without remount).
+    Rotate {
+        /// New keys.
+        credentials: WireCredentials,
+    },
+    /// Liveness check.
+    Ping,
+    /// Exit now.
+    Shutdown,
+}
+
+/// A FUSE server's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlResponse {
+    /// Whether the request was carried out.
+    pub ok: bool,
+    /// Why not.
+    pub error: Option<String>,
+    /// The server's process id.
+    pub pid: u32,
+    /// Whether a session is being served.
+    pub serving: bool,
+}
+
+/// Control channel failures.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    /// Socket-level failure.
+    #[error("control socket {0}: {1}")]
+    Io(String, nix::Error),
+    /// Malformed message.
+    #[error("control message: {0}")]
+    Protocol(String),
+}
+
+fn seqpacket() -> nix::Result<OwnedFd> {
+    socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
+}
+
+fn set_timeouts(fd: &OwnedFd, t: Duration) -> nix::Result<()> {
+    let tv = nix::sys::time::TimeVal::new(t.as_secs() as i64, t.subsec_micros() as i64);
+    socket::setsockopt(fd, socket::sockopt::ReceiveTimeout, &tv)?;
+    socket::setsockopt(fd, socket::sockopt::SendTimeout, &tv)
+}
+
+/// Sends one packet, with `fd` attached when given.
+pub fn send_packet(sock: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> nix::Result<()> {
+    let iov = [IoSlice::new(bytes)];
+    let fds: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsgs: Vec<ControlMessage<'_>> =
+        if fds.is_empty() { Vec::new() } else { vec![ControlMessage::ScmRights(&fds)] };
+    socket::sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::empty(), None)?;
+    Ok(())
+}
+
+/// Receives one packet and any descriptor sent with it. `Ok(None)` at end of stream.
+pub fn recv_packet(sock: BorrowedFd<'_>) -> nix::Result<Option<(Vec<u8>, Option<OwnedFd>)>> {
+    let mut buf = vec![0u8; MAX_MSG];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let (n, fd) = {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = socket::recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+        let mut fd = None;
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                for raw in fds {
+                    // SAFETY: SCM_RIGHTS just installed this descriptor in our table; we
+                    // are its only owner.
+                    let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                    if fd.is_none() {
+                        fd = Some(owned);
+                    }
+                }
+            }
+        }
+        (msg.bytes, fd)
+    };
+    if n == 0 {
+        return Ok(None);
+    }
+    buf.truncate(n);
+    Ok(Some((buf, fd)))
+}
+
+/// Sends `req` (with `fd`) to the server listening at `path` and waits for its answer.
+pub fn call(
+    path: &Path,
+    req: &ControlRequest,
+    fd: Option<BorrowedFd<'_>>,
+    timeout: Duration,
+) -> Result<ControlResponse, HandoffError> {
+    let name = path.display().to_string();
+    let io = |e| HandoffError::Io(name.clone(), e);
+    let sock = seqpacket().map_err(io)?;
+    set_timeouts(&sock, timeout).map_err(io)?;
+    socket::connect(sock.as_raw_fd(), &UnixAddr::new(path).map_err(io)?).map_err(io)?;
+    let bytes = serde_json::to_vec(req).map_err(|e| HandoffError::Protocol(e.to_string()))?;
+    send_packet(std::os::fd::AsFd::as_fd(&sock), &bytes, fd).map_err(io)?;
+    let (reply, _) = recv_packet(std::os::fd::AsFd::as_fd(&sock))
+        .map_err(io)?
+        .ok_or_else(|| HandoffError::Protocol("server closed the connection".into()))?;
+    serde_json::from_slice(&reply).map_err(|e| HandoffError::Protocol(e.to_string()))
+}
+
+/// The server side: a listening control socket (mode 0600).
+pub struct ControlListener {
+    sock: OwnedFd,
+}
+
+impl ControlListener {
+    /// Binds `path`, replacing a stale socket.
+    pub fn bind(path: &Path) -> nix::Result<Self> {
+        let _ = std::fs::remove_file(path);
+        let sock = seqpacket()?;
+        socket::bind(sock.as_raw_fd(), &UnixAddr::new(path)?)?;
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        socket::listen(&sock, Backlog::new(16)?)?;
+        Ok(ControlListener { sock })
+    }
+
+    /// Waits for the next connection.
+    pub fn accept(&self) -> nix::Result<OwnedFd> {
+        let raw = socket::accept4(self.sock.as_raw_fd(), SockFlag::SOCK_CLOEXEC)?;
+        // SAFETY: accept4 returned a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    }
+}
+
+/// Reads one request (and its fd) from an accepted connection.
+pub fn read_request(conn: &OwnedFd) -> Result<Option<(ControlRequest, Option<OwnedFd>)>, HandoffError> {
+    let io = |e| HandoffError::Io("connection".into(), e);
+    let Some((bytes, fd)) = recv_packet(std::os::fd::AsFd::as_fd(conn)).map_err(io)? else { return Ok(None) };
+    let req = serde_json::from_slice(&bytes).map_err(|e| HandoffError::Protocol(e.to_string()))?;
+    Ok(Some((req, fd)))
+}
+
+/// Answers a request.
+pub fn write_response(conn: &OwnedFd, resp: &ControlResponse) -> Result<(), HandoffError> {
+    let bytes = serde_json::to_vec(resp).map_err(|e| HandoffError::Protocol(e.to_string()))?;
+    send_packet(std::os::fd::AsFd::as_fd(conn), &bytes, None).map_err(|e| HandoffError::Io("connection".into(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_and_fd_cross_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        let l = ControlListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let conn = l.accept().unwrap();
+            let (req, fd) = read_request(&conn).unwrap().unwrap();
+            let got_fd = fd.is_some();
+            let ok = matches!(req, ControlRequest::Rotate { ref credentials } if credentials.access_key_id == "AK");
+            write_response(&conn, &ControlResponse { ok: ok && got_fd, error: None, pid: 7, serving: false }).unwrap();
+        });
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let req = ControlRequest::Rotate {
+            credentials: WireCredentials {
+                access_key_id: "AK".into(),
+                secret_access_key: "SK".into(),
+                session_token: None,
+            },
+        };
+        let resp = call(&path, &req, Some(std::os::fd::AsFd::as_fd(&file)), Duration::from_secs(5)).unwrap();
+        server.join().unwrap();
+        assert!(resp.ok && resp.pid == 7, "{resp:?}");
+        assert!(!format!("{req:?}").contains("SK"));
+        let mode = std::fs::metadata(&path)
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+            .unwrap();
+        assert_eq!(mode, 0o600);
+    }
+}

@@ -1,0 +1,616 @@
+//! The Node service: one FUSE mount per volume per node at the staging path, made here
+//! with mount(2) and handed to a FUSE server process over a unix socket (SCM_RIGHTS);
+//! bind mounts for each pod; repair of mounts whose server died; credential rotation.
+
+pub mod handoff;
+pub mod launcher;
+pub mod registry;
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use s3vol_fs::MountOptions;
+use s3vol_store::ListRequest;
+use tonic::{Request, Response, Status};
+
+use crate::connect::StoreFactory;
+use crate::controller::unsupported_capability;
+use crate::error::{CsiError, CsiResult};
+use crate::inflight::InFlight;
+use crate::pb::node_server::Node;
+use crate::pb::{self, node_service_capability, volume_capability, NodeServiceCapability};
+use crate::volume::{SecretValues, VolumeSpec};
+use handoff::{ControlRequest, ServeConfig, WireCredentials};
+use launcher::Launcher;
+use registry::{Registry, TargetRecord, VolumeRecord};
+
+/// How long a control-socket call may take.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Budget for checking the store is reachable at stage time.
+const REACHABILITY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Node plugin settings.
+pub struct NodeConfig {
+    /// This node's id.
+    pub node_id: String,
+    /// State dir (0700).
+    pub state_dir: PathBuf,
+    /// tmpfs dir for credentials used in repairs.
+    pub secrets_dir: Option<PathBuf>,
+    /// Health-check period.
+    pub health_interval: Duration,
+    /// Endpoint and region for volumes whose attributes and secret name none.
+    pub defaults: crate::volume::Endpoint,
+}
+
+struct Inner {
+    node_id: String,
+    registry: Registry,
+    launcher: Arc<dyn Launcher>,
+    factory: Arc<dyn StoreFactory>,
+    defaults: crate::volume::Endpoint,
+    inflight: InFlight,
+    /// Why a volume is abnormal, while it is.
+    conditions: Mutex<HashMap<String, String>>,
+    /// Credentials of staged volumes, for repairs.
+    creds: Mutex<HashMap<String, Option<WireCredentials>>>,
+}
+
+/// The Node service. Cheap to clone.
+#[derive(Clone)]
+pub struct NodeService {
+    inner: Arc<Inner>,
+}
+
+fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> CsiError {
+    CsiError::Internal(format!("{what} {}: {e}", path.display()))
+}
+
+fn is_readonly_mode(cap: &pb::VolumeCapability) -> bool {
+    use volume_capability::access_mode::Mode;
+    cap.access_mode.as_ref().is_some_and(|m| {
+        matches!(Mode::try_from(m.mode), Ok(Mode::SingleNodeReaderOnly) | Ok(Mode::MultiNodeReaderOnly))
+    })
+}
+
+fn mount_group(cap: &pb::VolumeCapability) -> Option<String> {
+    match &cap.access_type {
+        Some(volume_capability::AccessType::Mount(m)) if !m.volume_mount_group.is_empty() => {
+            Some(m.volume_mount_group.clone())
+        }
+        _ => None,
+    }
+}
+
+fn mount_flags(cap: &pb::VolumeCapability) -> Vec<String> {
+    match &cap.access_type {
+        Some(volume_capability::AccessType::Mount(m)) => m.mount_flags.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// Unmounts `path` if it is a mount point; a busy or broken mount is detached lazily.
+fn unmount_quietly(path: &Path) -> CsiResult<()> {
+    if !s3vol_mount::is_mount_point(path) {
+        return Ok(());
+    }
+    match s3vol_mount::unmount(path) {
+        Ok(()) => Ok(()),
+        Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => Ok(()),
+        Err(_) => nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH).map_err(|e| io_err("unmount", path, e)),
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    pid != 0 && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.windows(11).any(|w| w == b"fuse-server"))
+}
+
+impl NodeService {
+    /// A node service; call [`NodeService::recover`] once and
+    /// [`NodeService::spawn_health_loop`] to keep mounts healthy.
+    pub fn new(cfg: &NodeConfig, launcher: Arc<dyn Launcher>, factory: Arc<dyn StoreFactory>) -> std::io::Result<Self> {
+        let registry = Registry::open(&cfg.state_dir, cfg.secrets_dir.as_deref())?;
+        Ok(NodeService {
+            inner: Arc::new(Inner {
+                node_id: cfg.node_id.clone(),
+                registry,
+                launcher,
+                factory,
+                defaults: cfg.defaults.clone(),
+                inflight: InFlight::default(),
+                conditions: Mutex::new(HashMap::new()),
+                creds: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Re-adopts the volumes recorded in the state dir and repairs those whose server died.
+    pub async fn recover(&self) {
+        for rec in self.inner.registry.all() {
+            let creds = self.inner.registry.load_credentials(&rec.volume_id);
+            self.inner.creds.lock().entry(rec.volume_id.clone()).or_insert(creds);
+            self.check_and_repair(&rec.volume_id).await;
+        }
+    }
+
+    /// Checks every volume every `interval`, repairing broken ones.
+    pub fn spawn_health_loop(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                for rec in me.inner.registry.all() {
+                    me.check_and_repair(&rec.volume_id).await;
+                }
+            }
+        })
+    }
+
+    fn ping(&self, volume_id: &str) -> bool {
+        let sock = self.inner.registry.socket(volume_id);
+        handoff::call(&sock, &ControlRequest::Ping, None, Duration::from_secs(2)).is_ok_and(|r| r.ok && r.serving)
+    }
+
+    /// One health check of one volume; repairs it when its server or mount is gone.
+    pub async fn check_and_repair(&self, volume_id: &str) {
+        let Ok(_guard) = self.inner.inflight.claim(volume_id) else { return };
+        let Some(rec) = self.inner.registry.load(volume_id) else { return };
+        let vid = volume_id.to_string();
+        let me = self.clone();
+        let healthy = tokio::task::spawn_blocking(move || {
+            me.ping(&vid) && s3vol_mount::mount_health(&rec.staging_path) == s3vol_mount::MountHealth::Healthy
+        })
+        .await
+        .unwrap_or(false);
+        if healthy {
+            self.inner.conditions.lock().remove(volume_id);
+            return;
+        }
+        let reason = "FUSE server not running or mount broken; repairing".to_string();
+        tracing::warn!(volume_id, "{reason}");
+        self.inner.conditions.lock().insert(volume_id.to_string(), reason);
+        match self.repair(volume_id).await {
+            Ok(()) => {
+                tracing::info!(volume_id, "mount repaired");
+                self.inner.conditions.lock().remove(volume_id);
+            }
+            Err(e) => {
+                tracing::error!(volume_id, error = %e, "repair failed; will retry");
+                self.inner.conditions.lock().insert(volume_id.to_string(), format!("repair failed: {e}"));
+            }
+        }
+    }
+
+    /// Replaces a dead server: new FUSE mount at the staging path, new server, and every
+    /// bind mount re-made, without the pods doing anything.
+    async fn repair(&self, volume_id: &str) -> CsiResult<()> {
+        let mut rec = self.inner.registry.load(volume_id).ok_or_else(|| CsiError::NotFound(volume_id.to_string()))?;
+        if process_alive(rec.pid) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(rec.pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+        for t in &rec.targets {
+            let _ = nix::mount::umount2(&t.path, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = nix::mount::umount2(&rec.staging_path, nix::mount::MntFlags::MNT_DETACH);
+        let creds = self.inner.creds.lock().get(volume_id).cloned().flatten();
+        let config = ServeConfig { credentials: creds, ..rec.config.clone() };
+        rec.pid = self.start_server(volume_id, &rec.staging_path, config).await?;
+        for t in &rec.targets {
+            std::fs::create_dir_all(&t.path).map_err(|e| io_err("create target", &t.path, e))?;
+            s3vol_mount::bind_mount(&rec.staging_path, &t.path, t.read_only)
+                .map_err(|e| io_err("bind mount", &t.path, e))?;
+        }
+        self.inner.registry.save(&rec).map_err(|e| CsiError::Internal(e.to_string()))?;
+        Ok(())
+    }
+
+    /// mount(2) at `staging`, start a server, hand it the fd and the config.
+    async fn start_server(&self, volume_id: &str, staging: &Path, config: ServeConfig) -> CsiResult<u32> {
+        let opts = MountOptions::parse(&config.options).map_err(|e| CsiError::invalid(e.to_string()))?;
+        let fsname = format!("s3vol:{}/{}", config.bucket, config.prefix);
+        let fd = s3vol_mount::mount_fuse(staging, &fsname, true, opts.read_only)
+            .map_err(|e| CsiError::Internal(e.to_string()))?;
+        let sock = self.inner.registry.socket(volume_id);
+        let log = self.inner.registry.log(volume_id);
+        std::fs::create_dir_all(self.inner.registry.dir(volume_id)).map_err(|e| io_err("state dir", staging, e))?;
+        let pid = match self.inner.launcher.launch(&sock, &log).await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = nix::mount::umount2(staging, nix::mount::MntFlags::MNT_DETACH);
+                return Err(e);
+            }
+        };
+        let req = ControlRequest::Serve { config };
+        let sock2 = sock.clone();
+        let resp = tokio::task::spawn_blocking(move || handoff::call(&sock2, &req, Some(fd.as_fd()), CONTROL_TIMEOUT))
+            .await
+            .map_err(|e| CsiError::Internal(e.to_string()))?;
+        match resp {
+            Ok(r) if r.ok => Ok(pid),
+            Ok(r) => {
+                let _ = nix::mount::umount2(staging, nix::mount::MntFlags::MNT_DETACH);
+                Err(CsiError::Internal(format!("FUSE server refused the volume: {}", r.error.unwrap_or_default())))
+            }
+            Err(e) => {
+                let _ = nix::mount::umount2(staging, nix::mount::MntFlags::MNT_DETACH);
+                Err(CsiError::Internal(format!("handing the mount to the FUSE server: {e}")))
+            }
+        }
+    }
+
+    async fn stage(&self, r: pb::NodeStageVolumeRequest) -> CsiResult<()> {
+        if r.volume_id.is_empty() {
+            return Err(CsiError::invalid("volume_id is required"));
+        }
+        if r.staging_target_path.is_empty() {
+            return Err(CsiError::invalid("staging_target_path is required"));
+        }
+        let cap = r.volume_capability.as_ref().ok_or_else(|| CsiError::invalid("volume_capability is required"))?;
+        if let Some(why) = unsupported_capability(cap) {
+            return Err(CsiError::invalid(why));
+        }
+        let _guard = self.inner.inflight.claim(&r.volume_id)?;
+        let staging = PathBuf::from(&r.staging_target_path);
+        let secret = SecretValues::from_map(&r.secrets)?;
+        let mut spec = VolumeSpec::resolve(&r.volume_id, &r.volume_context, &secret)?;
+        if spec.endpoint.url.is_none() {
+            spec.endpoint.url = self.inner.defaults.url.clone();
+        }
+        if spec.endpoint.region.is_none() {
+            spec.endpoint.region = self.inner.defaults.region.clone();
+        }
+        let mut options = vec!["allow_other".to_string()];
+        if let Some(g) = mount_group(cap) {
+            g.parse::<u32>()
+                .map_err(|_| CsiError::invalid(format!("volume_mount_group={g:?} is not a numeric gid")))?;
+            // fsGroup semantics: the group owns everything and may write.
+            options.extend([format!("gid={g}"), "file_mode=0664".into(), "dir_mode=0775".into(), "umask=0002".into()]);
+        }
+        options.extend(spec.mount_options.iter().cloned());
+        options.extend(mount_flags(cap));
+        if spec.read_only || is_readonly_mode(cap) {
+            options.push("ro".into());
+        }
+        MountOptions::parse(&options).map_err(|e| CsiError::invalid(format!("mount options: {e}")))?;
+        let config = ServeConfig {
+            volume_id: r.volume_id.clone(),
+            bucket: spec.bucket.clone(),
+            prefix: spec.prefix.clone(),
+            endpoint: spec.endpoint.url.clone(),
+            region: spec.endpoint.region().to_string(),
+            addressing: if spec.endpoint.addressing == s3vol_store::AddressingStyle::Virtual {
+                "virtual".into()
+            } else {
+                "path".into()
+            },
+            options,
+            capacity: spec.capacity.map(|c| c.max(0) as u64),
+            credentials: None,
+        };
+        let fingerprint = {
+            use sha2::{Digest, Sha256};
+            hex::encode(&Sha256::digest(serde_json::to_vec(&(&config, &staging)).unwrap_or_default())[..12])
+        };
+        if let Some(existing) = self.inner.registry.load(&r.volume_id) {
+            if existing.staging_path == staging
+                && existing.fingerprint == fingerprint
+                && s3vol_mount::is_mount_point(&staging)
+            {
+                return Ok(());
+            }
+            if existing.staging_path == staging && existing.fingerprint == fingerprint {
+                // Recorded but not mounted: fall through and stage again.
+            } else {
+                return Err(CsiError::AlreadyExists(format!(
+                    "volume {:?} is already staged at {} with other options",
+                    r.volume_id,
+                    existing.staging_path.display()
+                )));
+            }
+        }
+        // Reachability, with the store's own error, before anything is mounted.
+        let store = self.inner.factory.connect(&spec.endpoint, secret.credentials.clone()).await?;
+        let probe = ListRequest { prefix: spec.prefix.clone(), max_keys: Some(1), ..Default::default() };
+        match tokio::time::timeout(REACHABILITY_TIMEOUT, store.list(&spec.bucket, &probe)).await {
+            Err(_) => {
+                return Err(CsiError::Unavailable(format!(
+                    "{} did not answer within {REACHABILITY_TIMEOUT:?}",
+                    store.describe()
+                )))
+            }
+            Ok(Err(e)) if e.kind == s3vol_store::ErrorKind::NoSuchBucket => {
+                return Err(CsiError::NotFound(format!(
+                    "bucket {:?} does not exist on {}",
+                    spec.bucket,
+                    store.describe()
+                )))
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Ok(Ok(_)) => {}
+        }
+        std::fs::create_dir_all(&staging).map_err(|e| io_err("create staging path", &staging, e))?;
+        let creds: Option<WireCredentials> = secret.credentials.map(Into::into);
+        let pid = self
+            .start_server(&r.volume_id, &staging, ServeConfig { credentials: creds.clone(), ..config.clone() })
+            .await?;
+        self.inner.creds.lock().insert(r.volume_id.clone(), creds.clone());
+        self.inner.registry.save_credentials(&r.volume_id, creds.as_ref());
+        let rec = VolumeRecord {
+            volume_id: r.volume_id.clone(),
+            staging_path: staging,
+            fingerprint,
+            config,
+            targets: Vec::new(),
+            pid,
+        };
+        self.inner.registry.save(&rec).map_err(|e| CsiError::Internal(e.to_string()))?;
+        tracing::info!(volume_id = %r.volume_id, pid, "volume staged");
+        Ok(())
+    }
+
+    async fn unstage(&self, r: pb::NodeUnstageVolumeRequest) -> CsiResult<()> {
+        if r.volume_id.is_empty() {
+            return Err(CsiError::invalid("volume_id is required"));
+        }
+        if r.staging_target_path.is_empty() {
+            return Err(CsiError::invalid("staging_target_path is required"));
+        }
+        let _guard = self.inner.inflight.claim(&r.volume_id)?;
+        let staging = PathBuf::from(&r.staging_target_path);
+        let rec = self.inner.registry.load(&r.volume_id);
+        unmount_quietly(&staging)?;
+        if let Some(rec) = rec {
+            let sock = self.inner.registry.socket(&r.volume_id);
+            let _ = tokio::task::spawn_blocking(move || {
+                handoff::call(&sock, &ControlRequest::Shutdown, None, Duration::from_secs(2))
+            })
+            .await;
+            if process_alive(rec.pid) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if process_alive(rec.pid) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(rec.pid as i32),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                }
+            }
+        }
+        self.inner.registry.remove(&r.volume_id);
+        self.inner.creds.lock().remove(&r.volume_id);
+        self.inner.conditions.lock().remove(&r.volume_id);
+        if staging.exists() {
+            let _ = std::fs::remove_dir(&staging);
+        }
+        tracing::info!(volume_id = %r.volume_id, "volume unstaged");
+        Ok(())
+    }
+
+    async fn publish(&self, r: pb::NodePublishVolumeRequest) -> CsiResult<()> {
+        if r.volume_id.is_empty() {
+            return Err(CsiError::invalid("volume_id is required"));
+        }
+        if r.target_path.is_empty() {
+            return Err(CsiError::invalid("target_path is required"));
+        }
+        if r.staging_target_path.is_empty() {
+            return Err(CsiError::invalid("staging_target_path is required"));
+        }
+        let cap = r.volume_capability.as_ref().ok_or_else(|| CsiError::invalid("volume_capability is required"))?;
+        if let Some(why) = unsupported_capability(cap) {
+            return Err(CsiError::invalid(why));
+        }
+        let _guard = self.inner.inflight.claim(&r.volume_id)?;
+        let mut rec = self.inner.registry.load(&r.volume_id).ok_or_else(|| {
+            CsiError::FailedPrecondition(format!("volume {:?} is not staged on this node", r.volume_id))
+        })?;
+        if rec.staging_path != Path::new(&r.staging_target_path) {
+            return Err(CsiError::FailedPrecondition(format!(
+                "volume {:?} is staged at {}, not {}",
+                r.volume_id,
+                rec.staging_path.display(),
+                r.staging_target_path
+            )));
+        }
+        // Credential rotation (requiresRepublish): new keys go to the running server.
+        let secret = SecretValues::from_map(&r.secrets)?;
+        if let Some(new) = secret.credentials.map(WireCredentials::from) {
+            let current = self.inner.creds.lock().get(&r.volume_id).cloned().flatten();
+            if current.as_ref() != Some(&new) {
+                let sock = self.inner.registry.socket(&r.volume_id);
+                let req = ControlRequest::Rotate { credentials: new.clone() };
+                let resp = tokio::task::spawn_blocking(move || handoff::call(&sock, &req, None, CONTROL_TIMEOUT))
+                    .await
+                    .map_err(|e| CsiError::Internal(e.to_string()))?
+                    .map_err(|e| CsiError::Unavailable(format!("rotating credentials: {e}")))?;
+                if !resp.ok {
+                    return Err(CsiError::Internal(format!(
+                        "rotating credentials: {}",
+                        resp.error.unwrap_or_default()
+                    )));
+                }
+                self.inner.creds.lock().insert(r.volume_id.clone(), Some(new.clone()));
+                self.inner.registry.save_credentials(&r.volume_id, Some(&new));
+                tracing::info!(volume_id = %r.volume_id, "credentials rotated");
+            }
+        }
+        let target = PathBuf::from(&r.target_path);
+        let read_only = r.readonly || is_readonly_mode(cap);
+        if let Some(t) = rec.targets.iter().find(|t| t.path == target) {
+            if s3vol_mount::is_mount_point(&target) {
+                if t.read_only != read_only {
+                    return Err(CsiError::AlreadyExists(format!(
+                        "{} is already published with readonly={}",
+                        target.display(),
+                        t.read_only
+                    )));
+                }
+                return Ok(());
+            }
+        }
+        std::fs::create_dir_all(&target).map_err(|e| io_err("create target", &target, e))?;
+        if !s3vol_mount::is_mount_point(&target) {
+            s3vol_mount::bind_mount(&rec.staging_path, &target, read_only)
+                .map_err(|e| io_err("bind mount", &target, e))?;
+        }
+        rec.targets.retain(|t| t.path != target);
+        rec.targets.push(TargetRecord { path: target, read_only });
+        self.inner.registry.save(&rec).map_err(|e| CsiError::Internal(e.to_string()))?;
+        Ok(())
+    }
+
+    async fn unpublish(&self, r: pb::NodeUnpublishVolumeRequest) -> CsiResult<()> {
+        if r.volume_id.is_empty() {
+            return Err(CsiError::invalid("volume_id is required"));
+        }
+        if r.target_path.is_empty() {
+            return Err(CsiError::invalid("target_path is required"));
+        }
+        let _guard = self.inner.inflight.claim(&r.volume_id)?;
+        let target = PathBuf::from(&r.target_path);
+        unmount_quietly(&target)?;
+        if target.exists() {
+            let _ = std::fs::remove_dir(&target);
+        }
+        if let Some(mut rec) = self.inner.registry.load(&r.volume_id) {
+            rec.targets.retain(|t| t.path != target);
+            self.inner.registry.save(&rec).map_err(|e| CsiError::Internal(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn stats(&self, r: pb::NodeGetVolumeStatsRequest) -> CsiResult<pb::NodeGetVolumeStatsResponse> {
+        if r.volume_id.is_empty() {
+            return Err(CsiError::invalid("volume_id is required"));
+        }
+        if r.volume_path.is_empty() {
+            return Err(CsiError::invalid("volume_path is required"));
+        }
+        let path = Path::new(&r.volume_path);
+        let known = self.inner.registry.load(&r.volume_id);
+        if known.is_none() {
+            return Err(CsiError::NotFound(format!("volume {:?} is not staged on this node", r.volume_id)));
+        }
+        let pending = self.inner.conditions.lock().get(&r.volume_id).cloned();
+        match nix::sys::statvfs::statvfs(path) {
+            Ok(s) => {
+                let bs = s.fragment_size() as i64;
+                let total = s.blocks() as i64 * bs;
+                let avail = s.blocks_available() as i64 * bs;
+                let usage = vec![
+                    pb::VolumeUsage {
+                        available: avail,
+                        total,
+                        used: total - s.blocks_free() as i64 * bs,
+                        unit: pb::volume_usage::Unit::Bytes as i32,
+                    },
+                    pb::VolumeUsage {
+                        available: s.files_available() as i64,
+                        total: s.files() as i64,
+                        used: (s.files() - s.files_free()) as i64,
+                        unit: pb::volume_usage::Unit::Inodes as i32,
+                    },
+                ];
+                let condition = match pending {
+                    Some(m) => pb::VolumeCondition { abnormal: true, message: m },
+                    None => pb::VolumeCondition { abnormal: false, message: "mounted".into() },
+                };
+                Ok(pb::NodeGetVolumeStatsResponse { usage, volume_condition: Some(condition) })
+            }
+            Err(nix::Error::ENOENT) => {
+                Err(CsiError::NotFound(format!("volume path {} does not exist", path.display())))
+            }
+            Err(e) => Ok(pb::NodeGetVolumeStatsResponse {
+                usage: Vec::new(),
+                volume_condition: Some(pb::VolumeCondition {
+                    abnormal: true,
+                    message: pending
+                        .unwrap_or_else(|| format!("mount is broken: {e}; the node plugin is repairing it")),
+                }),
+            }),
+        }
+    }
+}
+
+fn node_cap(t: node_service_capability::rpc::Type) -> NodeServiceCapability {
+    NodeServiceCapability {
+        r#type: Some(node_service_capability::Type::Rpc(node_service_capability::Rpc { r#type: t as i32 })),
+    }
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn node_stage_volume(
+        &self,
+        req: Request<pb::NodeStageVolumeRequest>,
+    ) -> Result<Response<pb::NodeStageVolumeResponse>, Status> {
+        self.stage(req.into_inner()).await?;
+        Ok(Response::new(pb::NodeStageVolumeResponse {}))
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        req: Request<pb::NodeUnstageVolumeRequest>,
+    ) -> Result<Response<pb::NodeUnstageVolumeResponse>, Status> {
+        self.unstage(req.into_inner()).await?;
+        Ok(Response::new(pb::NodeUnstageVolumeResponse {}))
+    }
+
+    async fn node_publish_volume(
+        &self,
+        req: Request<pb::NodePublishVolumeRequest>,
+    ) -> Result<Response<pb::NodePublishVolumeResponse>, Status> {
+        self.publish(req.into_inner()).await?;
+        Ok(Response::new(pb::NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        req: Request<pb::NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<pb::NodeUnpublishVolumeResponse>, Status> {
+        self.unpublish(req.into_inner()).await?;
+        Ok(Response::new(pb::NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        req: Request<pb::NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<pb::NodeGetVolumeStatsResponse>, Status> {
+        let me = self.clone();
+        let r = req.into_inner();
+        let resp =
+            tokio::task::spawn_blocking(move || me.stats(r)).await.map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(resp))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _req: Request<pb::NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<pb::NodeGetCapabilitiesResponse>, Status> {
+        use node_service_capability::rpc::Type;
+        Ok(Response::new(pb::NodeGetCapabilitiesResponse {
+            capabilities: vec![
+                node_cap(Type::StageUnstageVolume),
+                node_cap(Type::GetVolumeStats),
+                node_cap(Type::VolumeCondition),
+                node_cap(Type::VolumeMountGroup),
+                node_cap(Type::SingleNodeMultiWriter),
+            ],
+        }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _req: Request<pb::NodeGetInfoRequest>,
+    ) -> Result<Response<pb::NodeGetInfoResponse>, Status> {
+        Ok(Response::new(pb::NodeGetInfoResponse {
+            node_id: self.inner.node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: None,
+        }))
+    }
+}

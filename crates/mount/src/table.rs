@@ -1,0 +1,66 @@
+use std::path::Path;
+
+/// What a path looks like as a mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountHealth {
+    /// Mounted and answering.
+    Healthy,
+    /// Mounted, but the filesystem behind it is gone ("transport endpoint is not connected").
+    Broken(String),
+    /// Not a mount point (or does not exist).
+    NotMounted,
+}
+
+/// Whether `path` appears as a mount point in /proc/self/mountinfo.
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = path.to_string_lossy();
+    info.lines().any(|l| l.split(' ').nth(4).map(unescape).as_deref() == Some(&*want))
+}
+
+/// /proc/self/mountinfo escapes spaces and a few other bytes as octal.
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v as char);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i] as char);
+        i += 1;
+    }
+    out
+}
+
+/// Checks a mount point by stat-ing it: a dead FUSE server shows as ENOTCONN.
+pub fn mount_health(path: &Path) -> MountHealth {
+    match nix::sys::stat::stat(path) {
+        Ok(_) if is_mount_point(path) => MountHealth::Healthy,
+        Ok(_) => MountHealth::NotMounted,
+        Err(nix::Error::ENOTCONN) => {
+            MountHealth::Broken("transport endpoint is not connected (FUSE server gone)".into())
+        }
+        Err(nix::Error::ENOENT) => MountHealth::NotMounted,
+        Err(e) if is_mount_point(path) => MountHealth::Broken(e.to_string()),
+        Err(_) => MountHealth::NotMounted,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_is_a_mount_point_and_tmpdirs_are_not() {
+        assert!(is_mount_point(Path::new("/")));
+        let d = tempfile::tempdir().unwrap();
+        assert!(!is_mount_point(d.path()));
+        assert_eq!(mount_health(d.path()), MountHealth::NotMounted);
+        assert_eq!(unescape("/a\\040b"), "/a b");
+    }
+}

@@ -1,0 +1,582 @@
+//! The CSI node service over its real gRPC socket, with real mounts: the `s3vol csi`
+//! binary as a process (so it can be killed with SIGKILL), FUSE servers as processes,
+//! and the in-process S3 server. Needs root and /dev/fuse (a failure in CI).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use s3vol_csi::pb::controller_client::ControllerClient;
+use s3vol_csi::pb::node_client::NodeClient;
+use s3vol_csi::pb::{self, volume_capability};
+use s3vol_testkit::{TestS3, ACCESS_KEY, SECRET_KEY};
+use tonic::transport::Channel;
+use tonic::Code;
+
+const BIN: &str = env!("CARGO_BIN_EXE_s3vol");
+
+fn can_mount() -> bool {
+    let ok = nix::unistd::geteuid().is_root() && Path::new("/dev/fuse").exists();
+    if !ok {
+        assert!(std::env::var("CI").is_err(), "CI must run these tests as root with /dev/fuse");
+        eprintln!("skipping node tests: needs root and /dev/fuse");
+    }
+    ok
+}
+
+struct Plugin {
+    dir: PathBuf,
+    sock: PathBuf,
+    child: Option<Child>,
+    endpoint: String,
+    health: &'static str,
+}
+
+impl Plugin {
+    fn start(dir: &Path, endpoint: &str, health: &'static str) -> Plugin {
+        let secrets = dir.join("secrets");
+        std::fs::create_dir_all(&secrets).unwrap();
+        if !s3vol_mount::is_mount_point(&secrets) {
+            assert!(Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs"])
+                .arg(&secrets)
+                .status()
+                .unwrap()
+                .success());
+        }
+        let mut p = Plugin {
+            dir: dir.to_path_buf(),
+            sock: dir.join("csi.sock"),
+            child: None,
+            endpoint: endpoint.to_string(),
+            health,
+        };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        let _ = std::fs::remove_file(&self.sock);
+        let child = Command::new(BIN)
+            .args(["csi", "--mode", "all", "--node-id", "node-1", "--health-interval", self.health])
+            .arg("--endpoint")
+            .arg(format!("unix://{}", self.sock.display()))
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .arg("--secrets-dir")
+            .arg(self.dir.join("secrets"))
+            .arg("--default-endpoint")
+            .arg(&self.endpoint)
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("plugin.log")).unwrap())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.sock.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "plugin socket did not appear: {}",
+                std::fs::read_to_string(self.dir.join("plugin.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    async fn clients(&self) -> (NodeClient<Channel>, ControllerClient<Channel>) {
+        let path = self.sock.clone();
+        let ch = tonic::transport::Endpoint::try_from("http://[::]:50051")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            }))
+            .await
+            .unwrap();
+        (NodeClient::new(ch.clone()), ControllerClient::new(ch))
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        self.kill9();
+        // Leave nothing mounted behind, whatever the test did.
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let root = self.dir.to_string_lossy().to_string();
+        let mut ours: Vec<&str> =
+            mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| m.starts_with(&root)).collect();
+        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in ours {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
+        let _ = Command::new("pkill").arg("-9").arg("-f").arg(format!("fuse-server --control {root}")).status();
+    }
+}
+
+fn secrets(ak: &str, sk: &str) -> HashMap<String, String> {
+    [("accessKeyID", ak), ("secretAccessKey", sk)].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn cap(mode: volume_capability::access_mode::Mode) -> Option<pb::VolumeCapability> {
+    Some(pb::VolumeCapability {
+        access_type: Some(volume_capability::AccessType::Mount(Default::default())),
+        access_mode: Some(volume_capability::AccessMode { mode: mode as i32 }),
+    })
+}
+
+fn stage_req(
+    volume_id: &str,
+    staging: &Path,
+    ctx: HashMap<String, String>,
+    sec: HashMap<String, String>,
+) -> pb::NodeStageVolumeRequest {
+    pb::NodeStageVolumeRequest {
+        volume_id: volume_id.into(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: cap(volume_capability::access_mode::Mode::MultiNodeMultiWriter),
+        secrets: sec,
+        volume_context: ctx,
+        ..Default::default()
+    }
+}
+
+fn publish_req(
+    volume_id: &str,
+    staging: &Path,
+    target: &Path,
+    readonly: bool,
+    sec: HashMap<String, String>,
+) -> pb::NodePublishVolumeRequest {
+    pb::NodePublishVolumeRequest {
+        volume_id: volume_id.into(),
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: cap(volume_capability::access_mode::Mode::MultiNodeMultiWriter),
+        readonly,
+        secrets: sec,
+        ..Default::default()
+    }
+}
+
+fn sh(script: &str) -> (bool, String) {
+    let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn server_pid(dir: &Path, volume_id: &str) -> u32 {
+    let state = dir.join("state/volumes");
+    for e in std::fs::read_dir(state).unwrap() {
+        let rec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(e.unwrap().path().join("record.json")).unwrap()).unwrap();
+        if rec["volume_id"] == volume_id {
+            return rec["pid"].as_u64().unwrap() as u32;
+        }
+    }
+    panic!("no record for {volume_id}");
+}
+
+fn mounted_under(dir: &Path) -> Vec<String> {
+    let root = dir.to_string_lossy().to_string();
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .filter(|m| m.starts_with(&root) && !m.ends_with("/secrets"))
+        .collect()
+}
+
+async fn env() -> (TestS3, tempfile::TempDir) {
+    let srv = TestS3::start().await.unwrap();
+    srv.backend.create_bucket("shared");
+    (srv, tempfile::tempdir().unwrap())
+}
+
+async fn create_volume(ctl: &mut ControllerClient<Channel>, name: &str) -> pb::Volume {
+    let req = pb::CreateVolumeRequest {
+        name: name.into(),
+        volume_capabilities: vec![cap(volume_capability::access_mode::Mode::MultiNodeMultiWriter).unwrap()],
+        parameters: [("bucket".to_string(), "shared".to_string())].into(),
+        secrets: secrets(ACCESS_KEY, SECRET_KEY),
+        ..Default::default()
+    };
+    ctl.create_volume(req).await.unwrap().into_inner().volume.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_publish_twice_write_read_unpublish_unstage() {
+    if !can_mount() {
+        return;
+    }
+    let (srv, dir) = env().await;
+    let plugin = Plugin::start(dir.path(), &srv.endpoint(), "1");
+    let (mut node, mut ctl) = plugin.clients().await;
+    let info = node.node_get_info(pb::NodeGetInfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.node_id, "node-1");
+    let caps = node.node_get_capabilities(pb::NodeGetCapabilitiesRequest {}).await.unwrap().into_inner();
+    assert_eq!(caps.capabilities.len(), 5);
+
+    let vol = create_volume(&mut ctl, "pvc-node").await;
+    let staging = dir.path().join("staging");
+    let (t1, t2) = (dir.path().join("pods/a/vol"), dir.path().join("pods/b/vol"));
+    let sec = secrets(ACCESS_KEY, SECRET_KEY);
+    node.node_stage_volume(stage_req(&vol.volume_id, &staging, vol.volume_context.clone(), sec.clone())).await.unwrap();
+    node.node_stage_volume(stage_req(&vol.volume_id, &staging, vol.volume_context.clone(), sec.clone())).await.unwrap();
+    let mut other = vol.volume_context.clone();
+    other.insert("mountOptions".into(), "uid=5".into());
+    let e = node.node_stage_volume(stage_req(&vol.volume_id, &staging, other, sec.clone())).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+
+    node.node_publish_volume(publish_req(&vol.volume_id, &staging, &t1, false, HashMap::new())).await.unwrap();
+    node.node_publish_volume(publish_req(&vol.volume_id, &staging, &t2, true, HashMap::new())).await.unwrap();
+    node.node_publish_volume(publish_req(&vol.volume_id, &staging, &t1, false, HashMap::new())).await.unwrap();
+    std::fs::write(t1.join("hello.txt"), b"from pod a").unwrap();
+    assert_eq!(std::fs::read(t2.join("hello.txt")).unwrap(), b"from pod a");
+    let err = std::fs::write(t2.join("nope"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    assert_eq!(srv.backend.get("shared", "pvc-node/hello.txt").unwrap(), &b"from pod a"[..]);
+    assert!(!std::fs::read_dir(&t1).unwrap().any(|e| e.unwrap().file_name() == ".s3vol-volume.json"), "marker hidden");
+
+    let stats = node
+        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+            volume_id: vol.volume_id.clone(),
+            volume_path: t1.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.usage[0].total, 1 << 30, "capacity of the volume");
+    assert!(!stats.volume_condition.unwrap().abnormal);
+
+    let pid = server_pid(dir.path(), &vol.volume_id);
+    for t in [&t1, &t2] {
+        for _ in 0..2 {
+            node.node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+                volume_id: vol.volume_id.clone(),
+                target_path: t.display().to_string(),
+            })
+            .await
+            .unwrap();
+        }
+    }
+    for _ in 0..2 {
+        node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .unwrap();
+    }
+    assert!(mounted_under(dir.path()).is_empty(), "{:?}", mounted_under(dir.path()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "FUSE server exited after unstage");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mounts_survive_a_killed_plugin_and_heal_a_killed_server() {
+    if !can_mount() {
+        return;
+    }
+    let (srv, dir) = env().await;
+    let mut plugin = Plugin::start(dir.path(), &srv.endpoint(), "1");
+    let (mut node, mut ctl) = plugin.clients().await;
+    let vol = create_volume(&mut ctl, "pvc-survive").await;
+    let staging = dir.path().join("staging");
+    let target = dir.path().join("pod/vol");
+    node.node_stage_volume(stage_req(
+        &vol.volume_id,
+        &staging,
+        vol.volume_context.clone(),
+        secrets(ACCESS_KEY, SECRET_KEY),
+    ))
+    .await
+    .unwrap();
+    node.node_publish_volume(publish_req(&vol.volume_id, &staging, &target, false, HashMap::new())).await.unwrap();
+
+    // A writer is active while the plugin is killed with SIGKILL.
+    let writer = Command::new("python3")
+        .arg("-c")
+        .arg("import sys,time\nf=open(sys.argv[1],'w')\nfor i in range(20):\n    f.write(f'line {i}\\n'); f.flush(); time.sleep(0.05)\nf.close()")
+        .arg(target.join("log.txt"))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    plugin.kill9();
+    let status = tokio::task::spawn_blocking(move || {
+        let mut w = writer;
+        w.wait().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "writer unaffected by the plugin's death");
+    assert_eq!(std::fs::read_to_string(target.join("log.txt")).unwrap().lines().count(), 20);
+    assert_eq!(
+        srv.backend.get("shared", "pvc-survive/log.txt").unwrap().len(),
+        std::fs::metadata(target.join("log.txt")).unwrap().len() as usize
+    );
+
+    // The restarted plugin re-adopts the running server.
+    plugin.spawn();
+    let (mut node, _) = plugin.clients().await;
+    let stats = node
+        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+            volume_id: vol.volume_id.clone(),
+            volume_path: target.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!stats.volume_condition.unwrap().abnormal);
+
+    // Kill the FUSE server: the condition turns abnormal, then the mount is repaired.
+    let pid = server_pid(dir.path(), &vol.volume_id);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let stats = node
+        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+            volume_id: vol.volume_id.clone(),
+            volume_path: target.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let cond = stats.volume_condition.unwrap();
+    assert!(cond.abnormal, "{cond:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(s) = std::fs::read_to_string(target.join("log.txt")) {
+            assert_eq!(s.lines().count(), 20);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mount not repaired within 10 s: {}",
+            std::fs::read_to_string(dir.path().join("plugin.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_ne!(server_pid(dir.path(), &vol.volume_id), pid);
+    std::fs::write(target.join("after.txt"), b"repaired").unwrap();
+    assert_eq!(srv.backend.get("shared", "pvc-survive/after.txt").unwrap(), &b"repaired"[..]);
+
+    // A restarted plugin unpublishes and unstages cleanly.
+    plugin.restart();
+    let (mut node, _) = plugin.clients().await;
+    node.node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+        volume_id: vol.volume_id.clone(),
+        target_path: target.display().to_string(),
+    })
+    .await
+    .unwrap();
+    node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
+        volume_id: vol.volume_id.clone(),
+        staging_target_path: staging.display().to_string(),
+    })
+    .await
+    .unwrap();
+    assert!(mounted_under(dir.path()).is_empty(), "{:?}", mounted_under(dir.path()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unstage_with_dead_server_and_missing_target_twice() {
+    if !can_mount() {
+        return;
+    }
+    let (srv, dir) = env().await;
+    let plugin = Plugin::start(dir.path(), &srv.endpoint(), "3600");
+    let (mut node, mut ctl) = plugin.clients().await;
+    let vol = create_volume(&mut ctl, "pvc-dead").await;
+    let staging = dir.path().join("staging");
+    let target = dir.path().join("pod/vol");
+    node.node_stage_volume(stage_req(
+        &vol.volume_id,
+        &staging,
+        vol.volume_context.clone(),
+        secrets(ACCESS_KEY, SECRET_KEY),
+    ))
+    .await
+    .unwrap();
+    node.node_publish_volume(publish_req(&vol.volume_id, &staging, &target, false, HashMap::new())).await.unwrap();
+    let pid = server_pid(dir.path(), &vol.volume_id);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let (ok, out) = sh(&format!("ls {}", target.display()));
+    assert!(!ok && out.contains("not connected"), "{out}");
+    assert!(sh(&format!("umount -l {0} && rmdir {0}", target.display())).0);
+    for _ in 0..2 {
+        node.node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            target_path: target.display().to_string(),
+        })
+        .await
+        .unwrap();
+        node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .unwrap();
+    }
+    assert!(mounted_under(dir.path()).is_empty(), "{:?}", mounted_under(dir.path()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_rotation_without_remount() {
+    if !can_mount() {
+        return;
+    }
+    let (srv, dir) = env().await;
+    srv.control.add_key("keyA", "secretA");
+    srv.control.add_key("keyB", "secretB");
+    let plugin = Plugin::start(dir.path(), &srv.endpoint(), "1");
+    let (mut node, mut ctl) = plugin.clients().await;
+    let vol = create_volume(&mut ctl, "pvc-rotate").await;
+    let staging = dir.path().join("staging");
+    let target = dir.path().join("pod/vol");
+    node.node_stage_volume(stage_req(&vol.volume_id, &staging, vol.volume_context.clone(), secrets("keyA", "secretA")))
+        .await
+        .unwrap();
+    node.node_publish_volume(publish_req(&vol.volume_id, &staging, &target, false, secrets("keyA", "secretA")))
+        .await
+        .unwrap();
+    std::fs::write(target.join("a.txt"), b"with A").unwrap();
+    let pid = server_pid(dir.path(), &vol.volume_id);
+    // requiresRepublish: the same publish, with new keys; then the old key is revoked.
+    node.node_publish_volume(publish_req(&vol.volume_id, &staging, &target, false, secrets("keyB", "secretB")))
+        .await
+        .unwrap();
+    srv.control.revoke_key("keyA");
+    std::fs::write(target.join("b.txt"), b"with B").unwrap();
+    assert_eq!(srv.backend.get("shared", "pvc-rotate/b.txt").unwrap(), &b"with B"[..]);
+    assert_eq!(server_pid(dir.path(), &vol.volume_id), pid, "no remount, same server");
+    // Credentials are never written to the state dir.
+    let (_, grep) = sh(&format!("grep -r secretB {} || true", dir.path().join("state").display()));
+    assert!(grep.trim().is_empty(), "{grep}");
+    let (_, ps) = sh("ps -eo args");
+    assert!(!ps.contains("secretA") && !ps.contains("secretB"));
+    node.node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+        volume_id: vol.volume_id.clone(),
+        target_path: target.display().to_string(),
+    })
+    .await
+    .unwrap();
+    node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
+        volume_id: vol.volume_id.clone(),
+        staging_target_path: staging.display().to_string(),
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_errors_are_clear_and_quick() {
+    if !can_mount() {
+        return;
+    }
+    let (srv, dir) = env().await;
+    let plugin = Plugin::start(dir.path(), &srv.endpoint(), "1");
+    let (mut node, _) = plugin.clients().await;
+    let staging = dir.path().join("staging");
+    let ctx = |b: &str| -> HashMap<String, String> { [("bucket".to_string(), b.to_string())].into() };
+    let e = node
+        .node_stage_volume(stage_req("static-1", &staging, ctx("missing-bucket"), secrets(ACCESS_KEY, SECRET_KEY)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(e.message().contains("missing-bucket"));
+    let e = node
+        .node_stage_volume(stage_req("static-1", &staging, ctx("shared"), secrets("bad", "key")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("InvalidAccessKeyId"));
+    let mut bad = ctx("shared");
+    bad.insert("otherOpts".into(), "-o use_cache=/tmp".into());
+    let e = node
+        .node_stage_volume(stage_req("static-1", &staging, bad, secrets(ACCESS_KEY, SECRET_KEY)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("use_cache"), "{e:?}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut unreachable = ctx("shared");
+    unreachable.insert("endpoint".into(), format!("http://127.0.0.1:{port}"));
+    let t = Instant::now();
+    let e = node
+        .node_stage_volume(stage_req("static-1", &staging, unreachable, secrets(ACCESS_KEY, SECRET_KEY)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(t.elapsed() < Duration::from_secs(15));
+    assert!(mounted_under(dir.path()).is_empty());
+    let e = node
+        .node_publish_volume(publish_req("static-1", &staging, &dir.path().join("t"), false, HashMap::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_pvs_of_other_drivers_mount_with_only_the_driver_changed() {
+    if !can_mount() {
+        return;
+    }
+    let (srv, dir) = env().await;
+    srv.backend.create_bucket("oss-bucket");
+    srv.backend.put("oss-bucket", "existing.txt", b"from ossfs", &[]);
+    srv.backend.create_bucket("csi-s3-bucket");
+    srv.backend.put("csi-s3-bucket", "some/prefix/data.txt", b"from geesefs", &[]);
+    let plugin = Plugin::start(dir.path(), "http://127.0.0.1:1", "1");
+    let (mut node, _) = plugin.clients().await;
+    // Alibaba OSS driver PV: bucket/url/path/otherOpts, secret akId/akSecret.
+    let oss_ctx: HashMap<String, String> = [
+        ("bucket", "oss-bucket"),
+        ("url", srv.endpoint().as_str()),
+        ("path", "/"),
+        ("otherOpts", "-o max_stat_cache_size=0 -o allow_other"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let oss_secret: HashMap<String, String> =
+        [("akId", ACCESS_KEY), ("akSecret", SECRET_KEY)].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let st1 = dir.path().join("st-oss");
+    node.node_stage_volume(stage_req("oss-pv", &st1, oss_ctx, oss_secret)).await.unwrap();
+    assert_eq!(std::fs::read(st1.join("existing.txt")).unwrap(), b"from ossfs");
+    // k8s-csi-s3 PV: volumeHandle bucket/prefix, mounter/options attributes, endpoint in the secret.
+    let csi_ctx: HashMap<String, String> = [("mounter", "geesefs"), ("options", "-o allow_other")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut csi_secret = secrets(ACCESS_KEY, SECRET_KEY);
+    csi_secret.insert("endpoint".into(), srv.endpoint());
+    csi_secret.insert("region".into(), "".into());
+    let st2 = dir.path().join("st-csi-s3");
+    node.node_stage_volume(stage_req("csi-s3-bucket/some/prefix", &st2, csi_ctx, csi_secret)).await.unwrap();
+    assert_eq!(std::fs::read(st2.join("data.txt")).unwrap(), b"from geesefs");
+    for (id, st) in [("oss-pv", &st1), ("csi-s3-bucket/some/prefix", &st2)] {
+        node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
+            volume_id: id.into(),
+            staging_target_path: st.display().to_string(),
+        })
+        .await
+        .unwrap();
+    }
+    assert!(mounted_under(dir.path()).is_empty());
+}
