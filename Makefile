@@ -21,5 +21,6 @@ clippy:
 # Every test, with moto started as the second S3 implementation.
 test:
 	scripts/with-moto.sh cargo test --workspace
+	deploy/validate.sh
 
 check: fmt-check clippy test

@@ -86,10 +86,10 @@ pub struct CsiArgs {
 /// `s3vol version` output: version, commit, build profile and target.
 pub fn version_text() -> String {
     format!(
-        "s3vol {}\ncommit: {}\nbuilt: {} ({})\nrustc target: {}",
+        "s3vol {}\ncommit: {}\nbuilt: {} ({})\narch: {}",
         env!("CARGO_PKG_VERSION"),
-        option_env!("S3VOL_GIT_COMMIT").unwrap_or("unknown"),
-        option_env!("S3VOL_BUILD_DATE").unwrap_or("unknown"),
+        env!("S3VOL_GIT_COMMIT"),
+        env!("S3VOL_BUILD_DATE"),
         if cfg!(debug_assertions) { "debug" } else { "release" },
         std::env::consts::ARCH,
     )

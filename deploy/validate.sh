@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Renders every kustomization under deploy/ and validates the result offline against
+# the Kubernetes schemas (kubernetes-validate, strict: unknown fields are errors), then
+# checks that the CSIDriver, DaemonSet and RBAC say what the design needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+K8S_VERSION="${K8S_VERSION:-1.30.0}"
+command -v kubectl >/dev/null || { echo "validate: kubectl (for kustomize) is required" >&2; exit 1; }
+command -v kubernetes-validate >/dev/null || python3 -m pip install --quiet kubernetes-validate
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+count=0
+for k in $(find deploy -name kustomization.yaml | sort); do
+  dir=$(dirname "$k")
+  name=$(echo "$dir" | tr / _)
+  kubectl kustomize "$dir" > "$out/$name.yaml"
+  kubernetes-validate --strict --quiet -k "$K8S_VERSION" "$out/$name.yaml"
+  count=$((count + 1))
+done
+python3 - "$out/deploy_kubernetes_overlays_default.yaml" "$out/deploy_kubernetes_overlays_credential-rotation.yaml" <<'PY'
+import sys, yaml
+def load(p):
+    return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(open(p)) if d}
+base, rot = load(sys.argv[1]), load(sys.argv[2])
+drv = base[("CSIDriver", "s3vol.csi.io")]["spec"]
+assert drv["attachRequired"] is False and drv["podInfoOnMount"] is True and drv["fsGroupPolicy"] == "None", drv
+rdrv = rot[("CSIDriver", "s3vol.csi.io")]["spec"]
+assert rdrv["requiresRepublish"] is True and rdrv["tokenRequests"], rdrv
+ds = base[("DaemonSet", "s3vol-node")]["spec"]["template"]["spec"]
+main = next(c for c in ds["containers"] if c["name"] == "s3vol")
+assert main["securityContext"]["privileged"] is True
+kubelet = next(m for m in main["volumeMounts"] if m["mountPath"] == "/var/lib/kubelet")
+assert kubelet["mountPropagation"] == "Bidirectional"
+assert any(v.get("hostPath", {}).get("path") == "/dev/fuse" for v in ds["volumes"])
+assert ds["priorityClassName"] == "system-node-critical"
+assert {"node-driver-registrar", "liveness-probe"} <= {c["name"] for c in ds["containers"]}
+assert any(t.get("operator") == "Exists" for t in ds["tolerations"])
+ctl = base[("Deployment", "s3vol-controller")]["spec"]["template"]["spec"]
+assert {"s3vol", "csi-provisioner", "csi-resizer", "liveness-probe"} == {c["name"] for c in ctl["containers"]}
+role = base[("ClusterRole", "s3vol-controller")]
+for r in role["rules"]:
+    assert "*" not in r["verbs"] and "*" not in r["resources"], r
+    if "secrets" in r["resources"]:
+        assert r["verbs"] == ["get"], r
+assert not any(k[0] in ("ClusterRole", "Role") and "node" in k[1] for k in base), "the node plugin has no roles"
+print("deploy checks: CSIDriver, DaemonSet, controller and RBAC as designed")
+PY
+echo "validate: $count kustomizations rendered and valid against Kubernetes $K8S_VERSION"
