@@ -43,6 +43,7 @@ for r in role["rules"]:
     if "secrets" in r["resources"]:
         assert r["verbs"] == ["get"], r
 assert not any(k[0] in ("ClusterRole", "Role") and "node" in k[1] for k in base), "the node plugin has no roles"
+assert ("Service", "s3vol-controller-metrics") in base and ("Service", "s3vol-node-metrics") in base
 print("deploy checks: CSIDriver, DaemonSet, controller and RBAC as designed")
 PY
 echo "validate: $count kustomizations rendered and valid against Kubernetes $K8S_VERSION"

@@ -13,6 +13,7 @@
 //! - `inflight`: per-volume operation guard (ABORTED for a call already in flight).
 //! - `identity`, `controller`, `node`: the three gRPC services (`node` also holds the
 //!   FUSE server control protocol, the launcher and the node state registry).
+//! - `metrics_layer`: CSI call counters.
 //! - `server`: serving them on a unix socket until a shutdown future resolves.
 
 pub mod connect;
@@ -20,6 +21,7 @@ pub mod controller;
 pub mod error;
 pub mod identity;
 pub mod inflight;
+pub mod metrics_layer;
 pub mod node;
 
 pub mod provision;

@@ -63,6 +63,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let router = tonic::transport::Server::builder()
+        .layer(crate::metrics_layer::MetricsLayer)
         .add_service(IdentityServer::new(identity))
         .add_optional_service(controller.map(ControllerServer::new))
         .add_optional_service(node.map(NodeServer::new));

@@ -81,6 +81,9 @@ pub struct CsiArgs {
     /// Seconds between node health checks (dead FUSE servers are replaced).
     #[arg(long, default_value = "5")]
     pub health_interval: f64,
+    /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9810).
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// `s3vol version` output: version, commit, build profile and target.
@@ -125,4 +128,7 @@ pub struct MountArgs {
     /// Where a background mount writes its log (default: nowhere).
     #[arg(long)]
     pub log_file: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9811).
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }

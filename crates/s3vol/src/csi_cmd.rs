@@ -20,6 +20,9 @@ pub fn run(args: CsiArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: CsiArgs) -> anyhow::Result<()> {
+    if let Some(addr) = args.metrics_addr {
+        crate::metrics::serve(addr)?;
+    }
     let defaults = Endpoint {
         url: args.default_endpoint.as_deref().map(|u| normalize_endpoint(u, "--default-endpoint")).transpose()?,
         region: args.default_region.clone(),

@@ -12,7 +12,7 @@ use anyhow::Context;
 use parking_lot::Mutex;
 use s3vol_csi::node::handoff::{self, ControlRequest, ControlResponse, ServeConfig};
 use s3vol_fs::{Fs, FsConfig, MountOptions};
-use s3vol_store::{CredentialSource, FileStore, ObjectStore, S3Config, S3Store};
+use s3vol_store::{CountingStore, CredentialSource, FileStore, ObjectStore, S3Config, S3Store};
 
 /// `s3vol fuse-server` arguments.
 #[derive(clap::Args, Debug)]
@@ -102,6 +102,9 @@ fn start(
             Arc::new(rt.block_on(S3Store::new(cfg))?)
         }
     };
+    let counting = Arc::new(CountingStore::new(store, config.volume_id.clone()));
+    let counts = counting.counts();
+    let store: Arc<dyn ObjectStore> = counting;
     let fs = Arc::new(Fs::new(
         store,
         FsConfig { bucket: config.bucket.clone(), prefix: config.prefix.clone(), options, capacity: config.capacity },
@@ -121,7 +124,7 @@ fn start(
             std::thread::sleep(Duration::from_millis(20));
         }
         match res {
-            Ok(()) => tracing::info!("session ended (unmounted); exiting"),
+            Ok(()) => tracing::info!(requests = ?counts.snapshot(), total = counts.total(), "session ended (unmounted); exiting"),
             Err(e) => tracing::error!(error = %e, "session failed; exiting"),
         }
         std::process::exit(0);

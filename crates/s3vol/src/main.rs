@@ -6,6 +6,7 @@ mod cli;
 mod csi_cmd;
 mod fuse_server;
 mod logging;
+mod metrics;
 mod mount_cmd;
 
 use clap::Parser;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use s3vol_fs::{Fs, FsConfig, MountOptions};
 use s3vol_store::{
-    CredentialSource, ErrorKind, FileStore, ListRequest, Location, ObjectStore, S3Config, S3Store, StoreKind,
+    CountingStore, CredentialSource, ErrorKind, FileStore, ListRequest, Location, ObjectStore, S3Config, S3Store,
+    StoreKind,
 };
 
 use crate::cli::MountArgs;
@@ -32,6 +33,16 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    if let Some(addr) = args.metrics_addr {
+        let _guard = rt.enter();
+        if let Err(e) = crate::metrics::serve(addr) {
+            report(ready, &format!("{e:#}"));
+            return Err(e);
+        }
+    }
+    let counting = Arc::new(CountingStore::new(store, args.source.clone()));
+    let counts = counting.counts();
+    let store: Arc<dyn ObjectStore> = counting;
     let fsname = match &loc.kind {
         StoreKind::File(p) => format!("s3vol:{}", p.display()),
         StoreKind::S3 => format!("s3vol:{}/{}", loc.bucket, loc.prefix),
@@ -63,7 +74,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     let served = s3vol_fuse::serve_fd(fs, fd, rt.handle().clone());
     rt.shutdown_timeout(std::time::Duration::from_secs(10));
     served.context("FUSE session failed")?;
-    tracing::info!("unmounted; exiting");
+    tracing::info!(requests = ?counts.snapshot(), total = counts.total(), "unmounted; store requests made by this mount");
     Ok(())
 }
 
@@ -112,6 +123,9 @@ fn spawn_background(args: &MountArgs) -> anyhow::Result<()> {
     }
     if let Some(c) = args.capacity {
         cmd.arg("--capacity").arg(c.to_string());
+    }
+    if let Some(m) = args.metrics_addr {
+        cmd.arg("--metrics-addr").arg(m.to_string());
     }
     let log: std::process::Stdio = match &args.log_file {
         Some(p) => std::fs::OpenOptions::new()

@@ -350,3 +350,33 @@ fn local_directory_mount_needs_no_s3() {
     assert_eq!(std::fs::read(data.path().join("d/f")).unwrap(), b"local");
     assert!(Command::new("umount").arg(dir.path()).status().unwrap().success());
 }
+
+#[test]
+fn metrics_count_store_requests_by_operation() {
+    if !can_mount() {
+        return;
+    }
+    let e = env();
+    e.srv.backend.put("bkt", "m/a", b"1", &[]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let status = mount_cmd(&e, "s3://bkt/m", dir.path(), &[]).arg("--metrics-addr").arg(&addr).status().unwrap();
+    assert!(status.success());
+    assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"1");
+    let body = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(Command::new("umount").arg(dir.path()).status().unwrap().success());
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("s3vol_store_requests_total") && l.contains("op=\"GetObject\""))
+        .unwrap_or_else(|| panic!("{body}"));
+    assert!(line.contains("status=\"ok\""), "{line}");
+    assert!(body.contains("s3vol_store_request_seconds"), "{body}");
+}

@@ -11,9 +11,11 @@
 //! - `memory`: [`MemoryStore`], in-process, for tests.
 //! - `file`: [`FileStore`], a local directory (`file://`), the embedded default.
 //! - `s3`: [`S3Store`], aws-sdk-s3 against any S3-compatible endpoint.
+//! - `counting`: [`CountingStore`], per-operation request counters and metrics.
 //! - `credentials`: [`CredentialSource`], static keys that can be rotated in place.
 //! - `location`: [`Location`], parsing `s3://bucket/prefix` and `file:///dir` URLs.
 
+mod counting;
 mod credentials;
 mod error;
 mod file;
@@ -24,6 +26,7 @@ mod s3;
 mod store;
 mod types;
 
+pub use counting::{CountingStore, RequestCounts};
 pub use credentials::{CredentialSource, StaticCredentials};
 pub use error::{ErrorKind, StoreError, StoreResult};
 pub use file::FileStore;
