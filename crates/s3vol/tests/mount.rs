@@ -380,3 +380,25 @@ fn metrics_count_store_requests_by_operation() {
     assert!(line.contains("status=\"ok\""), "{line}");
     assert!(body.contains("s3vol_store_request_seconds"), "{body}");
 }
+
+/// The POSIX behaviour suite (tests/posix/suite.sh), run as an unprivileged user on an
+/// S3-backed mount: supported operations behave as on a disk, unsupported ones fail
+/// with the documented errno.
+#[test]
+fn posix_suite_as_a_non_root_user() {
+    if !can_mount() {
+        return;
+    }
+    let e = env();
+    let m = mount(&e, "s3://bkt/posix", &["allow_other"]);
+    m.ok("mkdir suite && chown 1000:1000 suite");
+    let suite = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/posix/suite.sh");
+    let out = Command::new("setpriv")
+        .args(["--reuid=1000", "--regid=1000", "--clear-groups", suite])
+        .arg(m.mnt.join("suite"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(" passed, 0 failed"), "{text}");
+}

@@ -207,7 +207,7 @@ fn decode_meta(s: &str) -> PutOptions {
 
 /// Collects every key under `path` (recursively, or one level when `one_level`), with
 /// the key prefix `base`, into `out`.
-fn walk(path: &Path, base: &str, one_level: bool, out: &mut Vec<ListedObject>) -> std::io::Result<()> {
+fn walk(root: &Path, path: &Path, base: &str, one_level: bool, out: &mut Vec<ListedObject>) -> std::io::Result<()> {
     let rd = match std::fs::read_dir(path) {
         Ok(rd) => rd,
         Err(e) if matches!(e.kind(), IoKind::NotFound | IoKind::NotADirectory) => return Ok(()),
@@ -223,12 +223,15 @@ fn walk(path: &Path, base: &str, one_level: bool, out: &mut Vec<ListedObject>) -
         let key = format!("{base}{name}");
         if m.is_dir() {
             let dir_key = format!("{key}/");
+            // A directory is a `dir/` key when listed one level deep, when it is empty, or
+            // when it has a marker (its metadata sidecar), as a marker object would be.
+            let marker = FileStore::meta_path(root, &dir_key).exists();
             let empty = std::fs::read_dir(entry.path())?.next().is_none();
-            if one_level || empty {
+            if one_level || empty || marker {
                 out.push(listed(dir_key.clone(), &m, 0));
             }
             if !one_level {
-                walk(&entry.path(), &dir_key, false, out)?;
+                walk(root, &entry.path(), &dir_key, false, out)?;
             }
         } else {
             out.push(listed(key, &m, m.len()));
@@ -362,9 +365,20 @@ impl ObjectStore for FileStore {
         };
         let start = if base.is_empty() { dir.clone() } else { Self::object_path(&dir, &base)? };
         let req = req.clone();
+        let root = dir.clone();
         let mut entries = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<ListedObject>> {
             let mut out = Vec::new();
-            walk(&start, &base, one_level, &mut out)?;
+            // The directory the walk starts in is itself the key `base/`, as a marker
+            // object would be, when it has a marker or is empty.
+            if !base.is_empty() {
+                if let Ok(m) = std::fs::metadata(&start) {
+                    let empty = m.is_dir() && std::fs::read_dir(&start)?.next().is_none();
+                    if m.is_dir() && (empty || FileStore::meta_path(&root, &base).exists()) {
+                        out.push(listed(base.clone(), &m, 0));
+                    }
+                }
+            }
+            walk(&root, &start, &base, one_level, &mut out)?;
             Ok(out)
         })
         .await

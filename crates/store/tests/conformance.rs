@@ -90,6 +90,14 @@ async fn check(s: &dyn ObjectStore, bucket: &str, flat_only: bool) {
     assert!(objs.contains(&"empty/".to_string()));
     let m = s.head_object(bucket, "empty/").await.unwrap();
     assert_eq!(m.size, 0);
+    // A marker is listed under its own prefix, alone or beside children.
+    s.put_object(bucket, "mk/", Bytes::new(), &PutOptions::default()).await.unwrap();
+    s.put_object(bucket, "mk/child", Bytes::from_static(b"c"), &PutOptions::default()).await.unwrap();
+    let (objs, _) = keys(s, bucket, ListRequest::recursive("mk/")).await;
+    assert_eq!(objs, vec!["mk/", "mk/child"]);
+    let (objs, _) = keys(s, bucket, ListRequest::recursive("empty/")).await;
+    assert_eq!(objs, vec!["empty/"]);
+    s.delete_objects(bucket, &["mk/child".into(), "mk/".into()]).await.unwrap();
 
     if !flat_only {
         // A key that is both an object and a prefix, as other tools write them.
