@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# s3vol against a direct S3 client and the FUSE clients users compare it with, on the
+# same local S3 server, in one run, printing one table with ratios.
+#
+# Usage: bench/run.sh            (as root; needs s3s-fs, python3 + boto3; s3fs/rclone optional)
+# Env:   SERVER=s3s-fs|moto  SIZE_MB=1024  RUNS=1 (3 for the published numbers)
+#        CLIENTS="s3vol s3fs rclone"  SHARED_BENCH=../shared/bench
+# Install the peers once: apt-get install s3fs rclone fuse3;
+#   cargo install s3s-fs --version 0.14.1 --features binary --locked; pip install boto3
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}
+[ -d "$SHARED" ] || { echo "bench: shared bench scripts not found at $SHARED (set SHARED_BENCH)" >&2; exit 1; }
+export RUNS=${RUNS:-1} SIZE_MB=${SIZE_MB:-1024}
+export RESULTS=${RESULTS:-/tmp/bench/results-$(date +%Y%m%d-%H%M%S)}
+SERVER=${SERVER:-s3s-fs}
+CLIENTS=${CLIENTS:-"s3vol s3fs rclone"}
+mkdir -p "$RESULTS"
+
+cargo build --release -p s3vol --manifest-path "$ROOT/Cargo.toml" >&2
+S3VOL=$ROOT/target/release/s3vol
+
+"$SHARED/stop-s3-server.sh" >/dev/null 2>&1 || true
+"$SHARED/start-s3-server.sh" "$SERVER" >&2
+trap '"$SHARED/stop-s3-server.sh" >/dev/null 2>&1 || true' EXIT
+
+echo "== direct client (boto3)" >&2
+"$SHARED/direct-throughput.sh" | tee "$RESULTS/direct.txt" >&2
+
+export UNMOUNT_CMD='umount $MNT'
+# shellcheck disable=SC1091
+. "$SHARED/mount-cmds.sh"
+for c in $CLIENTS; do
+  case $c in
+    s3vol)
+      cmd="AWS_ACCESS_KEY_ID=\$AK AWS_SECRET_ACCESS_KEY=\$SK $S3VOL mount s3://\$BUCKET \$MNT --endpoint \$ENDPOINT --foreground -o part_size=16,upload_concurrency=8 2>>$RESULTS/s3vol-mount.log" ;;
+    s3fs) command -v s3fs >/dev/null || { echo "bench: s3fs not installed, skipped" >&2; continue; }; cmd=$S3FS_CMD ;;
+    rclone) command -v rclone >/dev/null || { echo "bench: rclone not installed, skipped" >&2; continue; }; cmd=$RCLONE_OFF_CMD ;;
+    *) echo "bench: unknown client $c" >&2; exit 2 ;;
+  esac
+  echo "== $c" >&2
+  "$SHARED/peer-fuse-bench.sh" "$c" "$cmd" >&2
+done
+
+python3 - "$RESULTS" <<'PY'
+import csv, os, re, sys
+res = sys.argv[1]
+rows = {r[0]: r for r in csv.reader(open(os.path.join(res, "summary.tsv")), delimiter="\t") if r}
+head = rows.pop("client")
+direct = open(os.path.join(res, "direct.txt")).read()
+def mibps(label):
+    m = re.search(re.escape(label) + r".*?([\d.]+) MiB/s", direct)
+    return float(m.group(1)) if m else None
+d_put, d_get = mibps("PUT multipart"), mibps("GET ranged")
+rss = [int(x) for x in re.findall(r"peak_rss_kib=(\d+)", open(os.path.join(res, "s3vol-mount.log")).read())] if os.path.exists(os.path.join(res, "s3vol-mount.log")) else []
+print("\n| metric | " + " | ".join(rows) + " |")
+print("|---|" + "---|" * len(rows))
+for i, name in enumerate(head[1:], 1):
+    print(f"| {name} | " + " | ".join(rows[c][i] for c in rows) + " |")
+def val(c, metric):
+    try:
+        return float(rows[c][head.index(metric)])
+    except (KeyError, ValueError, IndexError):
+        return None
+print("\nratios (same run, same server; targets from issue 6):")
+def r(label, a, b, target):
+    if a is None or b in (None, 0):
+        print(f"  {label:48s} n/a")
+    else:
+        print(f"  {label:48s} {a / b:6.2f}x   target {target}")
+s = "s3vol"
+print(f"  direct boto3: PUT multipart {d_put} MiB/s, GET ranged {d_get} MiB/s")
+r("read 1 GiB: s3vol / direct ranged GET", val(s, "read_MiBps"), d_get, ">= 0.9")
+r("read 1 GiB: s3vol / s3fs", val(s, "read_MiBps"), val("s3fs", "read_MiBps"), ">= 1.2")
+r("write 1 GiB until in S3: s3vol / direct PUT", val(s, "write_MiBps"), d_put, ">= 0.9")
+r("small files until in S3: s3vol / s3fs", val(s, "small_files_per_s"), val("s3fs", "small_files_per_s"), ">= 15")
+r("small files until in S3: s3vol / rclone", val(s, "small_files_per_s"), val("rclone", "small_files_per_s"), ">= 1.5")
+r("ls -l 10k cold: s3fs time / s3vol time", val("s3fs", "ls_cold_s"), val(s, "ls_cold_s"), "(higher is better)")
+print(f"  {'mount time (s)':48s} {val(s, 'mount_s')}   target <= 0.2")
+print(f"  {'ls -l 10k warm (s)':48s} {val(s, 'ls_warm_s')}   target <= 0.1")
+if rss:
+    print(f"  {'s3vol peak RSS over the run (MiB)':48s} {max(rss) / 1024:.0f}   target <= 256")
+PY
