@@ -624,29 +624,33 @@ impl Fs {
 
     /// mkdir: writes a `dir/` marker with the directory's mode and owner.
     pub async fn mkdir(&self, parent: u64, name: &str, mode: u32, caller: Caller) -> FsResult<Attr> {
+        self.new_entry(parent, name, FileKind::Dir, S_IFDIR | (mode & 0o7777), caller, Bytes::new()).await
+    }
+
+    /// Creates a directory marker or a symlink object (not a regular file: those stream
+    /// through a writer), refusing a name that exists.
+    async fn new_entry(
+        &self,
+        parent: u64,
+        name: &str,
+        kind: FileKind,
+        mode: u32,
+        caller: Caller,
+        body: Bytes,
+    ) -> FsResult<Attr> {
         self.writable()?;
         check_name(name)?;
         let p = self.dir_inode(parent)?;
         if self.lookup_quiet(parent, name).await?.is_some() {
             return Err(Errno::EEXIST);
         }
-        let stored = StoredMeta {
-            mode: Some(S_IFDIR | (mode & 0o7777)),
-            uid: Some(caller.uid),
-            gid: Some(caller.gid),
-            mtime: Some(SystemTime::now()),
-        };
-        let inode = self.make_inode(
-            &p,
-            name,
-            Found { kind: FileKind::Dir, size: 0, mtime: SystemTime::now(), stored, has_marker: true },
-        );
-        let key = self.key(&inode.path, FileKind::Dir);
+        let now = SystemTime::now();
+        let stored = StoredMeta { mode: Some(mode), uid: Some(caller.uid), gid: Some(caller.gid), mtime: Some(now) };
+        let found = Found { kind, size: body.len() as u64, mtime: now, stored, has_marker: kind == FileKind::Dir };
+        let inode = self.make_inode(&p, name, found);
+        let key = self.key(&inode.path, kind);
         let put = PutOptions { content_type: None, ..self.put_options(name, stored) };
-        self.store
-            .put_object(&self.cfg.bucket, &key, Bytes::new(), &put)
-            .await
-            .map_err(|e| store_errno("mkdir", &e))?;
+        self.store.put_object(&self.cfg.bucket, &key, body, &put).await.map_err(|e| store_errno("create", &e))?;
         let attr = inode.attr;
         let mut t = self.table.lock();
         t.upsert(inode);
@@ -804,40 +808,8 @@ impl Fs {
 
     /// symlink: an object holding the target, with S_IFLNK in its mode (as s3fs does).
     pub async fn symlink(&self, parent: u64, name: &str, target: &str, caller: Caller) -> FsResult<Attr> {
-        self.writable()?;
-        check_name(name)?;
-        let p = self.dir_inode(parent)?;
-        if self.lookup_quiet(parent, name).await?.is_some() {
-            return Err(Errno::EEXIST);
-        }
-        let stored = StoredMeta {
-            mode: Some(S_IFLNK | 0o777),
-            uid: Some(caller.uid),
-            gid: Some(caller.gid),
-            mtime: Some(SystemTime::now()),
-        };
-        let inode = self.make_inode(
-            &p,
-            name,
-            Found {
-                kind: FileKind::Symlink,
-                size: target.len() as u64,
-                mtime: SystemTime::now(),
-                stored,
-                has_marker: false,
-            },
-        );
-        let key = self.key(&inode.path, FileKind::File);
-        let put = PutOptions { content_type: None, ..self.put_options(name, stored) };
-        self.store
-            .put_object(&self.cfg.bucket, &key, Bytes::copy_from_slice(target.as_bytes()), &put)
-            .await
-            .map_err(|e| store_errno("symlink", &e))?;
-        let attr = inode.attr;
-        let mut t = self.table.lock();
-        t.upsert(inode);
-        t.add_lookup(attr.ino);
-        Ok(attr)
+        let body = Bytes::copy_from_slice(target.as_bytes());
+        self.new_entry(parent, name, FileKind::Symlink, S_IFLNK | 0o777, caller, body).await
     }
 
     /// readlink.

@@ -74,7 +74,8 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     let served = s3vol_fuse::serve_fd(fs, fd, rt.handle().clone());
     rt.shutdown_timeout(std::time::Duration::from_secs(10));
     served.context("FUSE session failed")?;
-    let peak_rss_kib = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).map(|u| u.max_rss()).unwrap_or(0);
+    let peak_rss_kib =
+        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).map(|u| u.max_rss()).unwrap_or(0);
     tracing::info!(requests = ?counts.snapshot(), total = counts.total(), peak_rss_kib, "unmounted; store requests made by this mount");
     Ok(())
 }

@@ -580,3 +580,119 @@ async fn static_pvs_of_other_drivers_mount_with_only_the_driver_changed() {
     }
     assert!(mounted_under(dir.path()).is_empty());
 }
+
+/// The argument checks csi-sanity makes of the node service, with the codes it expects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sanity_style_argument_checks() {
+    if !can_mount() {
+        return;
+    }
+    let (srv, dir) = env().await;
+    let plugin = Plugin::start(dir.path(), &srv.endpoint(), "1");
+    let (mut node, mut ctl) = plugin.clients().await;
+    let staging = dir.path().join("staging").display().to_string();
+    let target = dir.path().join("target").display().to_string();
+    let c = cap(volume_capability::access_mode::Mode::SingleNodeWriter);
+    let codes = vec![
+        node.node_publish_volume(pb::NodePublishVolumeRequest::default()).await.unwrap_err().code(),
+        node.node_publish_volume(pb::NodePublishVolumeRequest { volume_id: "v".into(), ..Default::default() })
+            .await
+            .unwrap_err()
+            .code(),
+        node.node_publish_volume(pb::NodePublishVolumeRequest {
+            volume_id: "v".into(),
+            target_path: target.clone(),
+            staging_target_path: staging.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        node.node_unpublish_volume(pb::NodeUnpublishVolumeRequest::default()).await.unwrap_err().code(),
+        node.node_unpublish_volume(pb::NodeUnpublishVolumeRequest { volume_id: "v".into(), ..Default::default() })
+            .await
+            .unwrap_err()
+            .code(),
+        node.node_stage_volume(pb::NodeStageVolumeRequest {
+            staging_target_path: staging.clone(),
+            volume_capability: c.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        node.node_stage_volume(pb::NodeStageVolumeRequest {
+            volume_id: "v".into(),
+            volume_capability: c.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        node.node_stage_volume(pb::NodeStageVolumeRequest {
+            volume_id: "v".into(),
+            staging_target_path: staging.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
+            staging_target_path: staging.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        node.node_unstage_volume(pb::NodeUnstageVolumeRequest { volume_id: "v".into(), ..Default::default() })
+            .await
+            .unwrap_err()
+            .code(),
+        node.node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+            volume_path: "some/path".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        node.node_get_volume_stats(pb::NodeGetVolumeStatsRequest { volume_id: "v".into(), ..Default::default() })
+            .await
+            .unwrap_err()
+            .code(),
+    ];
+    assert!(codes.iter().all(|c| *c == Code::InvalidArgument), "{codes:?}");
+    let missing = pb::NodeGetVolumeStatsRequest {
+        volume_id: "v1|shared|nope/||".into(),
+        volume_path: "some/path".into(),
+        ..Default::default()
+    };
+    assert_eq!(node.node_get_volume_stats(missing).await.unwrap_err().code(), Code::NotFound);
+    // A staged and published volume asked about a path where it is not: NOT_FOUND.
+    let vol = create_volume(&mut ctl, "pvc-sanity").await;
+    let st = dir.path().join("staging");
+    node.node_stage_volume(stage_req(&vol.volume_id, &st, vol.volume_context.clone(), secrets(ACCESS_KEY, SECRET_KEY)))
+        .await
+        .unwrap();
+    node.node_publish_volume(publish_req(&vol.volume_id, &st, Path::new(&target), false, HashMap::new()))
+        .await
+        .unwrap();
+    let wrong = pb::NodeGetVolumeStatsRequest {
+        volume_id: vol.volume_id.clone(),
+        volume_path: "some/path".into(),
+        ..Default::default()
+    };
+    assert_eq!(node.node_get_volume_stats(wrong).await.unwrap_err().code(), Code::NotFound);
+    node.node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+        volume_id: vol.volume_id.clone(),
+        target_path: target.clone(),
+    })
+    .await
+    .unwrap();
+    assert!(!Path::new(&target).exists(), "unpublish removes the target path");
+    node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
+        volume_id: vol.volume_id.clone(),
+        staging_target_path: st.display().to_string(),
+    })
+    .await
+    .unwrap();
+}

@@ -227,6 +227,21 @@ fn total_from_content_range(cr: Option<&str>) -> Option<u64> {
     cr?.rsplit('/').next()?.parse().ok()
 }
 
+/// Applies metadata, content type, storage class and encryption to a PutObject or
+/// CreateMultipartUpload request (two builder types with the same setters).
+macro_rules! with_put_options {
+    ($req:expr, $opts:expr) => {
+        $req.set_metadata(if $opts.metadata.is_empty() {
+            None
+        } else {
+            Some($opts.metadata.clone().into_iter().collect())
+        })
+        .set_content_type($opts.content_type.clone())
+        .set_storage_class($opts.storage_class.as_deref().map(StorageClass::from))
+        .set_server_side_encryption($opts.sse.as_deref().map(ServerSideEncryption::from))
+    };
+}
+
 #[async_trait]
 impl ObjectStore for S3Store {
     fn describe(&self) -> String {
@@ -290,34 +305,14 @@ impl ObjectStore for S3Store {
 
     async fn put_object(&self, bucket: &str, key: &str, body: Bytes, opts: &PutOptions) -> StoreResult<()> {
         let len = body.len() as i64;
-        let mut req = self.client.put_object().bucket(bucket).key(key).content_length(len).body(ByteStream::from(body));
-        req = req
-            .set_metadata(if opts.metadata.is_empty() {
-                None
-            } else {
-                Some(opts.metadata.clone().into_iter().collect())
-            })
-            .set_content_type(opts.content_type.clone())
-            .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from))
-            .set_server_side_encryption(opts.sse.as_deref().map(ServerSideEncryption::from));
-        req.send().await.map_err(|e| map_err(format_args!("PUT {bucket}/{key}"), e))?;
+        let req = self.client.put_object().bucket(bucket).key(key).content_length(len).body(ByteStream::from(body));
+        with_put_options!(req, opts).send().await.map_err(|e| map_err(format_args!("PUT {bucket}/{key}"), e))?;
         Ok(())
     }
 
     async fn create_multipart(&self, bucket: &str, key: &str, opts: &PutOptions) -> StoreResult<String> {
-        let out = self
-            .client
-            .create_multipart_upload()
-            .bucket(bucket)
-            .key(key)
-            .set_metadata(if opts.metadata.is_empty() {
-                None
-            } else {
-                Some(opts.metadata.clone().into_iter().collect())
-            })
-            .set_content_type(opts.content_type.clone())
-            .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from))
-            .set_server_side_encryption(opts.sse.as_deref().map(ServerSideEncryption::from))
+        let req = self.client.create_multipart_upload().bucket(bucket).key(key);
+        let out = with_put_options!(req, opts)
             .send()
             .await
             .map_err(|e| map_err(format_args!("CreateMultipartUpload {bucket}/{key}"), e))?;
