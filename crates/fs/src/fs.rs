@@ -517,8 +517,7 @@ impl Fs {
             // Close-to-open: a stale entry is checked against the store before reading.
             let attr = if self.has_writer(ino) { i.attr } else { self.getattr(ino).await? };
             let o = &self.cfg.options;
-            let reader =
-                Reader::new(self.store.clone(), self.cfg.bucket.clone(), key, attr.size, o.read_ahead, o.part_size);
+            let reader = Reader::new(self.store.clone(), self.cfg.bucket.clone(), key, attr.size, o.read_ahead);
             return Ok(self.add_handle(Handle::Read(reader)));
         }
         self.writable()?;

@@ -14,6 +14,9 @@ use crate::error::{store_errno, Errno, FsResult};
 
 /// First prefetch request size: small, so the first bytes come back fast.
 const FIRST_CHUNK: u64 = 256 * 1024;
+/// Size of each later prefetch request: several run in parallel within the window, as a
+/// parallel ranged download does.
+const CHUNK: u64 = 8 * 1024 * 1024;
 
 struct Chunk {
     start: u64,
@@ -54,14 +57,7 @@ async fn fetch(store: Arc<dyn ObjectStore>, bucket: String, key: String, start: 
 
 impl Reader {
     /// A reader of `size` bytes of `key`.
-    pub fn new(
-        store: Arc<dyn ObjectStore>,
-        bucket: String,
-        key: String,
-        size: u64,
-        read_ahead: u64,
-        part: u64,
-    ) -> Self {
+    pub fn new(store: Arc<dyn ObjectStore>, bucket: String, key: String, size: u64, read_ahead: u64) -> Self {
         Reader {
             store,
             bucket,
@@ -72,7 +68,7 @@ impl Reader {
             scheduled_end: 0,
             window: FIRST_CHUNK,
             max_window: read_ahead.max(FIRST_CHUNK),
-            chunk_size: part.max(FIRST_CHUNK),
+            chunk_size: CHUNK.min(read_ahead.max(FIRST_CHUNK)),
         }
     }
 

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use s3vol_fs::{Fs, FsConfig, MountOptions};
 use s3vol_store::{
     CountingStore, CredentialSource, ErrorKind, FileStore, ListRequest, Location, ObjectStore, S3Config, S3Store,
-    StoreKind,
+    StaticCredentials, StoreKind,
 };
 
 use crate::cli::MountArgs;
@@ -89,7 +89,17 @@ async fn prepare(args: &MountArgs, loc: &Location) -> anyhow::Result<Arc<dyn Obj
             Arc::new(FileStore::new(dir))
         }
         StoreKind::S3 => {
-            let mut cfg = S3Config::new(args.endpoint.clone(), args.region.clone(), CredentialSource::DefaultChain);
+            // Keys in the environment are what the default chain would find first; using
+            // them directly skips building the chain (most of the mount time).
+            let source = match (std::env::var("AWS_ACCESS_KEY_ID"), std::env::var("AWS_SECRET_ACCESS_KEY")) {
+                (Ok(ak), Ok(sk)) if !ak.is_empty() && !sk.is_empty() => CredentialSource::fixed(StaticCredentials {
+                    access_key_id: ak,
+                    secret_access_key: sk,
+                    session_token: std::env::var("AWS_SESSION_TOKEN").ok().filter(|t| !t.is_empty()),
+                }),
+                _ => CredentialSource::DefaultChain,
+            };
+            let mut cfg = S3Config::new(args.endpoint.clone(), args.region.clone(), source);
             cfg.addressing =
                 args.addressing_style.parse().map_err(|e: String| anyhow::anyhow!("--addressing-style: {e}"))?;
             Arc::new(S3Store::new(cfg).await?)

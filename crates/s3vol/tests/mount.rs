@@ -402,3 +402,53 @@ fn posix_suite_as_a_non_root_user() {
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains(" passed, 0 failed"), "{text}");
 }
+
+/// The core coreutils cases against moto, a second S3 implementation (CI starts it).
+#[test]
+fn core_cases_against_moto() {
+    let Ok(endpoint) = std::env::var("S3VOL_MOTO_ENDPOINT") else {
+        assert!(std::env::var("CI").is_err(), "CI must set S3VOL_MOTO_ENDPOINT");
+        eprintln!("S3VOL_MOTO_ENDPOINT unset: moto mount cases not run (outside CI)");
+        return;
+    };
+    if !can_mount() {
+        return;
+    }
+    let bucket = format!("mnt-{}", std::process::id());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let creds = s3vol_store::CredentialSource::fixed(s3vol_store::StaticCredentials {
+            access_key_id: "testing".into(),
+            secret_access_key: "testing".into(),
+            session_token: None,
+        });
+        let store = s3vol_store::S3Store::new(s3vol_store::S3Config::new(Some(endpoint.clone()), "us-east-1", creds))
+            .await
+            .unwrap();
+        s3vol_store::ObjectStore::create_bucket(&store, &bucket).await.unwrap();
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let child = mount_cmd_at(&endpoint, &format!("s3://{bucket}/p"), &mnt, &[])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .arg("--foreground")
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !is_mounted(&mnt) {
+        assert!(Instant::now() < deadline, "moto mount did not appear");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let m = Mount { mnt, child: Some(child), _dir: dir };
+    m.ok("mkdir -p a/b && echo hi > a/b/f && cp -r a c && mv c d && echo more >> d/b/f && ln -s f d/b/l");
+    assert_eq!(m.ok("cat d/b/f d/b/l"), "hi\nmore\nhi\nmore\n");
+    assert_eq!(m.ok("find a d | sort"), "a\na/b\na/b/f\nd\nd/b\nd/b/f\nd/b/l\n");
+    m.ok("dd if=/dev/urandom of=../big bs=1M count=12 status=none && cp ../big big && cmp big ../big && rm -r a d big");
+    assert_eq!(m.ok("ls -A"), "");
+    let err = m.err("echo x > h && ln h h2");
+    assert!(err.contains("Operation not supported"), "{err}");
+    let err = m.err("rmdir nonexistent");
+    assert!(err.contains("No such file"), "{err}");
+}
