@@ -105,6 +105,11 @@ async fn prepare(args: &MountArgs, loc: &Location) -> anyhow::Result<Arc<dyn Obj
             Arc::new(S3Store::new(cfg).await?)
         }
     };
+    // A whole-bucket mount is checked with the cheap HeadBucket; only when that fails (or
+    // for a prefix) a one-key LIST runs, whose error body carries the store's code.
+    if loc.prefix.is_empty() && store.head_bucket(&loc.bucket).await.is_ok() {
+        return Ok(store);
+    }
     let probe = ListRequest { prefix: loc.prefix.clone(), max_keys: Some(1), ..Default::default() };
     if let Err(e) = store.list(&loc.bucket, &probe).await {
         let what = match e.kind {
