@@ -33,7 +33,7 @@ export UNMOUNT_CMD='umount $MNT'
 for c in $CLIENTS; do
   case $c in
     s3vol)
-      cmd="env AWS_ACCESS_KEY_ID=\$AK AWS_SECRET_ACCESS_KEY=\$SK $S3VOL mount s3://\$BUCKET \$MNT --endpoint \$ENDPOINT --foreground -o part_size=16,upload_concurrency=8 2>>$RESULTS/s3vol-mount.log" ;;
+      cmd="env AWS_ACCESS_KEY_ID=\$AK AWS_SECRET_ACCESS_KEY=\$SK $S3VOL mount s3://\$BUCKET \$MNT --endpoint \$ENDPOINT --foreground -o part_size=16,upload_concurrency=8,list_attrs 2>>$RESULTS/s3vol-mount.log" ;;
     s3fs) command -v s3fs >/dev/null || { echo "bench: s3fs not installed, skipped" >&2; continue; }; cmd=$S3FS_CMD ;;
     rclone) command -v rclone >/dev/null || { echo "bench: rclone not installed, skipped" >&2; continue; }; cmd=$RCLONE_OFF_CMD ;;
     *) echo "bench: unknown client $c" >&2; exit 2 ;;

@@ -18,6 +18,10 @@ pub struct DirEntry {
     pub name: String,
     /// Type as the listing shows it (symlinks show as files until looked up).
     pub kind: FileKind,
+    /// Size from the listing (0 for directories).
+    pub size: u64,
+    /// Modification time from the listing (the listing time for directories).
+    pub mtime: std::time::SystemTime,
 }
 
 /// An open directory: a window of entries and the listing position after it.
@@ -65,7 +69,12 @@ impl DirStream {
         for p in &page.common_prefixes {
             let name = p[plen..].trim_end_matches('/');
             if valid_name(name) {
-                out.push(DirEntry { name: name.to_string(), kind: FileKind::Dir });
+                out.push(DirEntry {
+                    name: name.to_string(),
+                    kind: FileKind::Dir,
+                    size: 0,
+                    mtime: std::time::SystemTime::now(),
+                });
             }
         }
         for o in &page.objects {
@@ -77,7 +86,7 @@ impl DirStream {
             if out.iter().any(|e| e.kind == FileKind::Dir && e.name == name) {
                 continue;
             }
-            out.push(DirEntry { name: name.to_string(), kind: FileKind::File });
+            out.push(DirEntry { name: name.to_string(), kind: FileKind::File, size: o.size, mtime: o.last_modified });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         self.base += self.entries.len() as u64;

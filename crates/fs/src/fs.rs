@@ -38,6 +38,37 @@ pub struct Caller {
     pub uid: u32,
     /// Group id.
     pub gid: u32,
+    /// Process id (for supplementary groups); 0 when unknown.
+    pub pid: u32,
+}
+
+impl Caller {
+    /// Whether this caller may read and/or write an entry with `attr`, by the POSIX rules
+    /// the kernel applies (owner, then group incl. supplementary groups, then other).
+    pub fn may(&self, attr: &Attr, read: bool, write: bool) -> bool {
+        if self.uid == 0 {
+            return true;
+        }
+        let bits = if self.uid == attr.uid {
+            attr.perm >> 6
+        } else if self.gid == attr.gid || self.in_group(attr.gid) {
+            attr.perm >> 3
+        } else {
+            attr.perm
+        } & 7;
+        (!read || bits & 4 != 0) && (!write || bits & 2 != 0)
+    }
+
+    fn in_group(&self, gid: u32) -> bool {
+        if self.pid == 0 {
+            return false;
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.pid)) else { return false };
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Groups:"))
+            .is_some_and(|g| g.split_whitespace().any(|x| x.parse::<u32>().ok() == Some(gid)))
+    }
 }
 
 /// statfs answer.
@@ -89,6 +120,10 @@ struct Found {
     has_marker: bool,
 }
 
+/// How long attributes that came from a listing serve `stat`, at least: long enough for an
+/// `ls -l` of a large directory to stat what it listed without a request per entry.
+const LISTING_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
 type SharedHandle = Arc<tokio::sync::Mutex<Handle>>;
 
 /// A mounted bucket/prefix. Cheap to share; every method is safe to call concurrently.
@@ -126,6 +161,7 @@ impl Fs {
             attr: root_attr,
             stored: StoredMeta::default(),
             has_marker: true,
+            verified: true,
             expires: Instant::now() + std::time::Duration::from_secs(3600 * 24 * 365),
             lookups: 1,
         };
@@ -211,6 +247,7 @@ impl Fs {
             attr: found.stored.attr(ino, found.kind, found.size, found.mtime, &self.cfg.options),
             stored: found.stored,
             has_marker: found.has_marker,
+            verified: true,
             expires: self.expiry(),
             lookups: 0,
         }
@@ -308,26 +345,34 @@ impl Fs {
         self.table.lock().forget(ino, n);
     }
 
-    /// Attributes, refreshed from the store once the cache entry expired.
-    pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
-        let i = self.inode(ino)?;
-        if i.expires > Instant::now() || i.kind == FileKind::Dir || self.has_writer(ino) {
-            return Ok(i.attr);
-        }
+    /// Reads an entry's own metadata (HEAD), replacing attributes that came from a listing.
+    async fn verify(&self, i: &Inode) -> FsResult<Attr> {
         let parent = self.inode(i.parent)?;
         match self.probe(&parent, &i.name).await? {
-            Some(fresh) if fresh.kind == i.kind => {
-                let attr = Attr { ino, ..fresh.attr };
+            Some(fresh) if fresh.kind == i.kind || i.kind == FileKind::File => {
+                let attr = Attr { ino: i.ino, ..fresh.attr };
                 let mut t = self.table.lock();
-                if let Some(cur) = t.get_mut(ino) {
+                if let Some(cur) = t.get_mut(i.ino) {
                     cur.attr = attr;
+                    cur.kind = fresh.kind;
                     cur.stored = fresh.stored;
+                    cur.has_marker = fresh.has_marker;
+                    cur.verified = true;
                     cur.expires = fresh.expires;
                 }
                 Ok(attr)
             }
             _ => Err(Errno::ENOENT),
         }
+    }
+
+    /// Attributes, refreshed from the store once the cache entry expired.
+    pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let i = self.inode(ino)?;
+        if i.expires > Instant::now() || (i.kind == FileKind::Dir && i.verified) || self.has_writer(ino) {
+            return Ok(i.attr);
+        }
+        self.verify(&i).await
     }
 
     fn update_attr(&self, ino: u64, f: impl FnOnce(&mut Inode)) -> FsResult<Attr> {
@@ -486,10 +531,14 @@ impl Fs {
         let me = self.inode(ino)?;
         let mut out = Vec::new();
         if offset == 0 {
-            out.push((ino, 1, DirEntry { name: ".".into(), kind: FileKind::Dir }));
+            out.push((ino, 1, DirEntry { name: ".".into(), kind: FileKind::Dir, size: 0, mtime: me.attr.mtime }));
         }
         if offset <= 1 {
-            out.push((me.parent, 2, DirEntry { name: "..".into(), kind: FileKind::Dir }));
+            out.push((
+                me.parent,
+                2,
+                DirEntry { name: "..".into(), kind: FileKind::Dir, size: 0, mtime: me.attr.mtime },
+            ));
         }
         let (first, entries) = stream.entries_from(offset.saturating_sub(2)).await?;
         let mut t = self.table.lock();
@@ -500,18 +549,82 @@ impl Fs {
         Ok(out)
     }
 
+    /// readdirplus: entries with attributes from the listing itself, so `ls -l` costs one
+    /// LIST per 1000 entries and no request per entry. Files this mount has not looked at
+    /// get the mount's default mode and owner and are marked unverified; `open` checks them
+    /// against the object's own metadata before any data moves, and `getattr` reads that
+    /// metadata once the listing's attributes expire. Directories are returned uncached,
+    /// so the kernel looks them up (with their marker's mode) before entering them.
+    /// Returns (attributes, next offset, name, whether the kernel may cache the entry); the
+    /// caller reports each entry it hands the kernel with [`Fs::entry_sent`].
+    pub async fn readdirplus(&self, ino: u64, fh: u64, offset: u64) -> FsResult<Vec<(Attr, u64, String, bool)>> {
+        let entries = self.readdir(ino, fh, offset).await?;
+        let me = self.inode(ino)?;
+        let now = Instant::now();
+        let listing_expiry = now + self.cfg.options.stat_cache_ttl.max(LISTING_TTL);
+        let mut out = Vec::with_capacity(entries.len());
+        let mut t = self.table.lock();
+        for (child, next, e) in entries {
+            if e.name == "." || e.name == ".." {
+                let target = if e.name == "." { ino } else { me.parent };
+                let attr = t.get(target).map(|i| i.attr).unwrap_or(me.attr);
+                out.push((attr, next, e.name, false));
+                continue;
+            }
+            let known = t.get(child).filter(|i| i.parent == ino && i.name == e.name && i.kind == e.kind).cloned();
+            if let Some(i) = known.filter(|i| i.expires > now || e.kind == FileKind::Dir) {
+                out.push((i.attr, next, e.name, e.kind != FileKind::Dir));
+                continue;
+            }
+            let stored = StoredMeta::default();
+            let attr = stored.attr(child, e.kind, e.size, e.mtime, &self.cfg.options);
+            let dir = e.kind == FileKind::Dir;
+            t.upsert(Inode {
+                ino: child,
+                parent: ino,
+                name: e.name.clone(),
+                path: Self::child_path(&me, &e.name),
+                kind: e.kind,
+                attr,
+                stored,
+                has_marker: false,
+                verified: false,
+                expires: if dir { now } else { listing_expiry },
+                lookups: 0,
+            });
+            out.push((attr, next, e.name, !dir));
+        }
+        Ok(out)
+    }
+
+    /// The kernel took a readdirplus entry: it now holds a reference, as after a lookup.
+    pub fn entry_sent(&self, ino: u64, name: &str) {
+        if name != "." && name != ".." {
+            self.table.lock().add_lookup(ino);
+        }
+    }
+
     /// Closes a directory handle.
     pub fn releasedir(&self, fh: u64) {
         self.handles.lock().remove(&fh);
     }
 
     /// Opens a file. `flags` are the open(2) flags.
-    pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
-        let i = self.inode(ino)?;
+    pub async fn open(&self, ino: u64, flags: i32, caller: Caller) -> FsResult<u64> {
+        let mut i = self.inode(ino)?;
         if i.kind == FileKind::Dir {
             return Err(Errno::EISDIR);
         }
         let acc = flags & libc::O_ACCMODE;
+        if !i.verified && !self.has_writer(ino) {
+            // The kernel checked permissions against attributes from a listing; check
+            // again against the object's own mode and owner before any data moves.
+            self.verify(&i).await?;
+            i = self.inode(ino)?;
+            if !caller.may(&i.attr, acc != libc::O_WRONLY, acc != libc::O_RDONLY) {
+                return Err(Errno::EACCES);
+            }
+        }
         let key = self.key(&i.path, FileKind::File);
         if acc == libc::O_RDONLY {
             // Close-to-open: a stale entry is checked against the store before reading.

@@ -28,6 +28,8 @@ pub struct Inode {
     pub stored: StoredMeta,
     /// Whether a directory has a `dir/` marker object.
     pub has_marker: bool,
+    /// Whether mode/owner come from the object itself (HEAD), not only from a listing.
+    pub verified: bool,
     /// When `attr` stops being trusted.
     pub expires: Instant,
     /// Kernel lookup count.

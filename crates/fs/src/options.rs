@@ -49,6 +49,11 @@ pub struct MountOptions {
     pub sse: Option<String>,
     /// Set Content-Type from the file extension.
     pub mime: bool,
+    /// Take attributes of listed entries from the listing (one LIST per 1000 entries, no
+    /// request per entry) instead of each object's own metadata. Faster `ls -l`; until the
+    /// listing's attributes expire, mode/owner/mtime shown for listed files are the mount's
+    /// defaults (access is still checked against the object's own mode at open).
+    pub list_attrs: bool,
     /// Verbose logging of filesystem operations.
     pub debug: bool,
 }
@@ -76,6 +81,7 @@ impl Default for MountOptions {
             storage_class: None,
             sse: None,
             mime: true,
+            list_attrs: false,
             debug: false,
         }
     }
@@ -175,13 +181,14 @@ impl MountOptions {
                 "sse" => o.sse = Some(need()?.to_string()),
                 "mime" => o.mime = flag(name, value)?,
                 "debug" => o.debug = flag(name, value)?,
+                "list_attrs" => o.list_attrs = flag(name, value)?,
                 n if IGNORED.contains(&n) => {}
                 n => {
                     let bare = n.trim_start_matches('-');
                     return Err(OptionError(match FOREIGN.iter().find(|(f, _)| *f == bare) {
                         Some((_, instead)) => format!("mount option {n:?} is not supported by s3vol: {instead}"),
                         None => format!(
-                            "unknown mount option {n:?} (supported: uid, gid, umask, file_mode, dir_mode, allow_other, ro, stat_cache_ttl, max_stat_cache_size, list_type, cache_dir, cache_size, read_ahead, part_size, upload_concurrency, storage_class, sse, mime, debug)"
+                            "unknown mount option {n:?} (supported: uid, gid, umask, file_mode, dir_mode, allow_other, ro, stat_cache_ttl, max_stat_cache_size, list_type, cache_dir, cache_size, read_ahead, part_size, upload_concurrency, storage_class, sse, mime, list_attrs, debug)"
                         ),
                     }));
                 }

@@ -8,7 +8,7 @@ use s3vol_fs::{Caller, Errno, FileKind, Fs, FsConfig, MountOptions, SetAttr, ROO
 use s3vol_store::{collect_body, MemoryStore, ObjectStore, PutOptions};
 
 const B: &str = "bkt";
-const ME: Caller = Caller { uid: 1000, gid: 1000 };
+const ME: Caller = Caller { uid: 1000, gid: 1000, pid: 0 };
 
 fn fs_with(store: Arc<MemoryStore>, prefix: &str, opts: MountOptions) -> Fs {
     Fs::new(store, FsConfig { bucket: B.into(), prefix: prefix.into(), options: opts, capacity: Some(10 << 30) })
@@ -68,7 +68,7 @@ async fn write_file(fs: &Fs, parent: u64, name: &str, data: &[u8]) -> u64 {
 }
 
 async fn read_all(fs: &Fs, ino: u64) -> Vec<u8> {
-    let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    let fh = fs.open(ino, libc::O_RDONLY, ME).await.unwrap();
     let mut out = Vec::new();
     loop {
         let chunk = fs.read(fh, out.len() as u64, 128 * 1024).await.unwrap();
@@ -143,7 +143,7 @@ async fn large_files_stream_as_multipart_and_read_back() {
     assert_eq!(object(&store, "big.bin").await.unwrap().len(), data.len());
     assert_eq!(read_all(&fs, ino).await, data);
     // Random reads return exactly the bytes asked for.
-    let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    let fh = fs.open(ino, libc::O_RDONLY, ME).await.unwrap();
     for off in [7_000_000u64, 100, 12_000_000, 5 << 20] {
         let got = fs.read(fh, off, 4096).await.unwrap();
         assert_eq!(&got[..], &data[off as usize..off as usize + 4096], "at {off}");
@@ -160,13 +160,13 @@ async fn appends_and_overwrites_of_existing_objects_go_through_staging() {
     let fs = fs_with(store.clone(), "", opts);
     put(&store, "log.txt", b"line1\n", &[]).await;
     let a = fs.lookup(ROOT_INO, "log.txt").await.unwrap();
-    let fh = fs.open(a.ino, libc::O_WRONLY | libc::O_APPEND).await.unwrap();
+    let fh = fs.open(a.ino, libc::O_WRONLY | libc::O_APPEND, ME).await.unwrap();
     fs.write(fh, 6, b"line2\n").await.unwrap();
     fs.flush(fh).await.unwrap();
     fs.release(fh).await.unwrap();
     assert_eq!(object(&store, "log.txt").await.unwrap(), b"line1\nline2\n");
     // A write in the middle.
-    let fh = fs.open(a.ino, libc::O_RDWR).await.unwrap();
+    let fh = fs.open(a.ino, libc::O_RDWR, ME).await.unwrap();
     fs.write(fh, 0, b"LINE").await.unwrap();
     assert_eq!(&fs.read(fh, 0, 6).await.unwrap()[..], b"LINE1\n");
     fs.flush(fh).await.unwrap();
@@ -245,7 +245,7 @@ async fn read_only_mounts_refuse_writes() {
     assert_eq!(fs.create(ROOT_INO, "n", 0o644, ME).await.unwrap_err(), Errno::EROFS);
     assert_eq!(fs.mkdir(ROOT_INO, "n", 0o755, ME).await.unwrap_err(), Errno::EROFS);
     let f = fs.lookup(ROOT_INO, "f").await.unwrap();
-    assert_eq!(fs.open(f.ino, libc::O_WRONLY).await.unwrap_err(), Errno::EROFS);
+    assert_eq!(fs.open(f.ino, libc::O_WRONLY, ME).await.unwrap_err(), Errno::EROFS);
     assert_eq!(fs.unlink(ROOT_INO, "f").await.unwrap_err(), Errno::EROFS);
     assert_eq!(read_all(&fs, f.ino).await, b"x");
 }
@@ -316,7 +316,7 @@ mod model {
                 let res = match fs.lookup(ROOT_INO, &name).await {
                     Ok(a) if a.kind == FileKind::Dir => Err(Errno::EISDIR),
                     Ok(a) => {
-                        let fh = fs.open(a.ino, libc::O_WRONLY | libc::O_TRUNC).await.unwrap();
+                        let fh = fs.open(a.ino, libc::O_WRONLY | libc::O_TRUNC, ME).await.unwrap();
                         fs.write(fh, 0, d).await.unwrap();
                         fs.flush(fh).await.unwrap();
                         fs.release(fh).await
@@ -334,7 +334,7 @@ mod model {
                 let name = n(i);
                 if let Ok(a) = fs.lookup(ROOT_INO, &name).await {
                     if a.kind == FileKind::File {
-                        let fh = fs.open(a.ino, libc::O_WRONLY | libc::O_APPEND).await.unwrap();
+                        let fh = fs.open(a.ino, libc::O_WRONLY | libc::O_APPEND, ME).await.unwrap();
                         fs.write(fh, a.size, d).await.unwrap();
                         fs.flush(fh).await.unwrap();
                         fs.release(fh).await.unwrap();

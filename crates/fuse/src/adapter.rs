@@ -3,10 +3,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use fuser::consts::{FUSE_ASYNC_READ, FUSE_ATOMIC_O_TRUNC, FUSE_BIG_WRITES, FUSE_PARALLEL_DIROPS};
+use fuser::consts::{FUSE_ASYNC_READ, FUSE_ATOMIC_O_TRUNC, FUSE_BIG_WRITES, FUSE_DO_READDIRPLUS, FUSE_PARALLEL_DIROPS};
 use fuser::{
-    FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
 use s3vol_fs::{Attr, Caller, Errno, FileKind, Fs, SetAttr};
 
@@ -64,7 +64,7 @@ fn name_of(name: &OsStr) -> Result<String, Errno> {
 }
 
 fn caller(req: &Request<'_>) -> Caller {
-    Caller { uid: req.uid(), gid: req.gid() }
+    Caller { uid: req.uid(), gid: req.gid(), pid: req.pid() }
 }
 
 fn time_of(t: TimeOrNow) -> SystemTime {
@@ -76,7 +76,11 @@ fn time_of(t: TimeOrNow) -> SystemTime {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
-        let _ = config.add_capabilities(FUSE_ATOMIC_O_TRUNC | FUSE_BIG_WRITES | FUSE_ASYNC_READ | FUSE_PARALLEL_DIROPS);
+        let mut caps = FUSE_ATOMIC_O_TRUNC | FUSE_BIG_WRITES | FUSE_ASYNC_READ | FUSE_PARALLEL_DIROPS;
+        if self.fs.options().list_attrs {
+            caps |= FUSE_DO_READDIRPLUS;
+        }
+        let _ = config.add_capabilities(caps);
         let _ = config.set_max_write(MAX_IO);
         let _ = config.set_max_readahead(MAX_IO);
         let _ = config.set_max_background(64);
@@ -261,10 +265,11 @@ impl Filesystem for FuseAdapter {
         reply.error(libc::EOPNOTSUPP);
     }
 
-    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+    fn open(&mut self, req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
         let fs = self.fs.clone();
+        let who = caller(req);
         self.run(async move {
-            match fs.open(ino, flags).await {
+            match fs.open(ino, flags, who).await {
                 Ok(fh) => reply.opened(fh, 0),
                 Err(e) => reply.error(e.0),
             }
@@ -376,6 +381,36 @@ impl Filesystem for FuseAdapter {
                         if reply.add(child, next as i64, kind, OsStr::from_bytes(e.name.as_bytes())) {
                             break;
                         }
+                    }
+                    reply.ok();
+                }
+                Err(e) => reply.error(e.0),
+            }
+        });
+    }
+
+    fn readdirplus(&mut self, _req: &Request<'_>, ino: u64, fh: u64, offset: i64, mut reply: ReplyDirectoryPlus) {
+        let fs = self.fs.clone();
+        self.run(async move {
+            match fs.readdirplus(ino, fh, offset.max(0) as u64).await {
+                Ok(entries) => {
+                    let ttl = fs.ttl();
+                    let uncached = std::time::Duration::ZERO;
+                    for (attr, next, name, cacheable) in entries {
+                        let t = if cacheable { &ttl } else { &uncached };
+                        if reply.add(
+                            attr.ino,
+                            next as i64,
+                            OsStr::from_bytes(name.as_bytes()),
+                            t,
+                            &to_file_attr(&attr),
+                            0,
+                        ) {
+                            // The kernel's buffer is full; it asks again from the last
+                            // entry it took.
+                            break;
+                        }
+                        fs.entry_sent(attr.ino, &name);
                     }
                     reply.ok();
                 }

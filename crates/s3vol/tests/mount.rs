@@ -452,3 +452,33 @@ fn core_cases_against_moto() {
     let err = m.err("rmdir nonexistent");
     assert!(err.contains("No such file"), "{err}");
 }
+
+/// With `list_attrs` a listing gives attributes without per-object metadata; a file kept
+/// private with chmod must stay private to other users right after an `ls -l`.
+#[test]
+fn private_files_stay_private_after_a_listing() {
+    if !can_mount() {
+        return;
+    }
+    let e = env();
+    e.srv.backend.put("bkt", "p/secret", b"s3cr3t", &[("mode", "33152"), ("uid", "1000"), ("gid", "1000")]);
+    e.srv.backend.put("bkt", "p/open", b"hello", &[]);
+    let m = mount(&e, "s3://bkt/p", &["allow_other,list_attrs"]);
+    let as_user = |uid: &str, script: &str| {
+        Command::new("setpriv")
+            .args([&format!("--reuid={uid}"), &format!("--regid={uid}"), "--clear-groups", "sh", "-c", script])
+            .current_dir(&m.mnt)
+            .output()
+            .unwrap()
+    };
+    let before = e.srv.control.count("HeadObject");
+    let ls = as_user("1001", "ls -l");
+    assert!(ls.status.success(), "{}", String::from_utf8_lossy(&ls.stderr));
+    assert_eq!(e.srv.control.count("HeadObject"), before, "ls -l makes no request per entry");
+    let denied = as_user("1001", "cat secret");
+    assert!(!denied.status.success(), "another user read a 0600 file: {}", String::from_utf8_lossy(&denied.stdout));
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("Permission denied"));
+    let owner = as_user("1000", "cat secret");
+    assert_eq!(String::from_utf8_lossy(&owner.stdout), "s3cr3t", "{}", String::from_utf8_lossy(&owner.stderr));
+    assert_eq!(String::from_utf8_lossy(&as_user("1001", "cat open").stdout), "hello");
+}
