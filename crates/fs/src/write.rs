@@ -5,7 +5,6 @@
 //! read-write handle) moves the file into a local staging file under `cache_dir`, which
 //! is uploaded whole on flush. Upload errors are returned by flush/fsync, never dropped.
 
-use std::collections::VecDeque;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +12,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use s3vol_store::{CompletedPart, ObjectStore, PutOptions, StoreResult};
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 
 use crate::error::{store_errno, Errno, FsResult};
 
@@ -35,7 +34,7 @@ struct Streaming {
     upload_id: Option<String>,
     next_part: i32,
     parts: Vec<CompletedPart>,
-    inflight: VecDeque<JoinHandle<StoreResult<CompletedPart>>>,
+    inflight: JoinSet<StoreResult<CompletedPart>>,
 }
 
 struct Staged {
@@ -84,7 +83,7 @@ impl Writer {
             upload_id: None,
             next_part: 1,
             parts: Vec::new(),
-            inflight: VecDeque::new(),
+            inflight: JoinSet::new(),
         });
         Writer { store, bucket, key, put, cfg, mode, size: 0, dirty: true, failed: None }
     }
@@ -259,14 +258,15 @@ impl Writer {
                 s.next_part,
             );
             s.next_part += 1;
-            s.inflight.push_back(tokio::spawn(async move { store.upload_part(&bucket, &key, &id, n, body).await }));
+            s.inflight.spawn(async move { store.upload_part(&bucket, &key, &id, n, body).await });
+            // Wait for whichever part finishes first, so one slow part does not stall the rest.
             while s.inflight.len() >= self.cfg.concurrency {
-                let h = s.inflight.pop_front().expect("non-empty");
+                let h = s.inflight.join_next().await.expect("non-empty");
                 s.parts.push(join_part(h).await?);
             }
         }
         if all {
-            while let Some(h) = s.inflight.pop_front() {
+            while let Some(h) = s.inflight.join_next().await {
                 s.parts.push(join_part(h).await?);
             }
         }
@@ -343,9 +343,7 @@ impl Writer {
     /// Abandons an unfinished multipart upload.
     pub async fn abort(&mut self) {
         if let Mode::Streaming(s) = &mut self.mode {
-            for h in s.inflight.drain(..) {
-                h.abort();
-            }
+            s.inflight.abort_all();
             if let Some(id) = s.upload_id.take() {
                 if let Err(e) = self.store.abort_multipart(&self.bucket, &self.key, &id).await {
                     tracing::warn!(key = %self.key, error = %e, "could not abort multipart upload");
@@ -355,8 +353,8 @@ impl Writer {
     }
 }
 
-async fn join_part(h: JoinHandle<StoreResult<CompletedPart>>) -> FsResult<CompletedPart> {
-    match h.await {
+async fn join_part(res: Result<StoreResult<CompletedPart>, tokio::task::JoinError>) -> FsResult<CompletedPart> {
+    match res {
         Ok(Ok(p)) => Ok(p),
         Ok(Err(e)) => Err(store_errno("write", &e)),
         Err(_) => Err(Errno::EIO),
@@ -384,7 +382,7 @@ async fn upload_file(
     }
     let id = store.create_multipart(bucket, key, put).await.map_err(|e| store_errno("flush", &e))?;
     let mut parts = Vec::new();
-    let mut inflight: VecDeque<JoinHandle<StoreResult<CompletedPart>>> = VecDeque::new();
+    let mut inflight: JoinSet<StoreResult<CompletedPart>> = JoinSet::new();
     let mut off = 0;
     let mut n = 1;
     let result: FsResult<()> = async {
@@ -392,23 +390,21 @@ async fn upload_file(
             let len = cfg.part_size.min(size - off);
             let body = read_part(off, len)?;
             let (s, b, k, i) = (store.clone(), bucket.to_string(), key.to_string(), id.clone());
-            inflight.push_back(tokio::spawn(async move { s.upload_part(&b, &k, &i, n, body).await }));
+            inflight.spawn(async move { s.upload_part(&b, &k, &i, n, body).await });
             n += 1;
             off += len;
             while inflight.len() >= cfg.concurrency {
-                parts.push(join_part(inflight.pop_front().expect("non-empty")).await?);
+                parts.push(join_part(inflight.join_next().await.expect("non-empty")).await?);
             }
         }
-        while let Some(h) = inflight.pop_front() {
+        while let Some(h) = inflight.join_next().await {
             parts.push(join_part(h).await?);
         }
         store.complete_multipart(bucket, key, &id, parts.clone()).await.map_err(|e| store_errno("flush", &e))
     }
     .await;
     if result.is_err() {
-        for h in inflight {
-            h.abort();
-        }
+        inflight.abort_all();
         let _ = store.abort_multipart(bucket, key, &id).await;
     }
     result
