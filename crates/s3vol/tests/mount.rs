@@ -80,6 +80,16 @@ impl Drop for Mount {
     }
 }
 
+/// Runs `args` as user and group `uid` with no supplementary groups, in `dir`.
+fn run_as(uid: u32, dir: &Path, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args([format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".to_string()])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
 fn is_mounted(p: &Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     let p = p.to_string_lossy();
@@ -198,14 +208,11 @@ fn non_root_users_with_uid_gid_umask() {
     }
     let e = env();
     let m = mount(&e, "s3://bkt/shared", &["allow_other,uid=1000,gid=1000,umask=0022"]);
-    let as_user = |script: &str| {
-        Command::new("setpriv")
-            .args(["--reuid=1000", "--regid=1000", "--clear-groups", "sh", "-c", script])
-            .current_dir(&m.mnt)
-            .output()
-            .unwrap()
-    };
-    let out = as_user("echo data > mine && mkdir d && echo more > d/f && cat mine d/f && ls -ln mine");
+    let out = run_as(
+        1000,
+        &m.mnt,
+        &["sh", "-c", "echo data > mine && mkdir d && echo more > d/f && cat mine d/f && ls -ln mine"],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("data\nmore\n-rw-r--r-- 1 1000 1000"), "{text}");
@@ -214,11 +221,7 @@ fn non_root_users_with_uid_gid_umask() {
     // A locked-down mount: owned by root, 0700. The same user is refused.
     let m2 = mount(&e, "s3://bkt/locked", &["allow_other", "umask=077"]);
     m2.ok("echo secret > s");
-    let out = Command::new("setpriv")
-        .args(["--reuid=1000", "--regid=1000", "--clear-groups", "cat", "s"])
-        .current_dir(&m2.mnt)
-        .output()
-        .unwrap();
+    let out = run_as(1000, &m2.mnt, &["cat", "s"]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
@@ -393,11 +396,8 @@ fn posix_suite_as_a_non_root_user() {
     let m = mount(&e, "s3://bkt/posix", &["allow_other"]);
     m.ok("mkdir suite && chown 1000:1000 suite");
     let suite = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/posix/suite.sh");
-    let out = Command::new("setpriv")
-        .args(["--reuid=1000", "--regid=1000", "--clear-groups", suite])
-        .arg(m.mnt.join("suite"))
-        .output()
-        .unwrap();
+    let suite_dir = m.mnt.join("suite");
+    let out = run_as(1000, &m.mnt, &[suite, suite_dir.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains(" passed, 0 failed"), "{text}");
@@ -464,21 +464,15 @@ fn private_files_stay_private_after_a_listing() {
     e.srv.backend.put("bkt", "p/secret", b"s3cr3t", &[("mode", "33152"), ("uid", "1000"), ("gid", "1000")]);
     e.srv.backend.put("bkt", "p/open", b"hello", &[]);
     let m = mount(&e, "s3://bkt/p", &["allow_other,list_attrs"]);
-    let as_user = |uid: &str, script: &str| {
-        Command::new("setpriv")
-            .args([&format!("--reuid={uid}"), &format!("--regid={uid}"), "--clear-groups", "sh", "-c", script])
-            .current_dir(&m.mnt)
-            .output()
-            .unwrap()
-    };
+    let as_user = |uid: u32, script: &str| run_as(uid, &m.mnt, &["sh", "-c", script]);
     let before = e.srv.control.count("HeadObject");
-    let ls = as_user("1001", "ls -l");
+    let ls = as_user(1001, "ls -l");
     assert!(ls.status.success(), "{}", String::from_utf8_lossy(&ls.stderr));
     assert_eq!(e.srv.control.count("HeadObject"), before, "ls -l makes no request per entry");
-    let denied = as_user("1001", "cat secret");
+    let denied = as_user(1001, "cat secret");
     assert!(!denied.status.success(), "another user read a 0600 file: {}", String::from_utf8_lossy(&denied.stdout));
     assert!(String::from_utf8_lossy(&denied.stderr).contains("Permission denied"));
-    let owner = as_user("1000", "cat secret");
+    let owner = as_user(1000, "cat secret");
     assert_eq!(String::from_utf8_lossy(&owner.stdout), "s3cr3t", "{}", String::from_utf8_lossy(&owner.stderr));
-    assert_eq!(String::from_utf8_lossy(&as_user("1001", "cat open").stdout), "hello");
+    assert_eq!(String::from_utf8_lossy(&as_user(1001, "cat open").stdout), "hello");
 }

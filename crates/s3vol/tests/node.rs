@@ -199,6 +199,19 @@ fn mounted_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+async fn unpublish(node: &mut NodeClient<Channel>, volume_id: &str, target: &Path) {
+    let req = pb::NodeUnpublishVolumeRequest { volume_id: volume_id.into(), target_path: target.display().to_string() };
+    node.node_unpublish_volume(req).await.unwrap();
+}
+
+async fn unstage(node: &mut NodeClient<Channel>, volume_id: &str, staging: &Path) {
+    let req = pb::NodeUnstageVolumeRequest {
+        volume_id: volume_id.into(),
+        staging_target_path: staging.display().to_string(),
+    };
+    node.node_unstage_volume(req).await.unwrap();
+}
+
 async fn env() -> (TestS3, tempfile::TempDir) {
     let srv = TestS3::start().await.unwrap();
     srv.backend.create_bucket("shared");
@@ -265,21 +278,11 @@ async fn stage_publish_twice_write_read_unpublish_unstage() {
     let pid = server_pid(dir.path(), &vol.volume_id);
     for t in [&t1, &t2] {
         for _ in 0..2 {
-            node.node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
-                volume_id: vol.volume_id.clone(),
-                target_path: t.display().to_string(),
-            })
-            .await
-            .unwrap();
+            unpublish(&mut node, &vol.volume_id, t).await;
         }
     }
     for _ in 0..2 {
-        node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
-            volume_id: vol.volume_id.clone(),
-            staging_target_path: staging.display().to_string(),
-        })
-        .await
-        .unwrap();
+        unstage(&mut node, &vol.volume_id, &staging).await;
     }
     assert!(mounted_under(dir.path()).is_empty(), "{:?}", mounted_under(dir.path()));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -378,18 +381,8 @@ async fn mounts_survive_a_killed_plugin_and_heal_a_killed_server() {
     // A restarted plugin unpublishes and unstages cleanly.
     plugin.restart();
     let (mut node, _) = plugin.clients().await;
-    node.node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
-        volume_id: vol.volume_id.clone(),
-        target_path: target.display().to_string(),
-    })
-    .await
-    .unwrap();
-    node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
-        volume_id: vol.volume_id.clone(),
-        staging_target_path: staging.display().to_string(),
-    })
-    .await
-    .unwrap();
+    unpublish(&mut node, &vol.volume_id, &target).await;
+    unstage(&mut node, &vol.volume_id, &staging).await;
     assert!(mounted_under(dir.path()).is_empty(), "{:?}", mounted_under(dir.path()));
 }
 
@@ -420,18 +413,8 @@ async fn unstage_with_dead_server_and_missing_target_twice() {
     assert!(!ok && out.contains("not connected"), "{out}");
     assert!(sh(&format!("umount -l {0} && rmdir {0}", target.display())).0);
     for _ in 0..2 {
-        node.node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
-            volume_id: vol.volume_id.clone(),
-            target_path: target.display().to_string(),
-        })
-        .await
-        .unwrap();
-        node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
-            volume_id: vol.volume_id.clone(),
-            staging_target_path: staging.display().to_string(),
-        })
-        .await
-        .unwrap();
+        unpublish(&mut node, &vol.volume_id, &target).await;
+        unstage(&mut node, &vol.volume_id, &staging).await;
     }
     assert!(mounted_under(dir.path()).is_empty(), "{:?}", mounted_under(dir.path()));
 }
@@ -470,18 +453,8 @@ async fn credential_rotation_without_remount() {
     assert!(grep.trim().is_empty(), "{grep}");
     let (_, ps) = sh("ps -eo args");
     assert!(!ps.contains("secretA") && !ps.contains("secretB"));
-    node.node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
-        volume_id: vol.volume_id.clone(),
-        target_path: target.display().to_string(),
-    })
-    .await
-    .unwrap();
-    node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
-        volume_id: vol.volume_id.clone(),
-        staging_target_path: staging.display().to_string(),
-    })
-    .await
-    .unwrap();
+    unpublish(&mut node, &vol.volume_id, &target).await;
+    unstage(&mut node, &vol.volume_id, &staging).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -689,10 +662,5 @@ async fn sanity_style_argument_checks() {
     .await
     .unwrap();
     assert!(!Path::new(&target).exists(), "unpublish removes the target path");
-    node.node_unstage_volume(pb::NodeUnstageVolumeRequest {
-        volume_id: vol.volume_id.clone(),
-        staging_target_path: st.display().to_string(),
-    })
-    .await
-    .unwrap();
+    unstage(&mut node, &vol.volume_id, &st).await;
 }
