@@ -96,6 +96,11 @@ impl DirStream {
         Ok(())
     }
 
+    /// Whether the listing reached its end without a rewind since it started.
+    pub fn complete(&self) -> bool {
+        self.started && self.done
+    }
+
     /// Entries from listing index `index` on (at least one, unless the listing is over).
     pub async fn entries_from(&mut self, index: u64) -> FsResult<(u64, &[DirEntry])> {
         if index < self.base || !self.started {

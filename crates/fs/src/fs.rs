@@ -133,6 +133,8 @@ pub struct Fs {
     table: Mutex<InodeTable>,
     handles: Mutex<HashMap<u64, SharedHandle>>,
     writers: Mutex<HashMap<u64, usize>>,
+    /// When each directory was last listed to its end, for the kernel's directory cache.
+    listed: Mutex<HashMap<u64, Instant>>,
     next_fh: AtomicU64,
     wcfg: WriteConfig,
 }
@@ -176,6 +178,7 @@ impl Fs {
             table: Mutex::new(InodeTable::new(root, o.max_stat_cache_size)),
             handles: Mutex::new(HashMap::new()),
             writers: Mutex::new(HashMap::new()),
+            listed: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             wcfg,
             cfg,
@@ -522,6 +525,21 @@ impl Fs {
         ))))
     }
 
+    /// Whether the kernel may serve this directory from the entries it cached at the last
+    /// listing: only while that listing is younger than `stat_cache_ttl` (with
+    /// `list_attrs`, at least 10 s). The kernel drops its cache itself when entries are
+    /// created or removed through this mount.
+    pub fn dir_cache_fresh(&self, ino: u64) -> bool {
+        let o = &self.cfg.options;
+        // With list_attrs, a listing is trusted as long as the attributes it brought.
+        let ttl = if o.list_attrs && !o.stat_cache_ttl.is_zero() {
+            o.stat_cache_ttl.max(LISTING_TTL)
+        } else {
+            o.stat_cache_ttl
+        };
+        !ttl.is_zero() && self.listed.lock().get(&ino).is_some_and(|t| t.elapsed() < ttl)
+    }
+
     /// Entries from readdir offset `offset` (0 = start; `.` and `..` are 0 and 1). Each
     /// returned entry carries the offset of the next one.
     pub async fn readdir(&self, ino: u64, fh: u64, offset: u64) -> FsResult<Vec<(u64, u64, DirEntry)>> {
@@ -555,25 +573,33 @@ impl Fs {
     /// against the object's own metadata before any data moves, and `getattr` reads that
     /// metadata once the listing's attributes expire. Directories are returned uncached,
     /// so the kernel looks them up (with their marker's mode) before entering them.
-    /// Returns (attributes, next offset, name, whether the kernel may cache the entry); the
+    /// Returns (attributes, next offset, name, how long the kernel may cache the entry); the
     /// caller reports each entry it hands the kernel with [`Fs::entry_sent`].
-    pub async fn readdirplus(&self, ino: u64, fh: u64, offset: u64) -> FsResult<Vec<(Attr, u64, String, bool)>> {
+    pub async fn readdirplus(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+    ) -> FsResult<Vec<(Attr, u64, String, std::time::Duration)>> {
         let entries = self.readdir(ino, fh, offset).await?;
         let me = self.inode(ino)?;
         let now = Instant::now();
-        let listing_expiry = now + self.cfg.options.stat_cache_ttl.max(LISTING_TTL);
+        let ttl = self.cfg.options.stat_cache_ttl;
+        let listing_ttl = ttl.max(LISTING_TTL);
+        let listing_expiry = now + listing_ttl;
+        let uncached = std::time::Duration::ZERO;
         let mut out = Vec::with_capacity(entries.len());
         let mut t = self.table.lock();
         for (child, next, e) in entries {
             if e.name == "." || e.name == ".." {
                 let target = if e.name == "." { ino } else { me.parent };
                 let attr = t.get(target).map(|i| i.attr).unwrap_or(me.attr);
-                out.push((attr, next, e.name, false));
+                out.push((attr, next, e.name, uncached));
                 continue;
             }
             let known = t.get(child).filter(|i| i.parent == ino && i.name == e.name && i.kind == e.kind).cloned();
             if let Some(i) = known.filter(|i| i.expires > now || e.kind == FileKind::Dir) {
-                out.push((i.attr, next, e.name, e.kind != FileKind::Dir));
+                out.push((i.attr, next, e.name, if e.kind == FileKind::Dir { uncached } else { ttl }));
                 continue;
             }
             let stored = StoredMeta::default();
@@ -592,7 +618,9 @@ impl Fs {
                 expires: if dir { now } else { listing_expiry },
                 lookups: 0,
             });
-            out.push((attr, next, e.name, !dir));
+            // The kernel may keep listing attributes as long as getattr would answer with
+            // them anyway; open re-checks access against the object itself.
+            out.push((attr, next, e.name, if dir { uncached } else { listing_ttl }));
         }
         Ok(out)
     }
@@ -604,9 +632,13 @@ impl Fs {
         }
     }
 
-    /// Closes a directory handle.
-    pub fn releasedir(&self, fh: u64) {
-        self.handles.lock().remove(&fh);
+    /// Closes a directory handle, remembering when a listing ran to its end.
+    pub fn releasedir(&self, ino: u64, fh: u64) {
+        let Some(h) = self.handles.lock().remove(&fh) else { return };
+        let complete = matches!(h.try_lock().as_deref(), Ok(Handle::Dir(stream)) if stream.complete());
+        if complete {
+            self.listed.lock().insert(ino, Instant::now());
+        }
     }
 
     /// Opens a file. `flags` are the open(2) flags.

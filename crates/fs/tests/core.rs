@@ -51,7 +51,7 @@ async fn names(fs: &Fs, ino: u64) -> Vec<String> {
             }
         }
     }
-    fs.releasedir(fh);
+    fs.releasedir(ino, fh);
     out
 }
 

@@ -3,7 +3,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use fuser::consts::{FUSE_ASYNC_READ, FUSE_ATOMIC_O_TRUNC, FUSE_BIG_WRITES, FUSE_DO_READDIRPLUS, FUSE_PARALLEL_DIROPS};
+use fuser::consts::{
+    FOPEN_CACHE_DIR, FOPEN_KEEP_CACHE, FUSE_ASYNC_READ, FUSE_ATOMIC_O_TRUNC, FUSE_BIG_WRITES, FUSE_DO_READDIRPLUS,
+    FUSE_PARALLEL_DIROPS,
+};
 use fuser::{
     FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
@@ -361,7 +364,12 @@ impl Filesystem for FuseAdapter {
         let fs = self.fs.clone();
         self.run(async move {
             match fs.opendir(ino).await {
-                Ok(fh) => reply.opened(fh, 0),
+                Ok(fh) => {
+                    // Let the kernel cache the entries; keep what it cached from the last
+                    // listing only while that listing is fresh.
+                    let keep = if fs.dir_cache_fresh(ino) { FOPEN_KEEP_CACHE } else { 0 };
+                    reply.opened(fh, FOPEN_CACHE_DIR | keep)
+                }
                 Err(e) => reply.error(e.0),
             }
         });
@@ -394,15 +402,12 @@ impl Filesystem for FuseAdapter {
         self.run(async move {
             match fs.readdirplus(ino, fh, offset.max(0) as u64).await {
                 Ok(entries) => {
-                    let ttl = fs.ttl();
-                    let uncached = std::time::Duration::ZERO;
-                    for (attr, next, name, cacheable) in entries {
-                        let t = if cacheable { &ttl } else { &uncached };
+                    for (attr, next, name, ttl) in entries {
                         if reply.add(
                             attr.ino,
                             next as i64,
                             OsStr::from_bytes(name.as_bytes()),
-                            t,
+                            &ttl,
                             &to_file_attr(&attr),
                             0,
                         ) {
@@ -419,8 +424,8 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    fn releasedir(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _flags: i32, reply: ReplyEmpty) {
-        self.fs.releasedir(fh);
+    fn releasedir(&mut self, _req: &Request<'_>, ino: u64, fh: u64, _flags: i32, reply: ReplyEmpty) {
+        self.fs.releasedir(ino, fh);
         reply.ok();
     }
 

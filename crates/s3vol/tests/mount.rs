@@ -476,3 +476,45 @@ fn private_files_stay_private_after_a_listing() {
     assert_eq!(String::from_utf8_lossy(&owner.stdout), "s3cr3t", "{}", String::from_utf8_lossy(&owner.stderr));
     assert_eq!(String::from_utf8_lossy(&as_user(1001, "cat open").stdout), "hello");
 }
+
+/// The kernel may keep a directory's entries, but changes through the mount show at
+/// once and changes made directly in the store show once `stat_cache_ttl` has passed.
+#[test]
+fn listings_see_local_changes_at_once_and_remote_ones_after_the_ttl() {
+    if !can_mount() {
+        return;
+    }
+    let e = env();
+    let m = mount(&e, "s3://bkt/lc", &["stat_cache_ttl=1"]);
+    m.ok("touch a");
+    assert_eq!(m.ok("ls"), "a\n");
+    m.ok("touch b && mkdir d");
+    assert_eq!(m.ok("ls"), "a\nb\nd\n");
+    m.ok("rm a && mv b c");
+    assert_eq!(m.ok("ls"), "c\nd\n");
+    e.srv.backend.put("bkt", "lc/remote", b"r", &[]);
+    std::thread::sleep(Duration::from_millis(1300));
+    assert_eq!(m.ok("ls"), "c\nd\nremote\n");
+    assert_eq!(m.ok("cat remote"), "r");
+}
+
+/// With `list_attrs`, `ls -l` costs one LIST per 1000 entries and no request per entry,
+/// and listing again right away is served from the kernel's directory cache.
+#[test]
+fn ls_l_costs_one_list_per_page_and_nothing_when_warm() {
+    if !can_mount() {
+        return;
+    }
+    let e = env();
+    for i in 0..2500 {
+        e.srv.backend.put("bkt", &format!("many/f{i:05}"), b"x", &[]);
+    }
+    let m = mount(&e, "s3://bkt/many", &["list_attrs"]);
+    e.srv.control.reset_counts();
+    assert_eq!(m.ok("ls -l | grep -c '^-'"), "2500\n");
+    let cold = e.srv.control.counts();
+    assert_eq!(cold.get("ListObjectsV2").copied(), Some(3), "{cold:?}");
+    assert_eq!(cold.get("HeadObject").copied().unwrap_or(0), 0, "{cold:?}");
+    assert_eq!(m.ok("ls -l | grep -c '^-'"), "2500\n");
+    assert_eq!(e.srv.control.counts(), cold, "a warm ls -l makes no request");
+}
