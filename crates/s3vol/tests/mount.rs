@@ -367,14 +367,7 @@ fn metrics_count_store_requests_by_operation() {
     let status = mount_cmd(&e, "s3://bkt/m", dir.path(), &[]).arg("--metrics-addr").arg(&addr).status().unwrap();
     assert!(status.success());
     assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"1");
-    let body = {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&addr).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    };
+    let body = metrics_text(&addr);
     assert!(Command::new("umount").arg(dir.path()).status().unwrap().success());
     let line = body
         .lines()
@@ -517,4 +510,46 @@ fn ls_l_costs_one_list_per_page_and_nothing_when_warm() {
     assert_eq!(cold.get("HeadObject").copied().unwrap_or(0), 0, "{cold:?}");
     assert_eq!(m.ok("ls -l | grep -c '^-'"), "2500\n");
     assert_eq!(e.srv.control.counts(), cold, "a warm ls -l makes no request");
+}
+
+fn metrics_text(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Random 4 KiB reads of a large object fetch about what is read: no whole-object
+/// download, request bytes at most twice the bytes read.
+#[test]
+fn random_reads_fetch_only_what_is_read() {
+    if !can_mount() {
+        return;
+    }
+    let e = env();
+    let size = 64 << 20;
+    let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    e.srv.backend.put("bkt", "rr/big.bin", &data, &[]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    assert!(mount_cmd(&e, "s3://bkt/rr", dir.path(), &[]).arg("--metrics-addr").arg(&addr).status().unwrap().success());
+    let script = format!(
+        "import os, random\nfd = os.open('{}', os.O_RDONLY)\nrandom.seed(7)\nfor _ in range(100):\n    off = random.randrange(0, {size} - 4096) // 4096 * 4096\n    assert len(os.pread(fd, 4096, off)) == 4096\n",
+        dir.path().join("big.bin").display()
+    );
+    let out = Command::new("python3").arg("-c").arg(&script).output().unwrap();
+    let body = metrics_text(&addr);
+    assert!(Command::new("umount").arg(dir.path()).status().unwrap().success());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let fetched: f64 = body
+        .lines()
+        .find(|l| l.starts_with("s3vol_store_bytes_total") && l.contains("direction=\"read\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{body}"));
+    let read = 100.0 * 4096.0;
+    assert!(fetched <= 2.0 * read, "fetched {fetched} bytes for {read} read");
 }
