@@ -63,6 +63,9 @@ pub struct S3Config {
     pub attempt_timeout: Duration,
     /// Attempts per request, for throttling and transient failures.
     pub max_attempts: u32,
+    /// Part size of a multipart copy, used when the store refuses a single CopyObject
+    /// (over 5 GiB on AWS).
+    pub copy_part_size: u64,
 }
 
 impl S3Config {
@@ -76,6 +79,7 @@ impl S3Config {
             connect_timeout: Duration::from_secs(5),
             attempt_timeout: Duration::from_secs(120),
             max_attempts: 3,
+            copy_part_size: 512 << 20,
         }
     }
 }
@@ -104,6 +108,7 @@ impl ProvideCredentials for RotatingCredentials {
 pub struct S3Store {
     client: Client,
     describe: String,
+    copy_part_size: u64,
 }
 
 impl S3Store {
@@ -140,7 +145,7 @@ impl S3Store {
             }
         };
         let describe = format!("s3 {}", cfg.endpoint.as_deref().unwrap_or("(AWS default endpoint)"));
-        Ok(S3Store { client: Client::from_conf(b.build()), describe })
+        Ok(S3Store { client: Client::from_conf(b.build()), describe, copy_part_size: cfg.copy_part_size.max(5 << 20) })
     }
 }
 
@@ -225,6 +230,60 @@ fn metadata_of(m: Option<&std::collections::HashMap<String, String>>) -> BTreeMa
 /// Total object size from `Content-Range: bytes a-b/TOTAL`.
 fn total_from_content_range(cr: Option<&str>) -> Option<u64> {
     cr?.rsplit('/').next()?.parse().ok()
+}
+
+impl S3Store {
+    /// Multipart copy (UploadPartCopy) of `src` to `dst_key`, for objects a single
+    /// CopyObject cannot copy; aborted on any failure.
+    async fn copy_in_parts(
+        &self,
+        bucket: &str,
+        src_key: &str,
+        dst_key: &str,
+        src: &ObjectMeta,
+        replace: Option<&PutOptions>,
+    ) -> StoreResult<()> {
+        let opts = match replace {
+            Some(o) => o.clone(),
+            None => PutOptions {
+                metadata: src.metadata.clone(),
+                content_type: src.content_type.clone(),
+                ..Default::default()
+            },
+        };
+        let id = self.create_multipart(bucket, dst_key, &opts).await?;
+        let source = format!("{bucket}/{}", urlencoding::encode(src_key).replace("%2F", "/"));
+        let mut parts = Vec::new();
+        let mut start = 0u64;
+        let mut n = 1i32;
+        let result: StoreResult<()> = async {
+            while start < src.size {
+                let end = (start + self.copy_part_size).min(src.size) - 1;
+                let out = self
+                    .client
+                    .upload_part_copy()
+                    .bucket(bucket)
+                    .key(dst_key)
+                    .upload_id(&id)
+                    .part_number(n)
+                    .copy_source(&source)
+                    .copy_source_range(format!("bytes={start}-{end}"))
+                    .send()
+                    .await
+                    .map_err(|e| map_err(format_args!("UploadPartCopy {bucket}/{src_key} -> {dst_key} #{n}"), e))?;
+                let etag = out.copy_part_result().and_then(|r| r.e_tag()).unwrap_or("").to_string();
+                parts.push(CompletedPart { part_number: n, etag });
+                start = end + 1;
+                n += 1;
+            }
+            self.complete_multipart(bucket, dst_key, &id, parts).await
+        }
+        .await;
+        if result.is_err() {
+            let _ = self.abort_multipart(bucket, dst_key, &id).await;
+        }
+        result
+    }
 }
 
 /// Applies metadata, content type, storage class and encryption to a PutObject or
@@ -450,8 +509,20 @@ impl ObjectStore for S3Store {
                 .set_metadata(Some(opts.metadata.clone().into_iter().collect()))
                 .set_content_type(opts.content_type.clone());
         }
-        req.send().await.map_err(|e| map_err(format_args!("COPY {bucket}/{src_key} -> {dst_key}"), e))?;
-        Ok(())
+        let err = match req.send().await {
+            Ok(_) => return Ok(()),
+            Err(e) => map_err(format_args!("COPY {bucket}/{src_key} -> {dst_key}"), e),
+        };
+        // Stores refuse a single copy above a size (5 GiB on AWS): copy it in parts.
+        if err.kind != ErrorKind::InvalidArgument {
+            return Err(err);
+        }
+        let src = self.head_object(bucket, src_key).await?;
+        if src.size <= self.copy_part_size {
+            return Err(err);
+        }
+        tracing::debug!(bucket, src_key, dst_key, size = src.size, "copying in parts");
+        self.copy_in_parts(bucket, src_key, dst_key, &src, replace).await
     }
 
     async fn delete_object(&self, bucket: &str, key: &str) -> StoreResult<()> {

@@ -242,3 +242,27 @@ async fn rotated_credentials_apply_to_the_next_request() {
 fn s3s_code(code: &str) -> s3s::S3ErrorCode {
     code.parse().unwrap()
 }
+
+#[tokio::test]
+async fn copies_above_the_single_copy_limit_go_in_parts() {
+    let srv = TestS3::start().await.unwrap();
+    srv.backend.create_bucket("bkt");
+    srv.control.set_max_copy_size(6 << 20);
+    let mut cfg =
+        S3Config::new(Some(srv.endpoint()), "us-east-1", creds(s3vol_testkit::ACCESS_KEY, s3vol_testkit::SECRET_KEY));
+    cfg.copy_part_size = 5 << 20;
+    let s = S3Store::new(cfg).await.unwrap();
+    let data: Vec<u8> = (0..(13 << 20) + 7).map(|i| (i % 253) as u8).collect();
+    let mut opts = PutOptions::default();
+    opts.metadata.insert("mode".into(), "33188".into());
+    s.put_object("bkt", "big", Bytes::from(data.clone()), &opts).await.unwrap();
+    s.copy_object("bkt", "big", "big-copy", None).await.unwrap();
+    assert_eq!(srv.control.count("UploadPartCopy"), 3);
+    assert_eq!(get_all(&s, "bkt", "big-copy", None).await, data);
+    assert_eq!(s.head_object("bkt", "big-copy").await.unwrap().metadata.get("mode").map(String::as_str), Some("33188"));
+    // A small object still takes one CopyObject.
+    s.put_object("bkt", "small", Bytes::from_static(b"s"), &PutOptions::default()).await.unwrap();
+    s.copy_object("bkt", "small", "small-copy", None).await.unwrap();
+    assert_eq!(srv.control.count("UploadPartCopy"), 3);
+    assert_eq!(srv.backend.pending_uploads(), 0);
+}

@@ -25,6 +25,7 @@ struct State {
     counters: HashMap<String, u64>,
     latency: Duration,
     drop_connections: bool,
+    max_copy_size: Option<u64>,
 }
 
 /// The test's handle on the server's behaviour; cheap to clone.
@@ -70,6 +71,15 @@ impl Control {
     /// While true, new connections are closed without an answer (a store that is down).
     pub fn set_drop_connections(&self, on: bool) {
         self.state.lock().drop_connections = on;
+    }
+
+    /// Largest object CopyObject accepts (AWS: 5 GiB); larger ones need UploadPartCopy.
+    pub fn set_max_copy_size(&self, bytes: u64) {
+        self.state.lock().max_copy_size = Some(bytes);
+    }
+
+    pub(crate) fn max_copy_size(&self) -> u64 {
+        self.state.lock().max_copy_size.unwrap_or(5 << 30)
     }
 
     /// Requests served for `op` so far (after auth, faults included).
