@@ -215,6 +215,7 @@ impl Provisioner {
             mount_options: p.mount_options.clone(),
             read_only: false,
             capacity: Some(cap),
+            hard_quota: p.hard_quota,
         };
 
         match Self::read_marker(store.as_ref(), &bucket, &prefix).await? {

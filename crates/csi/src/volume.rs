@@ -324,6 +324,8 @@ pub struct VolumeSpec {
     pub read_only: bool,
     /// Capacity reported by statfs (bytes); `None` = a large constant.
     pub capacity: Option<i64>,
+    /// Writes past the capacity fail with ENOSPC (`quota: hard`).
+    pub hard_quota: bool,
 }
 
 /// Volume attributes we set on dynamic volumes or accept on static PVs.
@@ -341,6 +343,7 @@ const KNOWN_ATTRIBUTES: &[&str] = &[
     "readOnly",
     "capacity",
     "mounter",
+    "quota",
 ];
 
 impl VolumeSpec {
@@ -416,6 +419,12 @@ impl VolumeSpec {
                     .ok_or_else(|| CsiError::invalid(format!("volume attribute capacity={c:?} is not a size")))?,
             ),
         };
+        let hard_quota = match ctx.get("quota").map(String::as_str) {
+            None | Some("") | Some("none") => false,
+            Some("hard") if capacity.is_some() => true,
+            Some("hard") => return Err(CsiError::invalid("volume attribute quota=hard needs a capacity attribute")),
+            Some(o) => return Err(CsiError::invalid(format!("volume attribute quota={o:?}: expected hard or none"))),
+        };
         if let Some(m) = ctx.get("mounter") {
             tracing::info!(mounter = %m, "volume attribute mounter is ignored: s3vol always mounts with its own filesystem");
         }
@@ -426,6 +435,7 @@ impl VolumeSpec {
             mount_options,
             read_only,
             capacity,
+            hard_quota,
         })
     }
 
@@ -448,6 +458,9 @@ impl VolumeSpec {
         }
         if let Some(c) = self.capacity {
             m.insert("capacity".into(), c.to_string());
+        }
+        if self.hard_quota {
+            m.insert("quota".into(), "hard".into());
         }
         m.into_iter().collect()
     }

@@ -29,6 +29,8 @@ pub struct FsConfig {
     pub options: MountOptions,
     /// Capacity statfs reports, bytes; `None` = 1 PiB.
     pub capacity: Option<u64>,
+    /// Refuse writes past `capacity` with ENOSPC (needs [`Fs::measure_usage`] first).
+    pub hard_quota: bool,
 }
 
 /// Who is calling (from the FUSE request), for ownership of new files.
@@ -107,7 +109,12 @@ pub struct SetAttr {
 
 enum Handle {
     Read(Reader),
-    Write { ino: u64, writer: Box<Writer> },
+    /// `base`: the size the object has in the store (what the writer replaces), for usage.
+    Write {
+        ino: u64,
+        writer: Box<Writer>,
+        base: u64,
+    },
     Dir(DirStream),
 }
 
@@ -135,6 +142,8 @@ pub struct Fs {
     writers: Mutex<HashMap<u64, usize>>,
     /// When each directory was last listed to its end, for the kernel's directory cache.
     listed: Mutex<HashMap<u64, Instant>>,
+    /// Bytes stored under the prefix, once measured (hard quotas, statfs).
+    usage: Mutex<Option<u64>>,
     next_fh: AtomicU64,
     wcfg: WriteConfig,
 }
@@ -179,6 +188,7 @@ impl Fs {
             handles: Mutex::new(HashMap::new()),
             writers: Mutex::new(HashMap::new()),
             listed: Mutex::new(HashMap::new()),
+            usage: Mutex::new(None),
             next_fh: AtomicU64::new(1),
             wcfg,
             cfg,
@@ -398,7 +408,8 @@ impl Fs {
             let handle = fh.and_then(|f| self.handles.lock().get(&f).cloned());
             let mut done = false;
             if let Some(h) = handle {
-                if let Handle::Write { writer, .. } = &mut *h.lock().await {
+                if let Handle::Write { writer, base, .. } = &mut *h.lock().await {
+                    self.check_quota(*base, size)?;
                     writer.set_size(size).await?;
                     done = true;
                 }
@@ -407,6 +418,7 @@ impl Fs {
                 let key = self.key(&i.path, FileKind::File);
                 let put = self.put_options(&i.name, i.stored);
                 let (store, bucket, wcfg) = (self.store.clone(), self.cfg.bucket.clone(), self.wcfg.clone());
+                self.check_quota(i.attr.size, size)?;
                 let mut w = if size == 0 {
                     Writer::new_stream(store, bucket, key, put, wcfg)
                 } else {
@@ -415,6 +427,7 @@ impl Fs {
                     w
                 };
                 w.commit().await?;
+                self.charge(size as i64 - i.attr.size as i64);
             }
             self.update_attr(ino, |n| {
                 n.attr.size = size;
@@ -459,7 +472,7 @@ impl Fs {
         let handles: Vec<SharedHandle> = self.handles.lock().values().cloned().collect();
         let mut pending_writer = false;
         for h in handles {
-            if let Handle::Write { ino, writer } = &mut *h.lock().await {
+            if let Handle::Write { ino, writer, .. } = &mut *h.lock().await {
                 if *ino == i.ino {
                     writer.put.metadata = stored.to_metadata();
                     pending_writer |= writer.is_dirty();
@@ -667,14 +680,14 @@ impl Fs {
         }
         self.writable()?;
         let put = self.put_options(&i.name, StoredMeta { mtime: Some(SystemTime::now()), ..i.stored });
+        let stored_size = if self.has_writer(ino) { i.attr.size } else { self.getattr(ino).await?.size };
         let writer = if flags & libc::O_TRUNC != 0 {
             self.update_attr(ino, |n| n.attr.size = 0)?;
             Writer::new_stream(self.store.clone(), self.cfg.bucket.clone(), key, put, self.wcfg.clone())
         } else {
-            let size = if self.has_writer(ino) { i.attr.size } else { self.getattr(ino).await?.size };
-            Writer::existing(self.store.clone(), self.cfg.bucket.clone(), key, put, self.wcfg.clone(), size)
+            Writer::existing(self.store.clone(), self.cfg.bucket.clone(), key, put, self.wcfg.clone(), stored_size)
         };
-        Ok(self.add_handle(Handle::Write { ino, writer: Box::new(writer) }))
+        Ok(self.add_handle(Handle::Write { ino, writer: Box::new(writer), base: stored_size }))
     }
 
     /// Creates and opens a new file.
@@ -702,7 +715,7 @@ impl Fs {
         self.table.lock().upsert(inode);
         self.table.lock().add_lookup(attr.ino);
         let writer = Writer::new_stream(self.store.clone(), self.cfg.bucket.clone(), key, put, self.wcfg.clone());
-        Ok((attr, self.add_handle(Handle::Write { ino: attr.ino, writer: Box::new(writer) })))
+        Ok((attr, self.add_handle(Handle::Write { ino: attr.ino, writer: Box::new(writer), base: 0 })))
     }
 
     /// Reads from an open file.
@@ -720,7 +733,8 @@ impl Fs {
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let h = self.handle(fh)?;
         let mut g = h.lock().await;
-        let Handle::Write { ino, writer } = &mut *g else { return Err(Errno::EBADF) };
+        let Handle::Write { ino, writer, base } = &mut *g else { return Err(Errno::EBADF) };
+        self.check_quota(*base, writer.size().max(offset + data.len() as u64))?;
         let n = writer.write(offset, data).await?;
         let size = writer.size();
         let ino = *ino;
@@ -737,8 +751,10 @@ impl Fs {
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
         let mut g = h.lock().await;
-        if let Handle::Write { ino, writer } = &mut *g {
+        if let Handle::Write { ino, writer, base } = &mut *g {
             writer.commit().await?;
+            self.charge(writer.size() as i64 - *base as i64);
+            *base = writer.size();
             let ino = *ino;
             drop(g);
             self.update_attr(ino, |i| i.expires = Instant::now() + self.cfg.options.stat_cache_ttl)?;
@@ -751,8 +767,12 @@ impl Fs {
     pub async fn release(&self, fh: u64) -> FsResult<()> {
         let Some(h) = self.handles.lock().remove(&fh) else { return Ok(()) };
         let mut g = h.lock().await;
-        if let Handle::Write { ino, writer } = &mut *g {
+        if let Handle::Write { ino, writer, base } = &mut *g {
             let res = writer.commit().await;
+            if res.is_ok() {
+                self.charge(writer.size() as i64 - *base as i64);
+                *base = writer.size();
+            }
             let ino = *ino;
             if let Some(c) = self.writers.lock().get_mut(&ino) {
                 *c = c.saturating_sub(1);
@@ -850,6 +870,7 @@ impl Fs {
         }
         let key = self.key(&i.path, FileKind::File);
         self.store.delete_object(&self.cfg.bucket, &key).await.map_err(|e| store_errno("unlink", &e))?;
+        self.charge(-(i.attr.size as i64));
         self.table.lock().remove_name(parent, name, self.negative_until());
         self.keep_dir(&p).await
     }
@@ -968,14 +989,52 @@ impl Fs {
         Ok(collect_body(resp.body).await.map_err(|e| store_errno("readlink", &e))?.to_vec())
     }
 
+    /// Sums the sizes of every object under the prefix (one LIST per 1000 objects), so
+    /// hard quotas can be enforced and statfs reports real usage from then on.
+    pub async fn measure_usage(&self) -> FsResult<u64> {
+        let mut req = ListRequest::recursive(self.cfg.prefix.clone());
+        let mut total = 0u64;
+        loop {
+            let page = self.store.list(&self.cfg.bucket, &req).await.map_err(|e| store_errno("usage", &e))?;
+            total += page.objects.iter().map(|o| o.size).sum::<u64>();
+            match page.next_continuation {
+                Some(t) => req.continuation = Some(t),
+                None => break,
+            }
+        }
+        *self.usage.lock() = Some(total);
+        Ok(total)
+    }
+
+    /// Adds `delta` bytes to the measured usage.
+    fn charge(&self, delta: i64) {
+        if let Some(u) = self.usage.lock().as_mut() {
+            *u = u.saturating_add_signed(delta);
+        }
+    }
+
+    /// ENOSPC when growing a file from `from` to `to` bytes would pass a hard quota.
+    fn check_quota(&self, from: u64, to: u64) -> FsResult<()> {
+        if !self.cfg.hard_quota || to <= from {
+            return Ok(());
+        }
+        let (Some(cap), Some(used)) = (self.cfg.capacity, *self.usage.lock()) else { return Ok(()) };
+        if used + (to - from) > cap {
+            return Err(Errno::ENOSPC);
+        }
+        Ok(())
+    }
+
     /// statfs: the volume capacity (or 1 PiB), never garbage.
     pub fn statfs(&self) -> StatFs {
         let bsize = 4096u64;
-        let total = self.cfg.capacity.unwrap_or(1 << 50) / bsize;
+        let cap = self.cfg.capacity.unwrap_or(1 << 50);
+        let total = cap / bsize;
+        let free = cap.saturating_sub(self.usage.lock().unwrap_or(0)) / bsize;
         StatFs {
             blocks: total,
-            bfree: total,
-            bavail: total,
+            bfree: free,
+            bavail: free,
             files: 1 << 32,
             ffree: 1 << 32,
             bsize: bsize as u32,

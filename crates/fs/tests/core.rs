@@ -11,7 +11,16 @@ const B: &str = "bkt";
 const ME: Caller = Caller { uid: 1000, gid: 1000, pid: 0 };
 
 fn fs_with(store: Arc<MemoryStore>, prefix: &str, opts: MountOptions) -> Fs {
-    Fs::new(store, FsConfig { bucket: B.into(), prefix: prefix.into(), options: opts, capacity: Some(10 << 30) })
+    Fs::new(
+        store,
+        FsConfig {
+            bucket: B.into(),
+            prefix: prefix.into(),
+            options: opts,
+            capacity: Some(10 << 30),
+            hard_quota: false,
+        },
+    )
 }
 
 fn setup() -> (Arc<MemoryStore>, Fs) {
@@ -399,4 +408,33 @@ mod model {
             });
         }
     }
+}
+
+#[tokio::test]
+async fn hard_quota_refuses_writes_past_capacity() {
+    let store = Arc::new(MemoryStore::with_buckets(&[B]));
+    put(&store, "q/old", &[1u8; 4096], &[]).await;
+    let cfg = FsConfig {
+        bucket: B.into(),
+        prefix: "q/".into(),
+        options: MountOptions::default(),
+        capacity: Some(10_000),
+        hard_quota: true,
+    };
+    let fs = Fs::new(store.clone(), cfg);
+    assert_eq!(fs.measure_usage().await.unwrap(), 4096);
+    assert_eq!(fs.statfs().bfree, (10_000 - 4096) / 4096);
+    write_file(&fs, ROOT_INO, "a", &[2u8; 5000]).await;
+    let (_, fh) = fs.create(ROOT_INO, "b", 0o644, ME).await.unwrap();
+    assert_eq!(fs.write(fh, 0, &[3u8; 1000]).await.unwrap_err(), Errno::ENOSPC);
+    fs.release(fh).await.unwrap();
+    fs.lookup(ROOT_INO, "old").await.unwrap();
+    fs.unlink(ROOT_INO, "old").await.unwrap();
+    write_file(&fs, ROOT_INO, "c", &[3u8; 4000]).await;
+    assert!(object(&store, "q/c").await.is_some());
+    let a = fs.lookup(ROOT_INO, "a").await.unwrap();
+    assert_eq!(
+        fs.setattr(a.ino, SetAttr { size: Some(9000), ..Default::default() }, None).await.unwrap_err(),
+        Errno::ENOSPC
+    );
 }

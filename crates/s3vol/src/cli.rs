@@ -122,6 +122,9 @@ pub struct MountArgs {
     /// Capacity statfs reports, bytes (default 1 PiB).
     #[arg(long)]
     pub capacity: Option<u64>,
+    /// Refuse writes past --capacity with ENOSPC (usage is measured at mount).
+    #[arg(long, requires = "capacity")]
+    pub hard_quota: bool,
     /// Stay in the foreground instead of returning once the mount is ready.
     #[arg(long, short = 'f')]
     pub foreground: bool,

@@ -107,8 +107,20 @@ fn start(
     let store: Arc<dyn ObjectStore> = counting;
     let fs = Arc::new(Fs::new(
         store,
-        FsConfig { bucket: config.bucket.clone(), prefix: config.prefix.clone(), options, capacity: config.capacity },
+        FsConfig {
+            bucket: config.bucket.clone(),
+            prefix: config.prefix.clone(),
+            options,
+            capacity: config.capacity,
+            hard_quota: config.hard_quota,
+        },
     ));
+    if config.hard_quota {
+        let used = rt
+            .block_on(fs.measure_usage())
+            .map_err(|e| anyhow::anyhow!("measuring usage for the hard quota: errno {}", e.0))?;
+        tracing::info!(used, capacity = ?config.capacity, "hard quota: usage measured");
+    }
     {
         let mut st = state.lock();
         st.credentials = source;

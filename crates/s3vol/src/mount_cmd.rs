@@ -56,7 +56,13 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     };
     let fs = Arc::new(Fs::new(
         store,
-        FsConfig { bucket: loc.bucket.clone(), prefix: loc.prefix.clone(), options: opts, capacity: args.capacity },
+        FsConfig {
+            bucket: loc.bucket.clone(),
+            prefix: loc.prefix.clone(),
+            options: opts,
+            capacity: args.capacity,
+            hard_quota: args.hard_quota,
+        },
     ));
     tracing::info!(source = %args.source, mountpoint = %args.mountpoint.display(), "mounted");
     report(ready, "");

@@ -664,3 +664,52 @@ async fn sanity_style_argument_checks() {
     assert!(!Path::new(&target).exists(), "unpublish removes the target path");
     unstage(&mut node, &vol.volume_id, &st).await;
 }
+
+/// `quota: hard` volumes refuse writes past their capacity with ENOSPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_quota_volume_fails_writes_past_capacity() {
+    if !can_mount() {
+        return;
+    }
+    let (srv, dir) = env().await;
+    let plugin = Plugin::start(dir.path(), &srv.endpoint(), "1");
+    let (mut node, mut ctl) = plugin.clients().await;
+    let req = pb::CreateVolumeRequest {
+        name: "pvc-quota".into(),
+        capacity_range: Some(pb::CapacityRange { required_bytes: 20_000, limit_bytes: 0 }),
+        volume_capabilities: vec![cap(volume_capability::access_mode::Mode::MultiNodeMultiWriter).unwrap()],
+        parameters: [("bucket".to_string(), "shared".to_string()), ("quota".to_string(), "hard".to_string())].into(),
+        secrets: secrets(ACCESS_KEY, SECRET_KEY),
+        ..Default::default()
+    };
+    let vol = ctl.create_volume(req).await.unwrap().into_inner().volume.unwrap();
+    assert_eq!(vol.volume_context.get("quota").map(String::as_str), Some("hard"));
+    let staging = dir.path().join("staging");
+    let target = dir.path().join("pod/vol");
+    node.node_stage_volume(stage_req(
+        &vol.volume_id,
+        &staging,
+        vol.volume_context.clone(),
+        secrets(ACCESS_KEY, SECRET_KEY),
+    ))
+    .await
+    .unwrap();
+    node.node_publish_volume(publish_req(&vol.volume_id, &staging, &target, false, HashMap::new())).await.unwrap();
+    std::fs::write(target.join("a"), vec![1u8; 12_000]).unwrap();
+    let err = std::fs::write(target.join("b"), vec![2u8; 12_000]).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    std::fs::remove_file(target.join("a")).unwrap();
+    std::fs::write(target.join("b"), vec![2u8; 12_000]).unwrap();
+    let stats = node
+        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+            volume_id: vol.volume_id.clone(),
+            volume_path: target.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stats.usage[0].used >= 12_000, "{stats:?}");
+    unpublish(&mut node, &vol.volume_id, &target).await;
+    unstage(&mut node, &vol.volume_id, &staging).await;
+}

@@ -72,6 +72,9 @@ pub struct ServeConfig {
     pub options: Vec<String>,
     /// Capacity for statfs.
     pub capacity: Option<u64>,
+    /// Enforce the capacity (ENOSPC past it).
+    #[serde(default)]
+    pub hard_quota: bool,
     /// Keys; `None` = the default AWS chain.
     pub credentials: Option<WireCredentials>,
 }

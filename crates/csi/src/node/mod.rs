@@ -290,6 +290,7 @@ impl NodeService {
             },
             options,
             capacity: spec.capacity.map(|c| c.max(0) as u64),
+            hard_quota: spec.hard_quota,
             credentials: None,
         };
         let fingerprint = {
