@@ -21,3 +21,30 @@ fn bad_csi_endpoint_is_named() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("tcp://x"));
 }
+
+#[test]
+fn csi_server_replaces_a_stale_socket_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("csi.sock");
+    std::fs::write(&sock, b"stale").unwrap();
+    let mut child = Command::new(BIN)
+        .args(["csi", "--mode", "controller", "--endpoint"])
+        .arg(format!("unix://{}", sock.display()))
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let is_socket = std::fs::metadata(&sock)
+            .map(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+            .unwrap_or(false);
+        if is_socket {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "socket not served");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!sock.exists(), "socket removed on shutdown");
+}
