@@ -553,3 +553,19 @@ fn random_reads_fetch_only_what_is_read() {
     let read = 100.0 * 4096.0;
     assert!(fetched <= 2.0 * read, "fetched {fetched} bytes for {read} read");
 }
+
+/// `list_type=1` mounts list with ListObjects (v1), for stores without V2.
+#[test]
+fn list_type_1_uses_list_objects_v1() {
+    if !can_mount() {
+        return;
+    }
+    let e = env();
+    for i in 0..1200 {
+        e.srv.backend.put("bkt", &format!("v1/d/f{i:04}"), b"", &[]);
+    }
+    let m = mount(&e, "s3://bkt/v1", &["list_type=1"]);
+    assert_eq!(m.ok("ls d | wc -l"), "1200\n");
+    assert!(e.srv.control.count("ListObjects") >= 2);
+    assert_eq!(e.srv.control.count("ListObjectsV2"), 0);
+}

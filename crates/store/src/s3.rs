@@ -66,6 +66,8 @@ pub struct S3Config {
     /// Part size of a multipart copy, used when the store refuses a single CopyObject
     /// (over 5 GiB on AWS).
     pub copy_part_size: u64,
+    /// List with ListObjects (v1) instead of ListObjectsV2, for stores without V2.
+    pub list_v1: bool,
 }
 
 impl S3Config {
@@ -80,6 +82,7 @@ impl S3Config {
             attempt_timeout: Duration::from_secs(120),
             max_attempts: 3,
             copy_part_size: 512 << 20,
+            list_v1: false,
         }
     }
 }
@@ -109,6 +112,7 @@ pub struct S3Store {
     client: Client,
     describe: String,
     copy_part_size: u64,
+    list_v1: bool,
 }
 
 impl S3Store {
@@ -145,7 +149,12 @@ impl S3Store {
             }
         };
         let describe = format!("s3 {}", cfg.endpoint.as_deref().unwrap_or("(AWS default endpoint)"));
-        Ok(S3Store { client: Client::from_conf(b.build()), describe, copy_part_size: cfg.copy_part_size.max(5 << 20) })
+        Ok(S3Store {
+            client: Client::from_conf(b.build()),
+            describe,
+            copy_part_size: cfg.copy_part_size.max(5 << 20),
+            list_v1: cfg.list_v1,
+        })
     }
 }
 
@@ -233,6 +242,49 @@ fn total_from_content_range(cr: Option<&str>) -> Option<u64> {
 }
 
 impl S3Store {
+    /// ListObjects (v1): the continuation is the marker (NextMarker, or the last key when
+    /// the store sends none, as AWS does without a delimiter).
+    async fn list_v1(&self, bucket: &str, req: &ListRequest) -> StoreResult<ListPage> {
+        let out = self
+            .client
+            .list_objects()
+            .bucket(bucket)
+            .prefix(&req.prefix)
+            .set_delimiter(req.delimiter.clone())
+            .set_marker(req.continuation.clone().or_else(|| req.start_after.clone()))
+            .set_max_keys(req.max_keys.map(|m| m as i32))
+            .send()
+            .await
+            .map_err(|e| map_err(format_args!("LIST(v1) {bucket}/{}", req.prefix), e))?;
+        let objects: Vec<ListedObject> = out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                Some(ListedObject {
+                    key: o.key()?.to_string(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    last_modified: to_system_time(o.last_modified()),
+                    etag: unquote(o.e_tag()),
+                })
+            })
+            .collect();
+        let common_prefixes: Vec<String> =
+            out.common_prefixes().iter().filter_map(|p| p.prefix().map(str::to_string)).collect();
+        let next = if out.is_truncated().unwrap_or(false) {
+            let last =
+                [objects.last().map(|o| o.key.clone()), common_prefixes.last().cloned()].into_iter().flatten().max();
+            Some(out.next_marker().map(str::to_string).or(last).ok_or_else(|| {
+                StoreError::new(
+                    ErrorKind::Other,
+                    format!("LIST(v1) {bucket}/{}: truncated page without keys", req.prefix),
+                )
+            })?)
+        } else {
+            None
+        };
+        Ok(ListPage { objects, common_prefixes, next_continuation: next })
+    }
+
     /// Multipart copy (UploadPartCopy) of `src` to `dst_key`, for objects a single
     /// CopyObject cannot copy; aborted on any failure.
     async fn copy_in_parts(
@@ -458,6 +510,9 @@ impl ObjectStore for S3Store {
     }
 
     async fn list(&self, bucket: &str, req: &ListRequest) -> StoreResult<ListPage> {
+        if self.list_v1 {
+            return self.list_v1(bucket, req).await;
+        }
         let out = self
             .client
             .list_objects_v2()

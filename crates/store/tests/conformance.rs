@@ -186,6 +186,18 @@ async fn s3_store_against_moto() {
 }
 
 #[tokio::test]
+async fn s3_store_with_list_objects_v1() {
+    let srv = TestS3::start().await.unwrap();
+    let mut cfg =
+        S3Config::new(Some(srv.endpoint()), "us-east-1", creds(s3vol_testkit::ACCESS_KEY, s3vol_testkit::SECRET_KEY));
+    cfg.list_v1 = true;
+    let s = S3Store::new(cfg).await.unwrap();
+    check(&s, "conformance-v1", false).await;
+    assert!(srv.control.count("ListObjects") > 0);
+    assert_eq!(srv.control.count("ListObjectsV2"), 0);
+}
+
+#[tokio::test]
 async fn s3_errors_are_typed() {
     let srv = TestS3::start().await.unwrap();
     srv.backend.create_bucket("bkt");

@@ -29,6 +29,15 @@ struct Upload {
     parts: BTreeMap<i32, (Bytes, String)>,
 }
 
+/// A listing page before it is put into a V1 or V2 answer.
+#[derive(Default)]
+struct ListedPage {
+    contents: Vec<Object>,
+    prefixes: Vec<String>,
+    truncated: bool,
+    last: Option<String>,
+}
+
 #[derive(Default)]
 struct Data {
     buckets: BTreeMap<String, BTreeMap<String, Obj>>,
@@ -146,6 +155,65 @@ impl Backend {
     /// Number of multipart uploads neither completed nor aborted.
     pub fn pending_uploads(&self) -> usize {
         self.data.lock().uploads.len()
+    }
+
+    /// One listing page after `resume` (a key or a common prefix already returned), the
+    /// same for ListObjects and ListObjectsV2.
+    fn list_page(
+        &self,
+        bucket: &str,
+        prefix: Option<&str>,
+        delimiter: Option<&str>,
+        max: usize,
+        resume: Option<&str>,
+    ) -> S3Result<ListedPage> {
+        let d = self.data.lock();
+        let b = d.buckets.get(bucket).ok_or_else(|| no_bucket(bucket))?;
+        let prefix = prefix.unwrap_or_default();
+        let delimiter = delimiter.filter(|d| !d.is_empty());
+        let mut page = ListedPage::default();
+        let start = resume.unwrap_or(prefix).to_string();
+        for (key, o) in b.range(start..) {
+            if !key.starts_with(prefix) {
+                if key.as_str() > prefix {
+                    break;
+                }
+                continue;
+            }
+            if resume
+                .is_some_and(|r| key.as_str() <= r || (r.ends_with(delimiter.unwrap_or("\0")) && key.starts_with(r)))
+            {
+                continue;
+            }
+            let rolled = delimiter
+                .and_then(|dl| key[prefix.len()..].find(dl).map(|p| key[..prefix.len() + p + dl.len()].to_string()));
+            if let Some(cp) = &rolled {
+                if page.prefixes.last() == Some(cp) {
+                    continue;
+                }
+            }
+            if page.contents.len() + page.prefixes.len() == max {
+                page.truncated = true;
+                break;
+            }
+            match rolled {
+                Some(cp) => {
+                    page.last = Some(cp.clone());
+                    page.prefixes.push(cp);
+                }
+                None => {
+                    page.last = Some(key.clone());
+                    page.contents.push(Object {
+                        key: Some(key.clone()),
+                        size: Some(o.data.len() as i64),
+                        e_tag: Some(ETag::Strong(o.etag.clone())),
+                        last_modified: Some(Timestamp::from(o.modified)),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        Ok(page)
     }
 
     async fn enter(&self, op: &str) -> S3Result<()> {
@@ -343,73 +411,46 @@ impl S3 for Backend {
     async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> R<ListObjectsV2Output> {
         self.enter("ListObjectsV2").await?;
         let i = req.input;
-        let d = self.data.lock();
-        let b = d.buckets.get(&i.bucket).ok_or_else(|| no_bucket(&i.bucket))?;
-        let prefix = i.prefix.clone().unwrap_or_default();
-        let delimiter = i.delimiter.clone().filter(|d| !d.is_empty());
         let max = i.max_keys.unwrap_or(1000).clamp(0, 1000) as usize;
         // The token is the last key or common prefix returned; start_after applies only
         // on the first page, as on AWS.
         let resume = i.continuation_token.clone().or_else(|| i.start_after.clone());
-        let mut contents = Vec::new();
-        let mut prefixes: Vec<String> = Vec::new();
-        let mut last: Option<String> = None;
-        let mut truncated = false;
-        let start = resume.clone().unwrap_or_else(|| prefix.clone());
-        for (key, o) in b.range(start..) {
-            if !key.starts_with(&prefix) {
-                if key.as_str() > prefix.as_str() {
-                    break;
-                }
-                continue;
-            }
-            if resume.as_deref().is_some_and(|r| {
-                key.as_str() <= r || (r.ends_with(delimiter.as_deref().unwrap_or("\0")) && key.starts_with(r))
-            }) {
-                continue;
-            }
-            let rolled = delimiter
-                .as_deref()
-                .and_then(|dl| key[prefix.len()..].find(dl).map(|p| key[..prefix.len() + p + dl.len()].to_string()));
-            if let Some(cp) = &rolled {
-                if prefixes.last() == Some(cp) {
-                    continue;
-                }
-            }
-            if contents.len() + prefixes.len() == max {
-                truncated = true;
-                break;
-            }
-            match rolled {
-                Some(cp) => {
-                    last = Some(cp.clone());
-                    prefixes.push(cp);
-                }
-                None => {
-                    last = Some(key.clone());
-                    contents.push(Object {
-                        key: Some(key.clone()),
-                        size: Some(o.data.len() as i64),
-                        e_tag: Some(ETag::Strong(o.etag.clone())),
-                        last_modified: Some(Timestamp::from(o.modified)),
-                        ..Default::default()
-                    });
-                }
-            }
-        }
-        let key_count = (contents.len() + prefixes.len()) as i32;
+        let page = self.list_page(&i.bucket, i.prefix.as_deref(), i.delimiter.as_deref(), max, resume.as_deref())?;
+        let key_count = (page.contents.len() + page.prefixes.len()) as i32;
         ok(ListObjectsV2Output {
             name: Some(i.bucket),
             prefix: i.prefix,
             delimiter: i.delimiter,
             max_keys: Some(max as i32),
             key_count: Some(key_count),
-            is_truncated: Some(truncated),
+            is_truncated: Some(page.truncated),
             continuation_token: i.continuation_token,
-            next_continuation_token: if truncated { last } else { None },
+            next_continuation_token: if page.truncated { page.last } else { None },
             start_after: i.start_after,
-            contents: Some(contents),
-            common_prefixes: Some(prefixes.into_iter().map(|p| CommonPrefix { prefix: Some(p) }).collect()),
+            contents: Some(page.contents),
+            common_prefixes: Some(page.prefixes.into_iter().map(|p| CommonPrefix { prefix: Some(p) }).collect()),
+            ..Default::default()
+        })
+    }
+
+    async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> R<ListObjectsOutput> {
+        self.enter("ListObjects").await?;
+        let i = req.input;
+        let max = i.max_keys.unwrap_or(1000).clamp(0, 1000) as usize;
+        let page = self.list_page(&i.bucket, i.prefix.as_deref(), i.delimiter.as_deref(), max, i.marker.as_deref())?;
+        // As on AWS, NextMarker is only sent when a delimiter was given; without one the
+        // client continues after the last key.
+        let next_marker = if page.truncated && i.delimiter.is_some() { page.last } else { None };
+        ok(ListObjectsOutput {
+            name: Some(i.bucket),
+            prefix: i.prefix,
+            delimiter: i.delimiter,
+            marker: i.marker,
+            max_keys: Some(max as i32),
+            is_truncated: Some(page.truncated),
+            next_marker,
+            contents: Some(page.contents),
+            common_prefixes: Some(page.prefixes.into_iter().map(|p| CommonPrefix { prefix: Some(p) }).collect()),
             ..Default::default()
         })
     }
