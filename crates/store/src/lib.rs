@@ -11,6 +11,7 @@
 //! - `memory`: [`MemoryStore`], in-process, for tests.
 //! - `file`: [`FileStore`], a local directory (`file://`), the embedded default.
 //! - `s3`: [`S3Store`], aws-sdk-s3 against any S3-compatible endpoint.
+//! - `oss`: reading Alibaba OSS's `x-oss-meta-*` metadata headers.
 //! - `counting`: [`CountingStore`], per-operation request counters and metrics.
 //! - `credentials`: [`CredentialSource`], static keys that can be rotated in place.
 //! - `location`: [`Location`], parsing `s3://bucket/prefix` and `file:///dir` URLs.
@@ -22,6 +23,7 @@ mod file;
 mod listing;
 mod location;
 mod memory;
+mod oss;
 mod s3;
 mod store;
 mod types;

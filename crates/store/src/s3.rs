@@ -132,7 +132,8 @@ impl S3Store {
                     .operation_attempt_timeout(cfg.attempt_timeout)
                     .build(),
             )
-            .sleep_impl(aws_smithy_async_sleep());
+            .sleep_impl(aws_smithy_async_sleep())
+            .interceptor(crate::oss::OssMetadataHeaders);
         if let Some(ep) = &cfg.endpoint {
             b = b.endpoint_url(ep);
         }

@@ -278,3 +278,19 @@ async fn copies_above_the_single_copy_limit_go_in_parts() {
     assert_eq!(srv.control.count("UploadPartCopy"), 3);
     assert_eq!(srv.backend.pending_uploads(), 0);
 }
+
+/// Objects written through OSS's own API carry `x-oss-meta-*` headers; they read as
+/// ordinary user metadata.
+#[tokio::test]
+async fn oss_metadata_headers_are_read() {
+    let srv = TestS3::start().await.unwrap();
+    srv.backend.create_bucket("bkt");
+    srv.backend.put("bkt", "by-ossfs", b"x", &[("mode", "33261"), ("uid", "7")]);
+    srv.control.set_oss_metadata_headers(true);
+    let s = s3_store(&srv.endpoint(), s3vol_testkit::ACCESS_KEY, s3vol_testkit::SECRET_KEY).await;
+    let m = s.head_object("bkt", "by-ossfs").await.unwrap();
+    assert_eq!(m.metadata.get("mode").map(String::as_str), Some("33261"), "{:?}", m.metadata);
+    assert_eq!(m.metadata.get("uid").map(String::as_str), Some("7"));
+    let g = s.get_object("bkt", "by-ossfs", None).await.unwrap();
+    assert_eq!(g.meta.metadata.get("mode").map(String::as_str), Some("33261"));
+}

@@ -26,6 +26,7 @@ struct State {
     latency: Duration,
     drop_connections: bool,
     max_copy_size: Option<u64>,
+    oss_headers: bool,
 }
 
 /// The test's handle on the server's behaviour; cheap to clone.
@@ -71,6 +72,15 @@ impl Control {
     /// While true, new connections are closed without an answer (a store that is down).
     pub fn set_drop_connections(&self, on: bool) {
         self.state.lock().drop_connections = on;
+    }
+
+    /// Answer user metadata as `x-oss-meta-*` headers, as Alibaba OSS does.
+    pub fn set_oss_metadata_headers(&self, on: bool) {
+        self.state.lock().oss_headers = on;
+    }
+
+    pub(crate) fn oss_headers(&self) -> bool {
+        self.state.lock().oss_headers
     }
 
     /// Largest object CopyObject accepts (AWS: 5 GiB); larger ones need UploadPartCopy.

@@ -42,9 +42,21 @@ impl TestS3 {
                 }
                 let _ = stream.set_nodelay(true);
                 let service = service.clone();
+                let ctl = ctl.clone();
                 tokio::spawn(async move {
+                    // Optionally rename metadata headers the way Alibaba OSS sends them.
+                    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (service, ctl) = (service.clone(), ctl.clone());
+                        async move {
+                            let mut resp = hyper::service::Service::call(&service, req).await?;
+                            if ctl.oss_headers() {
+                                rename_metadata_headers(resp.headers_mut());
+                            }
+                            Ok::<_, s3s::HttpError>(resp)
+                        }
+                    });
                     let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let _ = conn.serve_connection(TokioIo::new(stream), service).await;
+                    let _ = conn.serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
         });
@@ -65,5 +77,20 @@ impl TestS3 {
 impl Drop for TestS3 {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+fn rename_metadata_headers(headers: &mut http::HeaderMap) {
+    let amz: Vec<(http::HeaderName, http::HeaderValue)> = headers
+        .iter()
+        .filter(|(k, _)| k.as_str().starts_with("x-amz-meta-"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (k, v) in amz {
+        headers.remove(&k);
+        let oss = format!("x-oss-meta-{}", &k.as_str()["x-amz-meta-".len()..]);
+        if let Ok(name) = http::HeaderName::from_bytes(oss.as_bytes()) {
+            headers.insert(name, v);
+        }
     }
 }
