@@ -144,6 +144,8 @@ pub struct Fs {
     listed: Mutex<HashMap<u64, Instant>>,
     /// Bytes stored under the prefix, once measured (hard quotas, statfs).
     usage: Mutex<Option<u64>>,
+    /// Names a recent listing showed as plain objects, with when that stops being trusted.
+    file_hints: Mutex<HashMap<(u64, String), Instant>>,
     next_fh: AtomicU64,
     wcfg: WriteConfig,
 }
@@ -189,6 +191,7 @@ impl Fs {
             writers: Mutex::new(HashMap::new()),
             listed: Mutex::new(HashMap::new()),
             usage: Mutex::new(None),
+            file_hints: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             wcfg,
             cfg,
@@ -269,6 +272,27 @@ impl Fs {
     /// Asks the store what `name` in `parent` is: a HEAD of the key and a one-key LIST of
     /// `key/` in parallel (the LIST finds marker and implicit directories alike).
     async fn probe(&self, parent: &Inode, name: &str) -> FsResult<Option<Inode>> {
+        // A recent listing showed this name as a plain object (no `name/` prefix beside
+        // it): its metadata needs only a HEAD, not the LIST that detects directories.
+        if self.listed_as_file(parent.ino, name) {
+            let path = Self::child_path(parent, name);
+            match self.store.head_object(&self.cfg.bucket, &self.key(&path, FileKind::File)).await {
+                Ok(m) => {
+                    let stored = StoredMeta::from_metadata(&m.metadata);
+                    let found = Found {
+                        kind: stored.object_kind(),
+                        size: m.size,
+                        mtime: m.last_modified,
+                        stored,
+                        has_marker: false,
+                    };
+                    return Ok(Some(self.make_inode(parent, name, found)));
+                }
+                // Gone or changed since the listing: ask the full question below.
+                Err(e) if e.kind == ErrorKind::NotFound => {}
+                Err(e) => return Err(store_errno("lookup", &e)),
+            }
+        }
         let path = Self::child_path(parent, name);
         let file_key = self.key(&path, FileKind::File);
         let dir_key = self.key(&path, FileKind::Dir);
@@ -313,6 +337,28 @@ impl Fs {
             }
             Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(store_errno("lookup", &e)),
+        }
+    }
+
+    fn listed_as_file(&self, parent: u64, name: &str) -> bool {
+        self.file_hints.lock().get(&(parent, name.to_string())).is_some_and(|t| *t > Instant::now())
+    }
+
+    /// Remembers which names a listing page showed as plain objects (bounded like the
+    /// negative cache), so their lookups can skip the directory check.
+    fn remember_listing(&self, parent: u64, entries: &[(u64, u64, DirEntry)]) {
+        let ttl = self.cfg.options.stat_cache_ttl;
+        if ttl.is_zero() {
+            return;
+        }
+        let until = Instant::now() + ttl;
+        let mut hints = self.file_hints.lock();
+        if hints.len() + entries.len() > self.cfg.options.max_stat_cache_size.max(1000) {
+            hints.clear();
+        }
+        for (_, _, e) in entries.iter().filter(|(_, _, e)| e.kind == FileKind::File && e.name != "." && e.name != "..")
+        {
+            hints.insert((parent, e.name.clone()), until);
         }
     }
 
@@ -577,6 +623,8 @@ impl Fs {
             let child = t.assign(ino, &e.name, e.kind);
             out.push((child, first + n as u64 + 3, e.clone()));
         }
+        drop(t);
+        self.remember_listing(ino, &out);
         Ok(out)
     }
 

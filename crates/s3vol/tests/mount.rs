@@ -569,3 +569,25 @@ fn list_type_1_uses_list_objects_v1() {
     assert!(e.srv.control.count("ListObjects") >= 2);
     assert_eq!(e.srv.control.count("ListObjectsV2"), 0);
 }
+
+/// Without `list_attrs`, `ls -l` reads each object's own metadata with one HEAD; the
+/// listing already told files from directories, so no LIST per entry.
+#[test]
+fn ls_l_reads_metadata_with_one_head_per_file() {
+    if !can_mount() {
+        return;
+    }
+    let e = env();
+    for i in 0..50 {
+        e.srv.backend.put("bkt", &format!("h/f{i:02}"), b"x", &[("mode", "33261")]);
+    }
+    e.srv.backend.put("bkt", "h/sub/inner", b"y", &[]);
+    let m = mount(&e, "s3://bkt/h", &[]);
+    e.srv.control.reset_counts();
+    let out = m.ok("ls -l");
+    assert_eq!(out.lines().filter(|l| l.starts_with("-rwxr-xr-x")).count(), 50, "{out}");
+    let c = e.srv.control.counts();
+    // 50 files by HEAD alone; the directory `sub` by the full lookup (HEAD + LIST).
+    assert_eq!(c.get("HeadObject").copied(), Some(51), "{c:?}");
+    assert_eq!(c.get("ListObjectsV2").copied(), Some(2), "{c:?}");
+}
