@@ -237,6 +237,26 @@ fn metadata_of(m: Option<&std::collections::HashMap<String, String>>) -> BTreeMa
     m.map(|m| m.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect()).unwrap_or_default()
 }
 
+/// Listing entries of a ListObjects or ListObjectsV2 page (entries without a key dropped).
+fn listed_objects(contents: &[aws_sdk_s3::types::Object]) -> Vec<ListedObject> {
+    contents
+        .iter()
+        .filter_map(|o| {
+            Some(ListedObject {
+                key: o.key()?.to_string(),
+                size: o.size().unwrap_or(0).max(0) as u64,
+                last_modified: to_system_time(o.last_modified()),
+                etag: unquote(o.e_tag()),
+            })
+        })
+        .collect()
+}
+
+/// Common prefixes of a listing page.
+fn prefix_names(prefixes: &[aws_sdk_s3::types::CommonPrefix]) -> Vec<String> {
+    prefixes.iter().filter_map(|p| p.prefix().map(str::to_string)).collect()
+}
+
 /// Total object size from `Content-Range: bytes a-b/TOTAL`.
 fn total_from_content_range(cr: Option<&str>) -> Option<u64> {
     cr?.rsplit('/').next()?.parse().ok()
@@ -257,20 +277,8 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| map_err(format_args!("LIST(v1) {bucket}/{}", req.prefix), e))?;
-        let objects: Vec<ListedObject> = out
-            .contents()
-            .iter()
-            .filter_map(|o| {
-                Some(ListedObject {
-                    key: o.key()?.to_string(),
-                    size: o.size().unwrap_or(0).max(0) as u64,
-                    last_modified: to_system_time(o.last_modified()),
-                    etag: unquote(o.e_tag()),
-                })
-            })
-            .collect();
-        let common_prefixes: Vec<String> =
-            out.common_prefixes().iter().filter_map(|p| p.prefix().map(str::to_string)).collect();
+        let objects = listed_objects(out.contents());
+        let common_prefixes = prefix_names(out.common_prefixes());
         let next = if out.is_truncated().unwrap_or(false) {
             let last =
                 [objects.last().map(|o| o.key.clone()), common_prefixes.last().cloned()].into_iter().flatten().max();
@@ -526,19 +534,8 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| map_err(format_args!("LIST {bucket}/{}", req.prefix), e))?;
-        let objects: Vec<ListedObject> = out
-            .contents()
-            .iter()
-            .filter_map(|o| {
-                Some(ListedObject {
-                    key: o.key()?.to_string(),
-                    size: o.size().unwrap_or(0).max(0) as u64,
-                    last_modified: to_system_time(o.last_modified()),
-                    etag: unquote(o.e_tag()),
-                })
-            })
-            .collect();
-        let common_prefixes = out.common_prefixes().iter().filter_map(|p| p.prefix().map(str::to_string)).collect();
+        let objects = listed_objects(out.contents());
+        let common_prefixes = prefix_names(out.common_prefixes());
         let truncated = out.is_truncated().unwrap_or(false);
         let next = out.next_continuation_token().map(str::to_string);
         if truncated && next.is_none() {
