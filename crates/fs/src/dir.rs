@@ -101,8 +101,10 @@ impl DirStream {
         self.started && self.done
     }
 
-    /// Entries from listing index `index` on (at least one, unless the listing is over).
-    pub async fn entries_from(&mut self, index: u64) -> FsResult<(u64, &[DirEntry])> {
+    /// Entries from listing index `index` on (at least one, unless the listing is over),
+    /// and whether a page was fetched from the store for this call.
+    pub async fn entries_from(&mut self, index: u64) -> FsResult<(u64, &[DirEntry], bool)> {
+        let mut fetched = false;
         if index < self.base || !self.started {
             // A rewind (or the first call): list from the start again.
             self.base = 0;
@@ -110,11 +112,13 @@ impl DirStream {
             self.token = None;
             self.done = false;
             self.next_page().await?;
+            fetched = true;
         }
         while index >= self.base + self.entries.len() as u64 && !self.done {
             self.next_page().await?;
+            fetched = true;
         }
         let skip = (index.saturating_sub(self.base) as usize).min(self.entries.len());
-        Ok((self.base + skip as u64, &self.entries[skip..]))
+        Ok((self.base + skip as u64, &self.entries[skip..], fetched))
     }
 }

@@ -617,14 +617,17 @@ impl Fs {
                 DirEntry { name: "..".into(), kind: FileKind::Dir, size: 0, mtime: me.attr.mtime },
             ));
         }
-        let (first, entries) = stream.entries_from(offset.saturating_sub(2)).await?;
+        let (first, entries, fetched) = stream.entries_from(offset.saturating_sub(2)).await?;
         let mut t = self.table.lock();
         for (n, e) in entries.iter().enumerate() {
             let child = t.assign(ino, &e.name, e.kind);
             out.push((child, first + n as u64 + 3, e.clone()));
         }
         drop(t);
-        self.remember_listing(ino, &out);
+        // The kernel reads a page in several calls; the page is remembered once, when fetched.
+        if fetched {
+            self.remember_listing(ino, &out);
+        }
         Ok(out)
     }
 
