@@ -5,6 +5,7 @@
 # Usage: bench/run.sh            (as root; needs s3s-fs, python3 + boto3; s3fs/rclone optional)
 # Env:   SERVER=s3s-fs|moto  SIZE_MB=1024  RUNS=1 (3 for the published numbers)
 #        CLIENTS="s3vol s3fs rclone"  SHARED_BENCH=../shared/bench
+#        S3VOL_OPTS=part_size=16,upload_concurrency=8,list_attrs  (s3vol's -o options)
 # Install the peers once: apt-get install s3fs rclone fuse3;
 #   cargo install s3s-fs --version 0.14.1 --features binary --locked; pip install boto3
 set -euo pipefail
@@ -15,6 +16,7 @@ export RUNS=${RUNS:-1} SIZE_MB=${SIZE_MB:-1024}
 export RESULTS=${RESULTS:-/tmp/bench/results-$(date +%Y%m%d-%H%M%S)}
 SERVER=${SERVER:-s3s-fs}
 CLIENTS=${CLIENTS:-"s3vol s3fs rclone"}
+S3VOL_OPTS=${S3VOL_OPTS:-part_size=16,upload_concurrency=8,list_attrs}
 mkdir -p "$RESULTS"
 
 cargo build --release -p s3vol --manifest-path "$ROOT/Cargo.toml" >&2
@@ -33,7 +35,7 @@ export UNMOUNT_CMD='umount $MNT'
 for c in $CLIENTS; do
   case $c in
     s3vol)
-      cmd="env AWS_ACCESS_KEY_ID=\$AK AWS_SECRET_ACCESS_KEY=\$SK $S3VOL mount s3://\$BUCKET \$MNT --endpoint \$ENDPOINT --foreground -o part_size=16,upload_concurrency=8,list_attrs 2>>$RESULTS/s3vol-mount.log" ;;
+      cmd="env AWS_ACCESS_KEY_ID=\$AK AWS_SECRET_ACCESS_KEY=\$SK $S3VOL mount s3://\$BUCKET \$MNT --endpoint \$ENDPOINT --foreground -o $S3VOL_OPTS 2>>$RESULTS/s3vol-mount.log" ;;
     s3fs) command -v s3fs >/dev/null || { echo "bench: s3fs not installed, skipped" >&2; continue; }; cmd=$S3FS_CMD ;;
     rclone) command -v rclone >/dev/null || { echo "bench: rclone not installed, skipped" >&2; continue; }; cmd=$RCLONE_OFF_CMD ;;
     *) echo "bench: unknown client $c" >&2; exit 2 ;;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use s3vol_store::{ListRequest, ObjectStore};
 
 use crate::attr::FileKind;
+use crate::dir_index::DirIndex;
 use crate::error::{store_errno, FsResult};
 
 /// Name of the ownership marker s3vol's provisioner writes at a volume root; hidden.
@@ -37,6 +38,9 @@ pub struct DirStream {
     token: Option<String>,
     started: bool,
     done: bool,
+    /// Where pages are recorded (directory inode), and the id of this listing there.
+    index: Option<(Arc<DirIndex>, u64)>,
+    build: Option<u64>,
 }
 
 fn valid_name(n: &str) -> bool {
@@ -56,12 +60,22 @@ impl DirStream {
             token: None,
             started: false,
             done: false,
+            index: None,
+            build: None,
         }
+    }
+
+    /// Records every page in `index` as the listing of directory `dir`, so a listing that
+    /// reaches the end makes the directory's content known.
+    pub fn recording(mut self, index: Arc<DirIndex>, dir: u64) -> Self {
+        self.index = Some((index, dir));
+        self
     }
 
     async fn next_page(&mut self) -> FsResult<()> {
         let mut req = ListRequest::directory(self.dir_key.clone());
         req.continuation = self.token.take();
+        let first_page = req.continuation.is_none();
         let page = self.store.list(&self.bucket, &req).await.map_err(|e| store_errno("readdir", &e))?;
         self.started = true;
         let plen = self.dir_key.len();
@@ -90,9 +104,33 @@ impl DirStream {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         self.base += self.entries.len() as u64;
-        self.entries = out;
         self.token = page.next_continuation;
         self.done = self.token.is_none();
+        if let Some((index, dir)) = &self.index {
+            if first_page {
+                self.build = index.begin(*dir);
+            }
+            if let Some(id) = self.build {
+                let recorded = index.add_page(*dir, id, out.iter().map(|e| (e.name.as_str(), e.kind)));
+                if recorded && self.done {
+                    index.finish(*dir, id);
+                }
+                if !recorded || self.done {
+                    self.build = None;
+                }
+            }
+        }
+        self.entries = out;
+        Ok(())
+    }
+
+    /// Lists the whole directory into the index it records to, one page at a time;
+    /// stops early when another listing took over or the directory is too large to hold.
+    pub async fn record_all(&mut self) -> FsResult<()> {
+        self.next_page().await?;
+        while !self.done && self.build.is_some() {
+            self.next_page().await?;
+        }
         Ok(())
     }
 
@@ -101,10 +139,8 @@ impl DirStream {
         self.started && self.done
     }
 
-    /// Entries from listing index `index` on (at least one, unless the listing is over),
-    /// and whether a page was fetched from the store for this call.
-    pub async fn entries_from(&mut self, index: u64) -> FsResult<(u64, &[DirEntry], bool)> {
-        let mut fetched = false;
+    /// Entries from listing index `index` on (at least one, unless the listing is over).
+    pub async fn entries_from(&mut self, index: u64) -> FsResult<(u64, &[DirEntry])> {
         if index < self.base || !self.started {
             // A rewind (or the first call): list from the start again.
             self.base = 0;
@@ -112,13 +148,11 @@ impl DirStream {
             self.token = None;
             self.done = false;
             self.next_page().await?;
-            fetched = true;
         }
         while index >= self.base + self.entries.len() as u64 && !self.done {
             self.next_page().await?;
-            fetched = true;
         }
         let skip = (index.saturating_sub(self.base) as usize).min(self.entries.len());
-        Ok((self.base + skip as u64, &self.entries[skip..], fetched))
+        Ok((self.base + skip as u64, &self.entries[skip..]))
     }
 }

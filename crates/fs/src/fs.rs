@@ -11,6 +11,7 @@ use s3vol_store::{collect_body, ErrorKind, ListRequest, ObjectStore, PutOptions}
 
 use crate::attr::{Attr, FileKind, StoredMeta, S_IFDIR, S_IFLNK, S_IFREG};
 use crate::dir::{DirEntry, DirStream, VOLUME_MARKER};
+use crate::dir_index::DirIndex;
 use crate::error::{store_errno, Errno, FsResult};
 use crate::inode::{Inode, InodeTable, ROOT_INO};
 use crate::mime::content_type_for;
@@ -144,8 +145,8 @@ pub struct Fs {
     listed: Mutex<HashMap<u64, Instant>>,
     /// Bytes stored under the prefix, once measured (hard quotas, statfs).
     usage: Mutex<Option<u64>>,
-    /// Names a recent listing showed as plain objects, with when that stops being trusted.
-    file_hints: Mutex<HashMap<(u64, String), Instant>>,
+    /// What listings and this mount's own changes showed each directory to hold.
+    index: Arc<DirIndex>,
     next_fh: AtomicU64,
     wcfg: WriteConfig,
 }
@@ -191,7 +192,7 @@ impl Fs {
             writers: Mutex::new(HashMap::new()),
             listed: Mutex::new(HashMap::new()),
             usage: Mutex::new(None),
-            file_hints: Mutex::new(HashMap::new()),
+            index: Arc::new(DirIndex::new(o.stat_cache_ttl, o.max_stat_cache_size)),
             next_fh: AtomicU64::new(1),
             wcfg,
             cfg,
@@ -274,7 +275,7 @@ impl Fs {
     async fn probe(&self, parent: &Inode, name: &str) -> FsResult<Option<Inode>> {
         // A recent listing showed this name as a plain object (no `name/` prefix beside
         // it): its metadata needs only a HEAD, not the LIST that detects directories.
-        if self.listed_as_file(parent.ino, name) {
+        if self.index.kind(parent.ino, name) == Some(FileKind::File) {
             let path = Self::child_path(parent, name);
             match self.store.head_object(&self.cfg.bucket, &self.key(&path, FileKind::File)).await {
                 Ok(m) => {
@@ -340,28 +341,6 @@ impl Fs {
         }
     }
 
-    fn listed_as_file(&self, parent: u64, name: &str) -> bool {
-        self.file_hints.lock().get(&(parent, name.to_string())).is_some_and(|t| *t > Instant::now())
-    }
-
-    /// Remembers which names a listing page showed as plain objects (bounded like the
-    /// negative cache), so their lookups can skip the directory check.
-    fn remember_listing(&self, parent: u64, entries: &[(u64, u64, DirEntry)]) {
-        let ttl = self.cfg.options.stat_cache_ttl;
-        if ttl.is_zero() {
-            return;
-        }
-        let until = Instant::now() + ttl;
-        let mut hints = self.file_hints.lock();
-        if hints.len() + entries.len() > self.cfg.options.max_stat_cache_size.max(1000) {
-            hints.clear();
-        }
-        for (_, _, e) in entries.iter().filter(|(_, _, e)| e.kind == FileKind::File && e.name != "." && e.name != "..")
-        {
-            hints.insert((parent, e.name.clone()), until);
-        }
-    }
-
     /// Looks `name` up in `parent`, counting a kernel reference on success.
     pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
         check_name(name)?;
@@ -382,9 +361,13 @@ impl Fs {
                 return Err(Errno::ENOENT);
             }
         }
+        if self.index.is_absent(parent, name) {
+            return Err(Errno::ENOENT);
+        }
         match self.probe(&p, name).await? {
             Some(inode) => {
                 let attr = inode.attr;
+                self.index.record(parent, name, Some(inode.kind));
                 let mut t = self.table.lock();
                 t.upsert(inode);
                 t.add_lookup(attr.ino);
@@ -394,9 +377,31 @@ impl Fs {
                 let ttl = self.cfg.options.stat_cache_ttl;
                 let until = (!ttl.is_zero()).then(|| Instant::now() + ttl);
                 self.table.lock().remove_name(parent, name, until);
+                self.index.record(parent, name, None);
+                self.list_in_background(&p);
                 Err(Errno::ENOENT)
             }
         }
+    }
+
+    /// After a lookup of a name that does not exist, lists the whole directory in the
+    /// background: the next new names in it (a program creating files) are then known
+    /// absent without a HEAD and a LIST each. One listing per directory at a time, and
+    /// none while a fresh one is known.
+    fn list_in_background(&self, dir: &Inode) {
+        if !self.index.wants_listing(dir.ino) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let key = self.key(&dir.path, FileKind::Dir);
+        let mut stream = DirStream::new(self.store.clone(), self.cfg.bucket.clone(), key, dir.ino == ROOT_INO)
+            .recording(self.index.clone(), dir.ino);
+        let ino = dir.ino;
+        rt.spawn(async move {
+            if let Err(e) = stream.record_all().await {
+                tracing::debug!(dir = ino, error = %e, "background listing failed; lookups ask the store");
+            }
+        });
     }
 
     /// The kernel dropped `n` references.
@@ -576,12 +581,9 @@ impl Fs {
     pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
         let i = self.dir_inode(ino)?;
         let key = self.key(&i.path, FileKind::Dir);
-        Ok(self.add_handle(Handle::Dir(DirStream::new(
-            self.store.clone(),
-            self.cfg.bucket.clone(),
-            key,
-            ino == ROOT_INO,
-        ))))
+        let stream = DirStream::new(self.store.clone(), self.cfg.bucket.clone(), key, ino == ROOT_INO)
+            .recording(self.index.clone(), ino);
+        Ok(self.add_handle(Handle::Dir(stream)))
     }
 
     /// Whether the kernel may serve this directory from the entries it cached at the last
@@ -617,17 +619,13 @@ impl Fs {
                 DirEntry { name: "..".into(), kind: FileKind::Dir, size: 0, mtime: me.attr.mtime },
             ));
         }
-        let (first, entries, fetched) = stream.entries_from(offset.saturating_sub(2)).await?;
+        let (first, entries) = stream.entries_from(offset.saturating_sub(2)).await?;
         let mut t = self.table.lock();
         for (n, e) in entries.iter().enumerate() {
             let child = t.assign(ino, &e.name, e.kind);
             out.push((child, first + n as u64 + 3, e.clone()));
         }
         drop(t);
-        // The kernel reads a page in several calls; the page is remembered once, when fetched.
-        if fetched {
-            self.remember_listing(ino, &out);
-        }
         Ok(out)
     }
 
@@ -663,7 +661,11 @@ impl Fs {
             }
             let known = t.get(child).filter(|i| i.parent == ino && i.name == e.name && i.kind == e.kind).cloned();
             if let Some(i) = known.filter(|i| i.expires > now || e.kind == FileKind::Dir) {
-                out.push((i.attr, next, e.name, if e.kind == FileKind::Dir { uncached } else { ttl }));
+                // As long as getattr would answer with these attributes anyway (an entry
+                // the kernel was offered in an earlier call for this page keeps the
+                // listing's lifetime).
+                let keep = if e.kind == FileKind::Dir { uncached } else { ttl.max(i.expires - now) };
+                out.push((i.attr, next, e.name, keep));
                 continue;
             }
             let stored = StoredMeta::default();
@@ -765,6 +767,7 @@ impl Fs {
         let put = self.put_options(name, stored);
         self.table.lock().upsert(inode);
         self.table.lock().add_lookup(attr.ino);
+        self.index.record(parent, name, Some(FileKind::File));
         let writer = Writer::new_stream(self.store.clone(), self.cfg.bucket.clone(), key, put, self.wcfg.clone());
         Ok((attr, self.add_handle(Handle::Write { ino: attr.ino, writer: Box::new(writer), base: 0 })))
     }
@@ -866,6 +869,7 @@ impl Fs {
         let key = self.key(&inode.path, kind);
         let put = PutOptions { content_type: None, ..self.put_options(name, stored) };
         self.store.put_object(&self.cfg.bucket, &key, body, &put).await.map_err(|e| store_errno("create", &e))?;
+        self.index.record(parent, name, Some(kind));
         let attr = inode.attr;
         let mut t = self.table.lock();
         t.upsert(inode);
@@ -923,6 +927,7 @@ impl Fs {
         self.store.delete_object(&self.cfg.bucket, &key).await.map_err(|e| store_errno("unlink", &e))?;
         self.charge(-(i.attr.size as i64));
         self.table.lock().remove_name(parent, name, self.negative_until());
+        self.index.record(parent, name, None);
         self.keep_dir(&p).await
     }
 
@@ -942,6 +947,7 @@ impl Fs {
         }
         self.store.delete_object(&self.cfg.bucket, &key).await.map_err(|e| store_errno("rmdir", &e))?;
         self.table.lock().remove_name(parent, name, self.negative_until());
+        self.index.record(parent, name, None);
         self.keep_dir(&p).await
     }
 
@@ -1013,6 +1019,8 @@ impl Fs {
                 t.rename_subtree(&src.path, &new_path);
             }
         }
+        self.index.record(parent, name, None);
+        self.index.record(newparent, newname, Some(src.kind));
         let moved =
             Inode { parent: newparent, name: newname.to_string(), path: new_path, expires: Instant::now(), ..src };
         self.table.lock().upsert(moved);

@@ -7,6 +7,7 @@
 //! - `attr`: attributes and the s3fs-compatible metadata headers they are kept in.
 //! - `inode`: the inode table, attribute cache and negative cache.
 //! - `dir`: directory listings streamed page by page.
+//! - `dir_index`: what listings and this mount's changes showed each directory to hold.
 //! - `read`: the prefetching reader.
 //! - `write`: streaming multipart uploads and the staging cache.
 //! - `fs`: [`Fs`], the operations.
@@ -15,6 +16,7 @@
 
 mod attr;
 mod dir;
+mod dir_index;
 mod error;
 mod fs;
 mod inode;

@@ -438,12 +438,15 @@ impl Filesystem for FuseAdapter {
         reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize);
     }
 
+    // ENOSYS (not EOPNOTSUPP): the kernel then stops asking for the rest of the mount and
+    // answers EOPNOTSUPP itself, which saves `ls -l` a round trip per entry (it reads
+    // security and ACL attributes of every file).
     fn getxattr(&mut self, _req: &Request<'_>, _ino: u64, _name: &OsStr, _size: u32, reply: ReplyXattr) {
-        reply.error(libc::EOPNOTSUPP);
+        reply.error(libc::ENOSYS);
     }
 
     fn listxattr(&mut self, _req: &Request<'_>, _ino: u64, _size: u32, reply: ReplyXattr) {
-        reply.error(libc::EOPNOTSUPP);
+        reply.error(libc::ENOSYS);
     }
 
     fn create(

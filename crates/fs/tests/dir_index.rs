@@ -1,0 +1,113 @@
+//! Lookups answered from what a directory listing showed: requests counted on the
+//! in-memory store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use s3vol_fs::{Caller, Errno, Fs, FsConfig, MountOptions, ROOT_INO};
+use s3vol_store::{CountingStore, MemoryStore, ObjectStore, PutOptions, RequestCounts};
+
+const B: &str = "bkt";
+const ME: Caller = Caller { uid: 1000, gid: 1000, pid: 0 };
+
+async fn mount(existing: usize, ttl: Duration) -> (Arc<MemoryStore>, RequestCounts, Fs) {
+    let mem = Arc::new(MemoryStore::with_buckets(&[B]));
+    for i in 0..existing {
+        mem.put_object(B, &format!("vol/old{i:05}"), Bytes::from_static(b"x"), &PutOptions::default()).await.unwrap();
+    }
+    mem.put_object(B, "vol/sub/inner", Bytes::from_static(b"y"), &PutOptions::default()).await.unwrap();
+    let counting = Arc::new(CountingStore::new(mem.clone(), "test"));
+    let counts = counting.counts();
+    let options = MountOptions { stat_cache_ttl: ttl, ..MountOptions::default() };
+    let fs = Fs::new(
+        counting,
+        FsConfig { bucket: B.into(), prefix: "vol/".into(), options, capacity: None, hard_quota: false },
+    );
+    (mem, counts, fs)
+}
+
+/// Waits for the background listing a missed lookup starts (`pages` LIST requests in all).
+async fn settle(counts: &RequestCounts, lists: u64) {
+    for _ in 0..200 {
+        if counts.get("ListObjectsV2") >= lists {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("background listing did not run: {:?}", counts.snapshot());
+}
+
+async fn create_file(fs: &Fs, name: &str) {
+    assert_eq!(fs.lookup(ROOT_INO, name).await.unwrap_err(), Errno::ENOENT, "{name}");
+    let (_, fh) = fs.create(ROOT_INO, name, 0o644, ME).await.unwrap();
+    fs.write(fh, 0, &[7u8; 4096]).await.unwrap();
+    fs.flush(fh).await.unwrap();
+    fs.release(fh).await.unwrap();
+}
+
+#[tokio::test]
+async fn creating_many_files_costs_one_listing_not_a_lookup_each() {
+    // 1500 objects: the listing takes two pages.
+    let (mem, counts, fs) = mount(1500, Duration::from_secs(60)).await;
+    create_file(&fs, "new00000").await;
+    // The miss asked HEAD + LIST, then listed the directory (two pages) in the background.
+    settle(&counts, 3).await;
+    let before = counts.snapshot();
+    for i in 1..200 {
+        create_file(&fs, &format!("new{i:05}")).await;
+    }
+    let after = counts.snapshot();
+    assert_eq!(after.get("HeadObject"), before.get("HeadObject"), "no HEAD per new name: {after:?}");
+    assert_eq!(after.get("ListObjectsV2"), before.get("ListObjectsV2"), "no LIST per new name: {after:?}");
+    assert_eq!(after["PutObject"] - before["PutObject"], 199, "{after:?}");
+    for i in 0..200 {
+        assert!(mem.head_object(B, &format!("vol/new{i:05}")).await.is_ok(), "new{i:05} in the store");
+    }
+
+    // Names the listing showed are found: a plain object with a HEAD alone, a directory
+    // (an implicit one here) as a directory.
+    let heads = counts.get("HeadObject");
+    let lists = counts.get("ListObjectsV2");
+    let old = fs.lookup(ROOT_INO, "old00777").await.unwrap();
+    assert_eq!(old.size, 1);
+    assert_eq!((counts.get("HeadObject"), counts.get("ListObjectsV2")), (heads + 1, lists));
+    let sub = fs.lookup(ROOT_INO, "sub").await.unwrap();
+    assert_eq!(sub.kind, s3vol_fs::FileKind::Dir);
+
+    // This mount's own removals and renames keep the listing true.
+    fs.unlink(ROOT_INO, "new00003").await.unwrap();
+    assert_eq!(fs.lookup(ROOT_INO, "new00003").await.unwrap_err(), Errno::ENOENT);
+    fs.rename(ROOT_INO, "new00004", ROOT_INO, "renamed", 0).await.unwrap();
+    assert_eq!(fs.lookup(ROOT_INO, "new00004").await.unwrap_err(), Errno::ENOENT);
+    assert_eq!(fs.lookup(ROOT_INO, "renamed").await.unwrap().size, 4096);
+    let d = fs.mkdir(ROOT_INO, "made", 0o755, ME).await.unwrap();
+    fs.forget(d.ino, 1);
+    assert_eq!(fs.lookup(ROOT_INO, "made").await.unwrap().kind, s3vol_fs::FileKind::Dir);
+}
+
+#[tokio::test]
+async fn names_other_clients_add_show_once_the_listing_expires() {
+    let (mem, counts, fs) = mount(10, Duration::from_millis(400)).await;
+    assert_eq!(fs.lookup(ROOT_INO, "elsewhere").await.unwrap_err(), Errno::ENOENT);
+    settle(&counts, 2).await;
+    mem.put_object(B, "vol/elsewhere", Bytes::from_static(b"z"), &PutOptions::default()).await.unwrap();
+    mem.put_object(B, "vol/newdir/x", Bytes::from_static(b"z"), &PutOptions::default()).await.unwrap();
+    // Within stat_cache_ttl the listing is trusted (like any negative cache entry)...
+    assert_eq!(fs.lookup(ROOT_INO, "newdir").await.unwrap_err(), Errno::ENOENT);
+    // ...and once it expires, the store is asked again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fs.lookup(ROOT_INO, "elsewhere").await.unwrap().size, 1);
+    assert_eq!(fs.lookup(ROOT_INO, "newdir").await.unwrap().kind, s3vol_fs::FileKind::Dir);
+}
+
+#[tokio::test]
+async fn with_no_metadata_cache_every_lookup_asks_the_store() {
+    let (mem, counts, fs) = mount(10, Duration::ZERO).await;
+    assert_eq!(fs.lookup(ROOT_INO, "later").await.unwrap_err(), Errno::ENOENT);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(counts.get("ListObjectsV2"), 1, "no background listing with stat_cache_ttl=0");
+    mem.put_object(B, "vol/later", Bytes::from_static(b"z"), &PutOptions::default()).await.unwrap();
+    assert_eq!(fs.lookup(ROOT_INO, "later").await.unwrap().size, 1);
+}
