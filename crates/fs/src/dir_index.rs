@@ -72,10 +72,7 @@ impl DirIndex {
     pub fn is_absent(&self, dir: u64, name: &str) -> bool {
         let now = Instant::now();
         let inner = self.inner.lock();
-        inner
-            .dirs
-            .get(&dir)
-            .is_some_and(|k| k.complete_until.is_some_and(|t| t > now) && !k.names.contains_key(name))
+        inner.dirs.get(&dir).is_some_and(|k| k.complete_until.is_some_and(|t| t > now) && !k.names.contains_key(name))
     }
 
     /// What a fresh listing (or this mount's own change) showed `name` to be.
@@ -96,7 +93,7 @@ impl DirIndex {
         let now = Instant::now();
         let inner = self.inner.lock();
         inner.dirs.get(&dir).is_none_or(|k| {
-            !k.complete_until.is_some_and(|t| t > now) && !k.building(now) && !k.quiet_until.is_some_and(|t| t > now)
+            k.complete_until.is_none_or(|t| t <= now) && !k.building(now) && k.quiet_until.is_none_or(|t| t <= now)
         })
     }
 

@@ -512,6 +512,42 @@ fn ls_l_costs_one_list_per_page_and_nothing_when_warm() {
     assert_eq!(e.srv.control.counts(), cold, "a warm ls -l makes no request");
 }
 
+/// A program creating many files in a large directory pays for one listing of it, not a
+/// HEAD and a LIST per new name, and every file is in the store when its close returns.
+#[test]
+fn creating_many_files_lists_the_directory_once() {
+    if !can_mount() {
+        return;
+    }
+    let e = env();
+    for i in 0..1500 {
+        e.srv.backend.put("bkt", &format!("cr/old{i:05}"), b"x", &[]);
+    }
+    let m = mount(&e, "s3://bkt/cr", &["stat_cache_ttl=60"]);
+    e.srv.control.reset_counts();
+    m.ok("echo first > first");
+    // That miss asked HEAD + LIST, then the directory was listed in the background (2 pages).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while e.srv.control.count("ListObjectsV2") < 3 {
+        assert!(Instant::now() < deadline, "no background listing: {:?}", e.srv.control.counts());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let before = e.srv.control.counts();
+    // One open, write, close per file (a shell redirection or dd would dup the descriptor
+    // and close it once empty: a second, empty PUT).
+    m.ok("python3 -c 'for i in range(1, 301): open(\"new%d\" % i, \"w\").write(\"%d\\n\" % i)'");
+    let after = e.srv.control.counts();
+    assert_eq!(after.get("HeadObject"), before.get("HeadObject"), "a HEAD per new name: {after:?}");
+    assert_eq!(after.get("ListObjectsV2"), before.get("ListObjectsV2"), "a LIST per new name: {after:?}");
+    assert_eq!(after["PutObject"] - before["PutObject"], 300, "{after:?}");
+    assert_eq!(e.srv.backend.get("bkt", "cr/new300").as_deref(), Some(&b"300\n"[..]));
+    // Existing names are still found, and this mount's removals are seen at once.
+    assert_eq!(m.ok("cat old00042 new7"), "x7\n");
+    m.ok("rm new7");
+    assert!(!m.sh("test -e new7").status.success());
+}
+
 fn metrics_text(addr: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
