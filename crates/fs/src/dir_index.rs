@@ -28,8 +28,14 @@ pub struct DirIndex {
 #[derive(Default)]
 struct Inner {
     dirs: HashMap<u64, Known>,
+    /// Lookups that found nothing, per directory: (first of the current run, how many).
+    misses: HashMap<u64, (Instant, u32)>,
     next_build: u64,
 }
+
+/// Misses in one directory, within `stat_cache_ttl`, that start a listing of it: a single
+/// miss (before writing one file) does not pay for listing a large directory.
+const MISSES_BEFORE_LISTING: u32 = 2;
 
 struct Known {
     names: HashMap<String, FileKind>,
@@ -95,6 +101,31 @@ impl DirIndex {
         inner.dirs.get(&dir).is_none_or(|k| {
             k.complete_until.is_none_or(|t| t <= now) && !k.building(now) && k.quiet_until.is_none_or(|t| t <= now)
         })
+    }
+
+    /// A lookup in `dir` found nothing. Returns whether to list the directory now: on the
+    /// second miss within `stat_cache_ttl`, when [`DirIndex::wants_listing`].
+    pub fn missed(&self, dir: u64) -> bool {
+        if self.ttl.is_zero() {
+            return false;
+        }
+        let now = Instant::now();
+        {
+            let mut inner = self.inner.lock();
+            if inner.misses.len() > 10_000 {
+                inner.misses.clear();
+            }
+            let ttl = self.ttl;
+            let run = inner.misses.entry(dir).or_insert((now, 0));
+            if now.duration_since(run.0) > ttl {
+                *run = (now, 0);
+            }
+            run.1 += 1;
+            if run.1 < MISSES_BEFORE_LISTING {
+                return false;
+            }
+        }
+        self.wants_listing(dir)
     }
 
     /// Records what this mount just did or learned: `name` now is `kind`, or is gone.
@@ -266,6 +297,22 @@ mod tests {
         assert!(!short.is_absent(1, "x"), "an expired listing proves nothing");
         assert_eq!(short.kind(1, "a"), None);
         assert!(short.wants_listing(1));
+    }
+
+    #[test]
+    fn the_second_miss_in_a_directory_starts_a_listing() {
+        let ix = index();
+        assert!(!ix.missed(1), "one miss is not worth a listing");
+        assert!(!ix.missed(2));
+        assert!(ix.missed(1));
+        let id = ix.begin(1).unwrap();
+        assert!(!ix.missed(1), "not while one runs");
+        ix.finish(1, id);
+        assert!(!ix.missed(1), "not while one is fresh");
+        let short = DirIndex::new(Duration::from_millis(20), 1000);
+        assert!(!short.missed(1));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!short.missed(1), "misses further apart than the TTL are no pattern");
     }
 
     #[test]

@@ -384,12 +384,12 @@ impl Fs {
         }
     }
 
-    /// After a lookup of a name that does not exist, lists the whole directory in the
-    /// background: the next new names in it (a program creating files) are then known
-    /// absent without a HEAD and a LIST each. One listing per directory at a time, and
-    /// none while a fresh one is known.
+    /// After lookups of names that do not exist (the second within `stat_cache_ttl`),
+    /// lists the whole directory in the background: the next new names in it (a program
+    /// creating files) are then known absent without a HEAD and a LIST each. One listing
+    /// per directory at a time, and none while a fresh one is known.
     fn list_in_background(&self, dir: &Inode) {
-        if !self.index.wants_listing(dir.ino) {
+        if !self.index.missed(dir.ino) {
             return;
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };

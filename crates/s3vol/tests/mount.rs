@@ -525,10 +525,10 @@ fn creating_many_files_lists_the_directory_once() {
     }
     let m = mount(&e, "s3://bkt/cr", &["stat_cache_ttl=60"]);
     e.srv.control.reset_counts();
-    m.ok("echo first > first");
-    // That miss asked HEAD + LIST, then the directory was listed in the background (2 pages).
+    m.ok("echo first > first; echo second > second");
+    // Each miss asked HEAD + LIST; the second listed the directory in the background (2 pages).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while e.srv.control.count("ListObjectsV2") < 3 {
+    while e.srv.control.count("ListObjectsV2") < 4 {
         assert!(Instant::now() < deadline, "no background listing: {:?}", e.srv.control.counts());
         std::thread::sleep(Duration::from_millis(20));
     }
