@@ -41,6 +41,10 @@ pub struct DirStream {
     /// Where pages are recorded (directory inode), and the id of this listing there.
     index: Option<(Arc<DirIndex>, u64)>,
     build: Option<u64>,
+    /// List from after this name (a range of the directory), not from its start.
+    after: Option<String>,
+    /// The last page's last key or common prefix, relative to the directory.
+    last_upto: Option<String>,
 }
 
 fn valid_name(n: &str) -> bool {
@@ -62,7 +66,15 @@ impl DirStream {
             done: false,
             index: None,
             build: None,
+            after: None,
+            last_upto: None,
         }
+    }
+
+    /// Lists from after `name` on, not from the directory's start.
+    pub fn after(mut self, name: &str) -> Self {
+        self.after = Some(name.to_string());
+        self
     }
 
     /// Records every page in `index` as the listing of directory `dir`, so a listing that
@@ -76,9 +88,16 @@ impl DirStream {
         let mut req = ListRequest::directory(self.dir_key.clone());
         req.continuation = self.token.take();
         let first_page = req.continuation.is_none();
+        if first_page {
+            req.start_after = self.after.as_ref().map(|n| format!("{}{n}", self.dir_key));
+        }
         let page = self.store.list(&self.bucket, &req).await.map_err(|e| store_errno("readdir", &e))?;
         self.started = true;
         let plen = self.dir_key.len();
+        // The page's last key or common prefix, relative to the directory: where it stops.
+        let last_object = page.objects.last().map(|o| &o.key[plen.min(o.key.len())..]);
+        let last_prefix = page.common_prefixes.last().map(|p| &p[plen.min(p.len())..]);
+        let upto = last_object.max(last_prefix).map(str::to_string);
         let mut out: Vec<DirEntry> = Vec::with_capacity(page.objects.len() + page.common_prefixes.len());
         for p in &page.common_prefixes {
             let name = p[plen..].trim_end_matches('/');
@@ -108,12 +127,12 @@ impl DirStream {
         self.done = self.token.is_none();
         if let Some((index, dir)) = &self.index {
             if first_page {
-                self.build = index.begin(*dir);
+                self.build = index.begin(*dir, self.after.as_deref());
             }
             if let Some(id) = self.build {
                 let recorded = index.add_page(*dir, id, out.iter().map(|e| (e.name.as_str(), e.kind)));
                 if recorded && self.done {
-                    index.finish(*dir, id);
+                    index.finish(*dir, id, None);
                 }
                 if !recorded || self.done {
                     self.build = None;
@@ -121,15 +140,16 @@ impl DirStream {
             }
         }
         self.entries = out;
+        self.last_upto = upto;
         Ok(())
     }
 
-    /// Lists the whole directory into the index it records to, one page at a time;
-    /// stops early when another listing took over or the directory is too large to hold.
-    pub async fn record_all(&mut self) -> FsResult<()> {
+    /// Lists one page into the index it records to and ends the listing there: the
+    /// names from the start-after name up to the page's last key are then known.
+    pub async fn record_page(&mut self) -> FsResult<()> {
         self.next_page().await?;
-        while !self.done && self.build.is_some() {
-            self.next_page().await?;
+        if let (Some((index, dir)), Some(id)) = (&self.index, self.build.take()) {
+            index.finish(*dir, id, self.last_upto.as_deref());
         }
         Ok(())
     }

@@ -1,11 +1,13 @@
 //! What this mount knows each directory holds, from its listings and its own changes.
 //!
-//! A directory listed to its end answers lookups of names it does not hold without a
-//! request (a negative cache for the whole directory, trusted for `stat_cache_ttl`), so a
-//! program creating many files pays for one listing instead of a HEAD and a LIST per
-//! new name. Names a listing showed as plain objects let a lookup skip its directory
-//! check. Changes made while a listing is in flight are replayed over its result, so a
-//! file created during the listing is never reported absent.
+//! A listing answers lookups of names in the key range it covered without a request (a
+//! negative cache for that range, trusted for `stat_cache_ttl`): a directory listed to its
+//! end covers every name; one page listed from a missed name on covers the names up to
+//! its last key, which is where the next names of a program creating files usually fall.
+//! Such a program pays for one listing page instead of a HEAD and a LIST per new name.
+//! Names a listing showed as plain objects let a lookup skip its directory check.
+//! Changes made while a listing is in flight are replayed over its result, so a file
+//! created during the listing is never reported absent.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -39,8 +41,8 @@ const MISSES_BEFORE_LISTING: u32 = 2;
 
 struct Known {
     names: HashMap<String, FileKind>,
-    /// Until when `names` is everything the directory holds.
-    complete_until: Option<Instant>,
+    /// Key ranges `names` holds every name of, each until its listing expires.
+    covers: Vec<Cover>,
     /// Until when `names` (complete or not) is trusted at all.
     seen_until: Instant,
     build: Option<Build>,
@@ -48,9 +50,37 @@ struct Known {
     quiet_until: Option<Instant>,
 }
 
+/// A key range (relative to the directory) a listing saw all of.
+struct Cover {
+    /// Exclusive start (the listing's start-after); `None` = from the first name.
+    after: Option<String>,
+    /// Inclusive end: the page's last key or common prefix (`p/`); `None` = to the end.
+    upto: Option<String>,
+    until: Instant,
+}
+
+/// Ranges held per directory; the oldest goes first.
+const MAX_COVERS: usize = 8;
+
+impl Cover {
+    /// Whether the entry `name` itself sorts inside the range.
+    fn spans(&self, name: &str) -> bool {
+        self.after.as_deref().is_none_or(|a| a < name) && self.upto.as_deref().is_none_or(|u| name <= u)
+    }
+
+    /// Whether `name` and every key below `name/` lie in the range.
+    fn holds(&self, name: &str, now: Instant) -> bool {
+        let dir_form = format!("{name}/");
+        self.until > now
+            && self.after.as_deref().is_none_or(|a| a < name)
+            && self.upto.as_deref().is_none_or(|u| u > dir_form.as_str() && !u.starts_with(&dir_form))
+    }
+}
+
 /// A listing in flight: what its pages showed, and what changed since it started.
 struct Build {
     id: u64,
+    after: Option<String>,
     started: Instant,
     touched: Instant,
     names: HashMap<String, FileKind>,
@@ -59,7 +89,11 @@ struct Build {
 
 impl Known {
     fn new(now: Instant) -> Self {
-        Known { names: HashMap::new(), complete_until: None, seen_until: now, build: None, quiet_until: None }
+        Known { names: HashMap::new(), covers: Vec::new(), seen_until: now, build: None, quiet_until: None }
+    }
+
+    fn covered(&self, name: &str, now: Instant) -> bool {
+        self.covers.iter().any(|c| c.holds(name, now))
     }
 
     fn building(&self, now: Instant) -> bool {
@@ -73,12 +107,12 @@ impl DirIndex {
         DirIndex { ttl, cap: cap.max(1000), inner: Mutex::new(Inner::default()) }
     }
 
-    /// Whether `name` is known not to exist: the directory's last full listing (plus this
-    /// mount's changes since) is fresh and does not hold it.
+    /// Whether `name` is known not to exist: a fresh listing covered its place (plus this
+    /// mount's changes since) and did not hold it.
     pub fn is_absent(&self, dir: u64, name: &str) -> bool {
         let now = Instant::now();
         let inner = self.inner.lock();
-        inner.dirs.get(&dir).is_some_and(|k| k.complete_until.is_some_and(|t| t > now) && !k.names.contains_key(name))
+        inner.dirs.get(&dir).is_some_and(|k| k.covered(name, now) && !k.names.contains_key(name))
     }
 
     /// What a fresh listing (or this mount's own change) showed `name` to be.
@@ -88,24 +122,26 @@ impl DirIndex {
         inner.dirs.get(&dir).filter(|k| k.seen_until > now).and_then(|k| k.names.get(name).copied())
     }
 
-    /// Whether a full listing of `dir` would be worth starting now: none is fresh, none
-    /// is running, and the last one did not take longer than it stays fresh (a directory
-    /// too large to list within `stat_cache_ttl` is not listed again for ten times as long
-    /// as that listing took, at least a minute).
-    pub fn wants_listing(&self, dir: u64) -> bool {
+    /// Whether listing `dir` from `name` on would be worth starting now: no fresh listing
+    /// covers `name`, none is running, and the last one did not take longer than it stays
+    /// fresh (such a directory is not listed again for ten times as long as that listing
+    /// took, at least a minute).
+    pub fn wants_listing(&self, dir: u64, name: &str) -> bool {
         if self.ttl.is_zero() {
             return false;
         }
         let now = Instant::now();
         let inner = self.inner.lock();
-        inner.dirs.get(&dir).is_none_or(|k| {
-            k.complete_until.is_none_or(|t| t <= now) && !k.building(now) && k.quiet_until.is_none_or(|t| t <= now)
-        })
+        inner
+            .dirs
+            .get(&dir)
+            .is_none_or(|k| !k.covered(name, now) && !k.building(now) && k.quiet_until.is_none_or(|t| t <= now))
     }
 
-    /// A lookup in `dir` found nothing. Returns whether to list the directory now: on the
-    /// second miss within `stat_cache_ttl`, when [`DirIndex::wants_listing`].
-    pub fn missed(&self, dir: u64) -> bool {
+    /// A lookup of `name` in `dir` found nothing. Returns whether to list the directory
+    /// from `name` on now: on the second miss within `stat_cache_ttl`, when
+    /// [`DirIndex::wants_listing`].
+    pub fn missed(&self, dir: u64, name: &str) -> bool {
         if self.ttl.is_zero() {
             return false;
         }
@@ -125,7 +161,7 @@ impl DirIndex {
                 return false;
             }
         }
-        self.wants_listing(dir)
+        self.wants_listing(dir, name)
     }
 
     /// Records what this mount just did or learned: `name` now is `kind`, or is gone.
@@ -141,9 +177,10 @@ impl DirIndex {
         }
     }
 
-    /// A listing of `dir` starts at its first page; returns its id (`None` when listings
-    /// are not trusted at all). A newer listing replaces one in flight.
-    pub fn begin(&self, dir: u64) -> Option<u64> {
+    /// A listing of `dir` starts, after name `after` (`None`: from the first name);
+    /// returns its id (`None` when listings are not trusted at all). A newer listing
+    /// replaces one in flight.
+    pub fn begin(&self, dir: u64, after: Option<&str>) -> Option<u64> {
         if self.ttl.is_zero() {
             return None;
         }
@@ -152,7 +189,8 @@ impl DirIndex {
         inner.next_build += 1;
         let id = inner.next_build;
         let k = inner.dirs.entry(dir).or_insert_with(|| Known::new(now));
-        k.build = Some(Build { id, started: now, touched: now, names: HashMap::new(), journal: Vec::new() });
+        let after = after.map(str::to_string);
+        k.build = Some(Build { id, after, started: now, touched: now, names: HashMap::new(), journal: Vec::new() });
         Some(id)
     }
 
@@ -174,29 +212,36 @@ impl DirIndex {
         if b.names.len() > cap || k.names.len() > cap {
             k.build = None;
             k.names.clear();
-            k.complete_until = None;
+            k.covers.clear();
             return false;
         }
         true
     }
 
-    /// Listing `id` reached the end of `dir`: what it showed, with this mount's changes
-    /// since it started replayed over it, is now the whole directory.
-    pub fn finish(&self, dir: u64, id: u64) {
+    /// Listing `id` of `dir` ended, at its end (`upto` = `None`) or after the page whose
+    /// last key or common prefix is `upto`: what it showed, with this mount's changes
+    /// since it started replayed over it, is everything in the range it covered.
+    pub fn finish(&self, dir: u64, id: u64, upto: Option<&str>) {
         let mut inner = self.inner.lock();
         let Some(k) = inner.dirs.get_mut(&dir) else { return };
         let Some(b) = k.build.take_if(|b| b.id == id) else { return };
-        let mut names = b.names;
+        let now = Instant::now();
+        let cover = Cover { after: b.after, upto: upto.map(str::to_string), until: b.started + self.ttl };
+        // The listing is the truth for its range; this mount's changes since are newer.
+        k.names.retain(|n, _| !cover.spans(n));
+        k.names.extend(b.names);
         for (name, kind) in b.journal {
             match kind {
-                Some(kind) => names.insert(name, kind),
-                None => names.remove(&name),
+                Some(kind) => k.names.insert(name, kind),
+                None => k.names.remove(&name),
             };
         }
-        k.names = names;
-        k.complete_until = Some(b.started + self.ttl);
-        k.seen_until = b.started + self.ttl;
-        let now = Instant::now();
+        k.covers.retain(|c| c.until > now);
+        k.covers.push(cover);
+        if k.covers.len() > MAX_COVERS {
+            k.covers.remove(0);
+        }
+        k.seen_until = k.seen_until.max(b.started + self.ttl);
         if b.started + self.ttl <= now {
             let took = now - b.started;
             k.quiet_until = Some(now + (took * 10).max(Duration::from_secs(60)));
@@ -235,30 +280,69 @@ mod tests {
     fn a_finished_listing_answers_absent_names() {
         let ix = index();
         assert!(!ix.is_absent(1, "x"), "nothing is known before a listing");
-        let id = ix.begin(1).unwrap();
+        let id = ix.begin(1, None).unwrap();
         assert!(ix.add_page(1, id, [("a", FileKind::File), ("d", FileKind::Dir)]));
         assert!(!ix.is_absent(1, "x"), "an unfinished listing proves nothing absent");
         assert_eq!(ix.kind(1, "a"), Some(FileKind::File), "pages give hints before the end");
-        ix.finish(1, id);
+        ix.finish(1, id, None);
         assert!(ix.is_absent(1, "x"));
         assert!(!ix.is_absent(1, "a"));
         assert!(!ix.is_absent(1, "d"));
         assert!(!ix.is_absent(2, "x"), "another directory is not known");
         assert_eq!(ix.kind(1, "d"), Some(FileKind::Dir));
-        assert!(!ix.wants_listing(1));
-        assert!(ix.wants_listing(2));
+        assert!(!ix.wants_listing(1, "x"));
+        assert!(ix.wants_listing(2, "x"));
+    }
+
+    #[test]
+    fn a_page_listed_from_a_name_covers_its_key_range_only() {
+        let ix = index();
+        let id = ix.begin(1, Some("m")).unwrap();
+        assert!(ix.add_page(1, id, [("n1", FileKind::File), ("p", FileKind::Dir)]));
+        // Truncated after the common prefix `p/`.
+        ix.finish(1, id, Some("p/"));
+        assert!(ix.is_absent(1, "n2"), "inside the range and not listed");
+        assert!(ix.is_absent(1, "o"));
+        assert!(!ix.is_absent(1, "n1"));
+        assert!(!ix.is_absent(1, "p"), "listed as a directory");
+        assert!(!ix.is_absent(1, "m"), "the start itself is not covered");
+        assert!(!ix.is_absent(1, "a"), "before the range");
+        assert!(!ix.is_absent(1, "q"), "after the range");
+        assert!(!ix.is_absent(1, "p0"), "after the range");
+        assert!(!ix.wants_listing(1, "n2"));
+        // A page ending at `n-x` does not show whether keys below `n/` exist.
+        let id = ix.begin(2, Some("a")).unwrap();
+        ix.finish(2, id, Some("n-x"));
+        assert!(ix.is_absent(2, "b"));
+        assert!(!ix.is_absent(2, "n"), "keys under n/ sort after n-x");
+        assert!(ix.wants_listing(2, "n"));
+        let id = ix.begin(1, Some("a")).unwrap();
+        ix.finish(1, id, Some("c"));
+        // The last page of a listing from a name covers everything after it.
+        let id = ix.begin(1, Some("k")).unwrap();
+        ix.add_page(1, id, [("n1", FileKind::File), ("p", FileKind::Dir)]);
+        ix.finish(1, id, None);
+        assert!(ix.is_absent(1, "zzz"));
+        assert!(ix.is_absent(1, "b"), "ranges listed earlier still hold while fresh");
+        assert!(!ix.is_absent(1, "n1"));
+        // A later listing of a range is the truth for that range.
+        let id = ix.begin(1, Some("m")).unwrap();
+        ix.add_page(1, id, [("n2", FileKind::File)]);
+        ix.finish(1, id, Some("n2"));
+        assert!(ix.is_absent(1, "n1"), "gone from the newer listing of its range");
+        assert!(!ix.is_absent(1, "n2"));
     }
 
     #[test]
     fn changes_during_a_listing_are_replayed_over_its_result() {
         let ix = index();
-        let id = ix.begin(1).unwrap();
+        let id = ix.begin(1, None).unwrap();
         assert!(ix.add_page(1, id, [("a", FileKind::File), ("b", FileKind::File)]));
         // Created after its page was listed, and removed after its page was listed.
         ix.record(1, "new", Some(FileKind::File));
         ix.record(1, "b", None);
         assert!(ix.add_page(1, id, [("c", FileKind::File)]));
-        ix.finish(1, id);
+        ix.finish(1, id, None);
         assert!(!ix.is_absent(1, "new"), "a file created during the listing must not be reported absent");
         assert!(ix.is_absent(1, "b"), "a file removed during the listing is absent");
         assert!(!ix.is_absent(1, "c"));
@@ -271,70 +355,70 @@ mod tests {
     #[test]
     fn a_replaced_or_oversized_listing_records_nothing() {
         let ix = index();
-        let old = ix.begin(1).unwrap();
-        let new = ix.begin(1).unwrap();
+        let old = ix.begin(1, None).unwrap();
+        let new = ix.begin(1, None).unwrap();
         assert!(!ix.add_page(1, old, [("a", FileKind::File)]), "the older listing must stop");
-        ix.finish(1, old);
+        ix.finish(1, old, None);
         assert!(!ix.is_absent(1, "x"), "a replaced listing must not complete the directory");
         let many: Vec<String> = (0..1001).map(|i| format!("f{i}")).collect();
         assert!(!ix.add_page(1, new, many.iter().map(|n| (n.as_str(), FileKind::File))), "over the cap");
-        ix.finish(1, new);
+        ix.finish(1, new, None);
         assert!(!ix.is_absent(1, "x"));
-        assert!(ix.wants_listing(1));
+        assert!(ix.wants_listing(1, "x"));
     }
 
     #[test]
     fn listings_are_not_trusted_with_a_zero_ttl_or_after_it() {
         let off = DirIndex::new(Duration::ZERO, 1000);
-        assert!(off.begin(1).is_none());
-        assert!(!off.wants_listing(1));
+        assert!(off.begin(1, None).is_none());
+        assert!(!off.wants_listing(1, "x"));
         let short = DirIndex::new(Duration::from_millis(30), 1000);
-        let id = short.begin(1).unwrap();
+        let id = short.begin(1, None).unwrap();
         short.add_page(1, id, [("a", FileKind::File)]);
-        short.finish(1, id);
+        short.finish(1, id, None);
         assert!(short.is_absent(1, "x"));
         std::thread::sleep(Duration::from_millis(50));
         assert!(!short.is_absent(1, "x"), "an expired listing proves nothing");
         assert_eq!(short.kind(1, "a"), None);
-        assert!(short.wants_listing(1));
+        assert!(short.wants_listing(1, "x"));
     }
 
     #[test]
     fn the_second_miss_in_a_directory_starts_a_listing() {
         let ix = index();
-        assert!(!ix.missed(1), "one miss is not worth a listing");
-        assert!(!ix.missed(2));
-        assert!(ix.missed(1));
-        let id = ix.begin(1).unwrap();
-        assert!(!ix.missed(1), "not while one runs");
-        ix.finish(1, id);
-        assert!(!ix.missed(1), "not while one is fresh");
+        assert!(!ix.missed(1, "x"), "one miss is not worth a listing");
+        assert!(!ix.missed(2, "x"));
+        assert!(ix.missed(1, "x"));
+        let id = ix.begin(1, None).unwrap();
+        assert!(!ix.missed(1, "x"), "not while one runs");
+        ix.finish(1, id, None);
+        assert!(!ix.missed(1, "x"), "not while one is fresh");
         let short = DirIndex::new(Duration::from_millis(20), 1000);
-        assert!(!short.missed(1));
+        assert!(!short.missed(1, "x"));
         std::thread::sleep(Duration::from_millis(30));
-        assert!(!short.missed(1), "misses further apart than the TTL are no pattern");
+        assert!(!short.missed(1, "x"), "misses further apart than the TTL are no pattern");
     }
 
     #[test]
     fn a_directory_slower_to_list_than_the_ttl_is_not_listed_again_soon() {
         let ix = DirIndex::new(Duration::from_millis(20), 1000);
-        let id = ix.begin(1).unwrap();
+        let id = ix.begin(1, None).unwrap();
         ix.add_page(1, id, [("a", FileKind::File)]);
         std::thread::sleep(Duration::from_millis(30));
-        ix.finish(1, id);
+        ix.finish(1, id, None);
         assert!(!ix.is_absent(1, "x"), "born expired");
-        assert!(!ix.wants_listing(1), "a listing that cannot pay off is not repeated at once");
-        assert!(ix.wants_listing(2));
+        assert!(!ix.wants_listing(1, "x"), "a listing that cannot pay off is not repeated at once");
+        assert!(ix.wants_listing(2, "x"));
     }
 
     #[test]
     fn finishing_a_listing_evicts_other_directories_over_the_cap() {
         let ix = index();
         for dir in 1..=3u64 {
-            let id = ix.begin(dir).unwrap();
+            let id = ix.begin(dir, None).unwrap();
             let names: Vec<String> = (0..400).map(|i| format!("f{i}")).collect();
             assert!(ix.add_page(dir, id, names.iter().map(|n| (n.as_str(), FileKind::File))));
-            ix.finish(dir, id);
+            ix.finish(dir, id, None);
         }
         assert!(ix.is_absent(3, "x"), "the newest directory is kept");
         assert!(!ix.is_absent(1, "x"), "the oldest directory was evicted to stay under the cap");

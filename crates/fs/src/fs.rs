@@ -378,27 +378,34 @@ impl Fs {
                 let until = (!ttl.is_zero()).then(|| Instant::now() + ttl);
                 self.table.lock().remove_name(parent, name, until);
                 self.index.record(parent, name, None);
-                self.list_in_background(&p);
+                self.list_in_background(&p, name);
                 Err(Errno::ENOENT)
             }
         }
     }
 
     /// After lookups of names that do not exist (the second within `stat_cache_ttl`),
-    /// lists the whole directory in the background: the next new names in it (a program
-    /// creating files) are then known absent without a HEAD and a LIST each. One listing
-    /// per directory at a time, and none while a fresh one is known.
-    fn list_in_background(&self, dir: &Inode) {
-        if !self.index.missed(dir.ino) {
+    /// lists the directory's first page and, when there are more and the name is not in
+    /// that one, a page from the missed name on, in the background: the next new names
+    /// (a program creating files, whose names usually sort together) are then known absent
+    /// without a HEAD and a LIST each. At most two requests however large the directory;
+    /// one listing per directory at a time, and none while a fresh one covers the name.
+    fn list_in_background(&self, dir: &Inode, name: &str) {
+        if !self.index.missed(dir.ino, name) {
             return;
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         let key = self.key(&dir.path, FileKind::Dir);
-        let mut stream = DirStream::new(self.store.clone(), self.cfg.bucket.clone(), key, dir.ino == ROOT_INO)
-            .recording(self.index.clone(), dir.ino);
-        let ino = dir.ino;
+        let (store, bucket, index) = (self.store.clone(), self.cfg.bucket.clone(), self.index.clone());
+        let (ino, hide_marker, name) = (dir.ino, dir.ino == ROOT_INO, name.to_string());
         rt.spawn(async move {
-            if let Err(e) = stream.record_all().await {
+            let stream = || DirStream::new(store.clone(), bucket.clone(), key.clone(), hide_marker);
+            let mut first = stream().recording(index.clone(), ino);
+            let mut res = first.record_page().await;
+            if res.is_ok() && !first.complete() && index.wants_listing(ino, &name) {
+                res = stream().recording(index, ino).after(&name).record_page().await;
+            }
+            if let Err(e) = res {
                 tracing::debug!(dir = ino, error = %e, "background listing failed; lookups ask the store");
             }
         });
@@ -811,7 +818,11 @@ impl Fs {
             *base = writer.size();
             let ino = *ino;
             drop(g);
-            self.update_attr(ino, |i| i.expires = Instant::now() + self.cfg.options.stat_cache_ttl)?;
+            let i = self.update_attr(ino, |i| i.expires = Instant::now() + self.cfg.options.stat_cache_ttl)?;
+            // The object exists from now on: a listing that ran since the create did not see it.
+            if let Some(i) = self.table.lock().get(i.ino) {
+                self.index.record(i.parent, &i.name, Some(FileKind::File));
+            }
         }
         Ok(())
     }
