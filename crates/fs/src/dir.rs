@@ -90,6 +90,11 @@ impl DirStream {
         let first_page = req.continuation.is_none();
         if first_page {
             req.start_after = self.after.as_ref().map(|n| format!("{}{n}", self.dir_key));
+            // Registered before the request: changes made while it is in flight are
+            // journaled, and no second listing of the directory starts meanwhile.
+            if let Some((index, dir)) = &self.index {
+                self.build = index.begin(*dir, self.after.as_deref());
+            }
         }
         let page = self.store.list(&self.bucket, &req).await.map_err(|e| store_errno("readdir", &e))?;
         self.started = true;
@@ -126,9 +131,6 @@ impl DirStream {
         self.token = page.next_continuation;
         self.done = self.token.is_none();
         if let Some((index, dir)) = &self.index {
-            if first_page {
-                self.build = index.begin(*dir, self.after.as_deref());
-            }
             if let Some(id) = self.build {
                 let recorded = index.add_page(*dir, id, out.iter().map(|e| (e.name.as_str(), e.kind)));
                 if recorded && self.done {

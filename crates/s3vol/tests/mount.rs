@@ -549,6 +549,30 @@ fn creating_many_files_lists_the_directory_once() {
     assert!(!m.sh("test -e new7").status.success());
 }
 
+/// Lookups that miss while a background listing is in flight wait for it instead of
+/// starting more: one listing (at most two pages) per directory at a time.
+#[test]
+fn misses_during_a_listing_start_no_second_one() {
+    if !can_mount() {
+        return;
+    }
+    let e = env();
+    for i in 0..1500 {
+        e.srv.backend.put("bkt", &format!("sl/old{i:05}"), b"x", &[]);
+    }
+    let m = mount(&e, "s3://bkt/sl", &["stat_cache_ttl=60"]);
+    e.srv.control.reset_counts();
+    e.srv.control.set_latency(Duration::from_millis(60));
+    m.ok("for n in zz1 zz2 zz3 zz4 zz5 zz6 zz7 zz8; do test -e $n && exit 1; done; true");
+    std::thread::sleep(Duration::from_millis(400));
+    e.srv.control.set_latency(Duration::ZERO);
+    let c = e.srv.control.counts();
+    let (heads, lists) = (c["HeadObject"], c["ListObjectsV2"]);
+    // Each foreground miss is a HEAD and a LIST; the rest are the background listing.
+    assert!(lists - heads <= 2, "more than one background listing: {c:?}");
+    assert!(heads < 8, "later misses were not answered from the listing: {c:?}");
+}
+
 fn metrics_text(addr: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
