@@ -35,9 +35,10 @@ struct Inner {
     next_build: u64,
 }
 
-/// Misses in one directory, within `stat_cache_ttl`, that start a listing of it: a single
-/// miss (before writing one file) does not pay for listing a large directory.
-const MISSES_BEFORE_LISTING: u32 = 2;
+/// From this `stat_cache_ttl` on, a listing is trusted long enough to pay for itself after
+/// one missed lookup; below it, only a second miss within the TTL (a burst of new names)
+/// starts one.
+const LONG_TTL: Duration = Duration::from_secs(10);
 
 struct Known {
     names: HashMap<String, FileKind>,
@@ -139,8 +140,8 @@ impl DirIndex {
     }
 
     /// A lookup of `name` in `dir` found nothing. Returns whether to list the directory
-    /// from `name` on now: on the second miss within `stat_cache_ttl`, when
-    /// [`DirIndex::wants_listing`].
+    /// now: when [`DirIndex::wants_listing`], at the first miss with a `stat_cache_ttl` of
+    /// 10 s or more, else at the second miss within the TTL.
     pub fn missed(&self, dir: u64, name: &str) -> bool {
         if self.ttl.is_zero() {
             return false;
@@ -157,11 +158,19 @@ impl DirIndex {
                 *run = (now, 0);
             }
             run.1 += 1;
-            if run.1 < MISSES_BEFORE_LISTING {
+            if run.1 < if ttl >= LONG_TTL { 1 } else { 2 } {
                 return false;
             }
         }
         self.wants_listing(dir, name)
+    }
+
+    /// Whether a fresh listing of the directory's first page is held (a listing for a
+    /// missed name then needs only the page from that name).
+    pub fn has_first_page(&self, dir: u64) -> bool {
+        let now = Instant::now();
+        let inner = self.inner.lock();
+        inner.dirs.get(&dir).is_some_and(|k| k.covers.iter().any(|c| c.after.is_none() && c.until > now))
     }
 
     /// Records what this mount just did or learned: `name` now is `kind`, or is gone.
@@ -384,15 +393,20 @@ mod tests {
     }
 
     #[test]
-    fn the_second_miss_in_a_directory_starts_a_listing() {
-        let ix = index();
+    fn a_miss_starts_a_listing_the_second_with_a_short_ttl() {
+        let long = index();
+        assert!(long.missed(1, "x"), "with a long TTL the first miss lists");
+        let ix = DirIndex::new(Duration::from_secs(5), 1000);
         assert!(!ix.missed(1, "x"), "one miss is not worth a listing");
         assert!(!ix.missed(2, "x"));
         assert!(ix.missed(1, "x"));
         let id = ix.begin(1, None).unwrap();
         assert!(!ix.missed(1, "x"), "not while one runs");
-        ix.finish(1, id, None);
-        assert!(!ix.missed(1, "x"), "not while one is fresh");
+        assert!(!ix.has_first_page(1));
+        ix.finish(1, id, Some("m"));
+        assert!(ix.has_first_page(1));
+        assert!(!ix.missed(1, "c"), "not while one covers the name");
+        assert!(ix.missed(1, "x"), "a name after the listed range");
         let short = DirIndex::new(Duration::from_millis(20), 1000);
         assert!(!short.missed(1, "x"));
         std::thread::sleep(Duration::from_millis(30));

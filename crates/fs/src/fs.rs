@@ -384,9 +384,9 @@ impl Fs {
         }
     }
 
-    /// After lookups of names that do not exist (the second within `stat_cache_ttl`),
-    /// lists the directory's first page and, when there are more and the name is not in
-    /// that one, a page from the missed name on, in the background: the next new names
+    /// After a lookup of a name that does not exist (see [`DirIndex::missed`]), lists the
+    /// directory's first page (unless a fresh one is held) and, when the name is not in
+    /// its range, a page from the missed name on, in the background: the next new names
     /// (a program creating files, whose names usually sort together) are then known absent
     /// without a HEAD and a LIST each. At most two requests however large the directory;
     /// one listing per directory at a time, and none while a fresh one covers the name.
@@ -400,9 +400,12 @@ impl Fs {
         let (ino, hide_marker, name) = (dir.ino, dir.ino == ROOT_INO, name.to_string());
         rt.spawn(async move {
             let stream = || DirStream::new(store.clone(), bucket.clone(), key.clone(), hide_marker);
-            let mut first = stream().recording(index.clone(), ino);
-            let mut res = first.record_page().await;
-            if res.is_ok() && !first.complete() && index.wants_listing(ino, &name) {
+            let mut res = Ok(());
+            if !index.has_first_page(ino) {
+                let mut first = stream().recording(index.clone(), ino);
+                res = first.record_page().await;
+            }
+            if res.is_ok() && index.wants_listing(ino, &name) {
                 res = stream().recording(index, ino).after(&name).record_page().await;
             }
             if let Err(e) = res {

@@ -526,8 +526,8 @@ fn creating_many_files_lists_the_directory_once() {
     let m = mount(&e, "s3://bkt/cr", &["stat_cache_ttl=60"]);
     e.srv.control.reset_counts();
     m.ok("echo first > first; echo second > second");
-    // Each miss asked HEAD + LIST; the second listed in the background the directory's
-    // first page (which holds the place of new*) and a page from `second` on.
+    // Each miss asked HEAD + LIST and listed one page in the background: the directory's
+    // first page (which holds the place of new*), then a page from `second` on.
     let deadline = Instant::now() + Duration::from_secs(10);
     while e.srv.control.count("ListObjectsV2") < 4 {
         assert!(Instant::now() < deadline, "no background listing: {:?}", e.srv.control.counts());
