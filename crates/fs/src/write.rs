@@ -34,7 +34,30 @@ struct Streaming {
     upload_id: Option<String>,
     next_part: i32,
     parts: Vec<CompletedPart>,
-    inflight: JoinSet<StoreResult<CompletedPart>>,
+    /// Part uploads in flight; each hands its buffer back when done.
+    inflight: JoinSet<(StoreResult<CompletedPart>, Bytes)>,
+    /// Buffers of uploaded parts, reused for the next parts: no fresh memory (page faults,
+    /// zeroing) per part, and at most `upload_concurrency + 1` part buffers per file.
+    spare: Vec<BytesMut>,
+}
+
+impl Streaming {
+    /// Takes the result of a finished part upload, keeping its buffer for reuse.
+    fn finished(
+        &mut self,
+        res: Result<(StoreResult<CompletedPart>, Bytes), tokio::task::JoinError>,
+        keep: usize,
+    ) -> FsResult<()> {
+        let (res, body) = res.map_err(|_| Errno::EIO)?;
+        if let Ok(mut buf) = body.try_into_mut() {
+            if self.spare.len() < keep {
+                buf.clear();
+                self.spare.push(buf);
+            }
+        }
+        self.parts.push(res.map_err(|e| store_errno("write", &e))?);
+        Ok(())
+    }
 }
 
 struct Staged {
@@ -84,6 +107,7 @@ impl Writer {
             next_part: 1,
             parts: Vec::new(),
             inflight: JoinSet::new(),
+            spare: Vec::new(),
         });
         Writer { store, bucket, key, put, cfg, mode, size: 0, dirty: true, failed: None }
     }
@@ -168,17 +192,26 @@ impl Writer {
                 self.cfg.clone(),
             );
         }
-        if let Mode::Streaming(s) = &mut self.mode {
-            if off == self.size {
-                s.buf.extend_from_slice(data);
-                self.size += data.len() as u64;
+        if matches!(self.mode, Mode::Streaming(_)) && off == self.size {
+            // Fill each part buffer exactly, so a full part leaves as a buffer of its own.
+            let part = self.cfg.part_size.max(1) as usize;
+            let mut rest = data;
+            while !rest.is_empty() {
+                let Mode::Streaming(s) = &mut self.mode else { unreachable!("checked above") };
+                if s.buf.is_empty() && s.buf.capacity() < part {
+                    s.buf = s.spare.pop().unwrap_or_else(|| BytesMut::with_capacity(part));
+                }
+                let take = part.saturating_sub(s.buf.len()).max(1).min(rest.len());
+                s.buf.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                self.size += take as u64;
                 self.dirty = true;
                 if let Err(e) = self.pump(false).await {
                     self.failed = Some(e);
                     return Err(e);
                 }
-                return Ok(data.len() as u32);
             }
+            return Ok(data.len() as u32);
         }
         self.stage().await?;
         let Mode::Staged(st) = &self.mode else { unreachable!("staged above") };
@@ -249,7 +282,9 @@ impl Writer {
                     .map_err(|e| store_errno("write", &e))?;
                 s.upload_id = Some(id);
             }
-            let body = s.buf.split_to(part).freeze();
+            // A buffer that is exactly one part leaves whole (and comes back for reuse).
+            let body =
+                if s.buf.len() == part { std::mem::take(&mut s.buf).freeze() } else { s.buf.split_to(part).freeze() };
             let (store, bucket, key, id, n) = (
                 self.store.clone(),
                 self.bucket.clone(),
@@ -258,16 +293,19 @@ impl Writer {
                 s.next_part,
             );
             s.next_part += 1;
-            s.inflight.spawn(async move { store.upload_part(&bucket, &key, &id, n, body).await });
+            s.inflight.spawn(async move {
+                let keep = body.clone();
+                (store.upload_part(&bucket, &key, &id, n, body).await, keep)
+            });
             // Wait for whichever part finishes first, so one slow part does not stall the rest.
             while s.inflight.len() >= self.cfg.concurrency {
                 let h = s.inflight.join_next().await.expect("non-empty");
-                s.parts.push(join_part(h).await?);
+                s.finished(h, self.cfg.concurrency)?;
             }
         }
         if all {
             while let Some(h) = s.inflight.join_next().await {
-                s.parts.push(join_part(h).await?);
+                s.finished(h, self.cfg.concurrency)?;
             }
         }
         Ok(())

@@ -525,15 +525,20 @@ fn creating_many_files_lists_the_directory_once() {
     }
     let m = mount(&e, "s3://bkt/cr", &["stat_cache_ttl=60"]);
     e.srv.control.reset_counts();
-    m.ok("echo first > first; echo second > second");
+    let settle = |lists: u64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while e.srv.control.count("ListObjectsV2") < lists {
+            assert!(Instant::now() < deadline, "no background listing: {:?}", e.srv.control.counts());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     // Each miss asked HEAD + LIST and listed one page in the background: the directory's
     // first page (which holds the place of new*), then a page from `second` on.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while e.srv.control.count("ListObjectsV2") < 4 {
-        assert!(Instant::now() < deadline, "no background listing: {:?}", e.srv.control.counts());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(100));
+    m.ok("echo first > first");
+    settle(2);
+    m.ok("echo second > second");
+    settle(4);
     let before = e.srv.control.counts();
     // One open, write, close per file (a shell redirection or dd would dup the descriptor
     // and close it once empty: a second, empty PUT).
