@@ -5,7 +5,9 @@
 # Usage: bench/run.sh            (as root; needs s3s-fs, python3 + boto3; s3fs/rclone optional)
 # Env:   SERVER=s3s-fs|moto  SIZE_MB=1024  RUNS=1 (3 for the published numbers)
 #        CLIENTS="s3vol s3fs rclone"  SHARED_BENCH=../shared/bench
-#        S3VOL_OPTS=part_size=16,upload_concurrency=8,list_attrs  (s3vol's -o options)
+#        S3VOL_OPTS=part_size=16,upload_concurrency=8,list_attrs,stat_cache_ttl=60  (s3vol's -o
+#        options; the metadata TTL is 60 s where s3fs keeps its stat cache 900 s and rclone its
+#        directory cache 5 min by default)
 # Install the peers once: apt-get install s3fs rclone fuse3;
 #   cargo install s3s-fs --version 0.14.1 --features binary --locked; pip install boto3
 set -euo pipefail
@@ -16,7 +18,7 @@ export RUNS=${RUNS:-1} SIZE_MB=${SIZE_MB:-1024}
 export RESULTS=${RESULTS:-/tmp/bench/results-$(date +%Y%m%d-%H%M%S)}
 SERVER=${SERVER:-s3s-fs}
 CLIENTS=${CLIENTS:-"s3vol s3fs rclone"}
-S3VOL_OPTS=${S3VOL_OPTS:-part_size=16,upload_concurrency=8,list_attrs}
+S3VOL_OPTS=${S3VOL_OPTS:-part_size=16,upload_concurrency=8,list_attrs,stat_cache_ttl=60}
 mkdir -p "$RESULTS"
 
 cargo build --release -p s3vol --manifest-path "$ROOT/Cargo.toml" >&2
