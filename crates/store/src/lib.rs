@@ -34,6 +34,6 @@ pub use error::{ErrorKind, StoreError, StoreResult};
 pub use file::FileStore;
 pub use location::{normalize_prefix, Location, StoreKind};
 pub use memory::MemoryStore;
-pub use s3::{AddressingStyle, S3Config, S3Store};
+pub use s3::{signs_payload, AddressingStyle, S3Config, S3Store};
 pub use store::{collect_body, BodyStream, GetResponse, ObjectStore};
 pub use types::{CompletedPart, ListPage, ListRequest, ListedObject, ObjectMeta, PutOptions};

@@ -68,6 +68,15 @@ pub struct S3Config {
     pub copy_part_size: u64,
     /// List with ListObjects (v1) instead of ListObjectsV2, for stores without V2.
     pub list_v1: bool,
+    /// Sign the body of uploads (SHA-256 of every byte, on both sides). `None`: only over
+    /// plain HTTP, where nothing else protects the data; over HTTPS, TLS does, and the
+    /// unsigned payload saves the hashing as the AWS SDKs do.
+    pub sign_payload: Option<bool>,
+}
+
+/// Whether uploads to `endpoint` sign their body, per [`S3Config::sign_payload`].
+pub fn signs_payload(endpoint: Option<&str>, choice: Option<bool>) -> bool {
+    choice.unwrap_or_else(|| endpoint.is_some_and(|e| !e.trim_start().to_ascii_lowercase().starts_with("https://")))
 }
 
 impl S3Config {
@@ -83,6 +92,7 @@ impl S3Config {
             max_attempts: 3,
             copy_part_size: 512 << 20,
             list_v1: false,
+            sign_payload: None,
         }
     }
 }
@@ -113,6 +123,7 @@ pub struct S3Store {
     describe: String,
     copy_part_size: u64,
     list_v1: bool,
+    sign_payload: bool,
 }
 
 impl S3Store {
@@ -155,6 +166,7 @@ impl S3Store {
             describe,
             copy_part_size: cfg.copy_part_size.max(5 << 20),
             list_v1: cfg.list_v1,
+            sign_payload: signs_payload(cfg.endpoint.as_deref(), cfg.sign_payload),
         })
     }
 }
@@ -426,7 +438,10 @@ impl ObjectStore for S3Store {
     async fn put_object(&self, bucket: &str, key: &str, body: Bytes, opts: &PutOptions) -> StoreResult<()> {
         let len = body.len() as i64;
         let req = self.client.put_object().bucket(bucket).key(key).content_length(len).body(ByteStream::from(body));
-        with_put_options!(req, opts).send().await.map_err(|e| map_err(format_args!("PUT {bucket}/{key}"), e))?;
+        let req = with_put_options!(req, opts);
+        let res =
+            if self.sign_payload { req.send().await } else { req.customize().disable_payload_signing().send().await };
+        res.map_err(|e| map_err(format_args!("PUT {bucket}/{key}"), e))?;
         Ok(())
     }
 
@@ -453,7 +468,7 @@ impl ObjectStore for S3Store {
         body: Bytes,
     ) -> StoreResult<CompletedPart> {
         let len = body.len() as i64;
-        let out = self
+        let req = self
             .client
             .upload_part()
             .bucket(bucket)
@@ -461,10 +476,10 @@ impl ObjectStore for S3Store {
             .upload_id(upload_id)
             .part_number(part_number)
             .content_length(len)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| map_err(format_args!("UploadPart {bucket}/{key} #{part_number}"), e))?;
+            .body(ByteStream::from(body));
+        let res =
+            if self.sign_payload { req.send().await } else { req.customize().disable_payload_signing().send().await };
+        let out = res.map_err(|e| map_err(format_args!("UploadPart {bucket}/{key} #{part_number}"), e))?;
         Ok(CompletedPart { part_number, etag: out.e_tag().unwrap_or("").to_string() })
     }
 

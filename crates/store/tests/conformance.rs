@@ -185,6 +185,32 @@ async fn s3_store_against_moto() {
     check(&s, &bucket, false).await;
 }
 
+/// Over plain HTTP upload bodies are signed; with signing off (the default over HTTPS)
+/// they go as UNSIGNED-PAYLOAD, which the store accepts, and content arrives intact.
+#[tokio::test]
+async fn upload_bodies_are_signed_only_where_nothing_else_protects_them() {
+    assert!(s3vol_store::signs_payload(Some("http://minio:9000"), None));
+    assert!(!s3vol_store::signs_payload(Some("HTTPS://s3.example.com"), None));
+    assert!(!s3vol_store::signs_payload(None, None), "the AWS default endpoint is HTTPS");
+    assert!(s3vol_store::signs_payload(Some("https://x"), Some(true)));
+    let srv = TestS3::start().await.unwrap();
+    let signed = s3_store(&srv.endpoint(), s3vol_testkit::ACCESS_KEY, s3vol_testkit::SECRET_KEY).await;
+    signed.create_bucket("signing").await.unwrap();
+    signed.put_object("signing", "a", Bytes::from_static(b"signed"), &PutOptions::default()).await.unwrap();
+    assert_eq!(srv.control.count("UnsignedPayload"), 0);
+    let mut cfg =
+        S3Config::new(Some(srv.endpoint()), "us-east-1", creds(s3vol_testkit::ACCESS_KEY, s3vol_testkit::SECRET_KEY));
+    cfg.sign_payload = Some(false);
+    let unsigned = S3Store::new(cfg).await.unwrap();
+    unsigned.put_object("signing", "b", Bytes::from_static(b"unsigned"), &PutOptions::default()).await.unwrap();
+    let id = unsigned.create_multipart("signing", "c", &PutOptions::default()).await.unwrap();
+    let part = unsigned.upload_part("signing", "c", &id, 1, Bytes::from(vec![7u8; 1000])).await.unwrap();
+    unsigned.complete_multipart("signing", "c", &id, vec![part]).await.unwrap();
+    assert_eq!(srv.control.count("UnsignedPayload"), 2, "PutObject and UploadPart unsigned");
+    assert_eq!(&get_all(&unsigned, "signing", "b", None).await[..], b"unsigned");
+    assert_eq!(get_all(&unsigned, "signing", "c", None).await.len(), 1000);
+}
+
 #[tokio::test]
 async fn s3_store_with_list_objects_v1() {
     let srv = TestS3::start().await.unwrap();

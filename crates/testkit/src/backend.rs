@@ -216,6 +216,13 @@ impl Backend {
         Ok(page)
     }
 
+    /// Counts uploads whose body was sent unsigned (`x-amz-content-sha256: UNSIGNED-PAYLOAD`).
+    fn note_payload_signing(&self, headers: &http::HeaderMap) {
+        if headers.get("x-amz-content-sha256").is_some_and(|v| v == "UNSIGNED-PAYLOAD") {
+            self.control.note("UnsignedPayload");
+        }
+    }
+
     async fn enter(&self, op: &str) -> S3Result<()> {
         let lat = self.control.latency();
         if !lat.is_zero() {
@@ -297,6 +304,7 @@ impl S3 for Backend {
 
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> R<PutObjectOutput> {
         self.enter("PutObject").await?;
+        self.note_payload_signing(&req.headers);
         let i = req.input;
         let data = read_body(i.body).await?;
         let etag = md5_hex(&data);
@@ -485,6 +493,7 @@ impl S3 for Backend {
 
     async fn upload_part(&self, req: S3Request<UploadPartInput>) -> R<UploadPartOutput> {
         self.enter("UploadPart").await?;
+        self.note_payload_signing(&req.headers);
         let i = req.input;
         let data = read_body(i.body).await?;
         let etag = md5_hex(&data);

@@ -116,6 +116,11 @@ impl Control {
     }
 
     /// Counts a request of `op` and returns the injected error for it, if any.
+    /// Counts something seen in a request (`UnsignedPayload`), readable with `count`.
+    pub(crate) fn note(&self, what: &str) {
+        *self.state.lock().counters.entry(what.to_string()).or_default() += 1;
+    }
+
     pub(crate) fn enter(&self, op: &str) -> S3Result<()> {
         let mut st = self.state.lock();
         *st.counters.entry(op.to_string()).or_default() += 1;
