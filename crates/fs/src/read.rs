@@ -109,16 +109,24 @@ impl Reader {
             return Ok(Bytes::new());
         }
         let end = (off + len as u64).min(self.size);
-        let sequential = self.last_end == Some(off) || self.covered(off);
+        // The kernel's read-ahead sends several reads at once and they can arrive out of
+        // order: a read a little behind the window is served on its own, one a little
+        // ahead extends it; neither counts as a jump that ends the sequential stream.
+        let behind = self.chunks.front().is_some_and(|c| off < c.start && c.start - off <= self.max_window);
+        if behind {
+            return self.fetch_exact(off, end).await;
+        }
+        let ahead = !self.chunks.is_empty() && off >= self.scheduled_end && off - self.scheduled_end <= self.max_window;
+        // Within a few reads of the previous one: a stream whose reads were reordered.
+        let near = self.last_end.is_some_and(|e| off.abs_diff(e) <= 4 * u64::from(len));
+        let sequential = near || self.covered(off) || ahead;
         self.last_end = Some(end);
         if !sequential {
             // Random access: exactly the bytes asked for, no prefetch.
             self.reset();
-            return fetch(self.store.clone(), self.bucket.clone(), self.key.clone(), off, end)
-                .await
-                .map_err(|e| store_errno("read", &e));
+            return self.fetch_exact(off, end).await;
         }
-        if !self.covered(off) {
+        if !self.covered(off) && !ahead {
             self.reset();
         }
         // Drop chunks the reader has moved past (one kept behind for reordered reads).
@@ -160,6 +168,13 @@ impl Reader {
 }
 
 impl Reader {
+    /// Exactly the bytes asked for, in one GET.
+    async fn fetch_exact(&self, off: u64, end: u64) -> FsResult<Bytes> {
+        fetch(self.store.clone(), self.bucket.clone(), self.key.clone(), off, end)
+            .await
+            .map_err(|e| store_errno("read", &e))
+    }
+
     /// The data of chunk `i`, once its GET is done.
     async fn ready(&mut self, i: usize) -> FsResult<Bytes> {
         Self::wait(&mut self.chunks[i]).await
@@ -182,5 +197,35 @@ impl Reader {
 impl Drop for Reader {
     fn drop(&mut self) {
         self.reset();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use s3vol_store::{CountingStore, MemoryStore, PutOptions};
+
+    /// The kernel's read-ahead has several reads in flight; they reach the reader out of
+    /// order. The stream must stay sequential: large prefetch GETs, not one GET per read.
+    #[tokio::test]
+    async fn reordered_sequential_reads_keep_prefetching() {
+        const MIB: u64 = 1 << 20;
+        let size = 64 * MIB;
+        let mem = Arc::new(MemoryStore::with_buckets(&["b"]));
+        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        mem.put_object("b", "k", Bytes::from(data.clone()), &PutOptions::default()).await.unwrap();
+        let counting = Arc::new(CountingStore::new(mem, "t"));
+        let counts = counting.counts();
+        let mut r = Reader::new(counting, "b".into(), "k".into(), size, 16 * MIB);
+        // Groups of four 1 MiB reads arrive as 2, 0, 3, 1.
+        for group in 0..size / (4 * MIB) {
+            for i in [2, 0, 3, 1] {
+                let off = (group * 4 + i) * MIB;
+                let got = r.read(off, MIB as u32).await.unwrap();
+                assert_eq!(&got[..], &data[off as usize..(off + MIB) as usize], "at {off}");
+            }
+        }
+        let gets = counts.get("GetObject");
+        assert!(gets <= 24, "{gets} GETs for 64 reads: the stream fell back to one GET per read");
     }
 }
