@@ -24,6 +24,15 @@ fn can_mount() -> bool {
     ok
 }
 
+/// A test server holding `n` one-byte objects `{stem}00000`, `{stem}00001`, ... in `bkt`.
+fn env_with_objects(stem: &str, n: usize) -> Env {
+    let e = env();
+    for i in 0..n {
+        e.srv.backend.put("bkt", &format!("{stem}{i:05}"), b"x", &[]);
+    }
+    e
+}
+
 fn env() -> Env {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let srv = rt.block_on(TestS3::start()).unwrap();
@@ -498,10 +507,7 @@ fn ls_l_costs_one_list_per_page_and_nothing_when_warm() {
     if !can_mount() {
         return;
     }
-    let e = env();
-    for i in 0..2500 {
-        e.srv.backend.put("bkt", &format!("many/f{i:05}"), b"x", &[]);
-    }
+    let e = env_with_objects("many/f", 2500);
     let m = mount(&e, "s3://bkt/many", &["list_attrs"]);
     e.srv.control.reset_counts();
     assert_eq!(m.ok("ls -l | grep -c '^-'"), "2500\n");
@@ -519,10 +525,7 @@ fn creating_many_files_lists_the_directory_once() {
     if !can_mount() {
         return;
     }
-    let e = env();
-    for i in 0..1500 {
-        e.srv.backend.put("bkt", &format!("cr/old{i:05}"), b"x", &[]);
-    }
+    let e = env_with_objects("cr/old", 1500);
     let m = mount(&e, "s3://bkt/cr", &["stat_cache_ttl=60"]);
     e.srv.control.reset_counts();
     let settle = |lists: u64| {
@@ -554,17 +557,14 @@ fn creating_many_files_lists_the_directory_once() {
     assert!(!m.sh("test -e new7").status.success());
 }
 
-/// Lookups that miss while a background listing is in flight wait for it instead of
-/// starting more: one listing (at most two pages) per directory at a time.
+/// Lookups that miss while a background listing is in flight start no other listing:
+/// one (at most two pages) per directory at a time.
 #[test]
 fn misses_during_a_listing_start_no_second_one() {
     if !can_mount() {
         return;
     }
-    let e = env();
-    for i in 0..1500 {
-        e.srv.backend.put("bkt", &format!("sl/old{i:05}"), b"x", &[]);
-    }
+    let e = env_with_objects("sl/old", 1500);
     let m = mount(&e, "s3://bkt/sl", &["stat_cache_ttl=60"]);
     e.srv.control.reset_counts();
     e.srv.control.set_latency(Duration::from_millis(60));
