@@ -29,11 +29,22 @@ impl FuseAdapter {
         FuseAdapter { fs, rt }
     }
 
+    /// Runs one request. Most finish without waiting for the store (a cached lookup, a
+    /// write into the part buffer, a read from prefetched data): those run right here on
+    /// the session thread and answer the kernel without waking a worker thread. A request
+    /// that has to wait continues as a task on the runtime, so the session thread never
+    /// waits for the network.
     fn run<F>(&self, fut: F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        self.rt.spawn(fut);
+        let _in_runtime = self.rt.enter();
+        let mut fut = Box::pin(fut);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if fut.as_mut().poll(&mut cx).is_pending() {
+            // Polled again by the runtime at once, with a waker that counts.
+            self.rt.spawn(fut);
+        }
     }
 }
 
