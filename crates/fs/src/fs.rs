@@ -821,10 +821,14 @@ impl Fs {
             *base = writer.size();
             let ino = *ino;
             drop(g);
-            let i = self.update_attr(ino, |i| i.expires = Instant::now() + self.cfg.options.stat_cache_ttl)?;
+            let mut place = None;
+            self.update_attr(ino, |i| {
+                i.expires = Instant::now() + self.cfg.options.stat_cache_ttl;
+                place = Some((i.parent, i.name.clone()));
+            })?;
             // The object exists from now on: a listing that ran since the create did not see it.
-            if let Some(i) = self.table.lock().get(i.ino) {
-                self.index.record(i.parent, &i.name, Some(FileKind::File));
+            if let Some((parent, name)) = place {
+                self.index.record(parent, &name, Some(FileKind::File));
             }
         }
         Ok(())
