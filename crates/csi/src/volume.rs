@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use s3vol_fs::MountOptions;
+use s3vol_fs::{translate_foreign, MountOptions};
 use s3vol_store::{normalize_prefix, AddressingStyle, StaticCredentials};
 
 use crate::error::{CsiError, CsiResult};
@@ -162,11 +162,11 @@ fn first<'a>(m: &'a HashMap<String, String>, names: &[&str]) -> Option<&'a str> 
 
 impl SecretValues {
     /// Reads a CSI secret map. Key names: `accessKeyID`/`secretAccessKey`/`sessionToken`
-    /// (s3vol, k8s-csi-s3), `akId`/`akSecret`/`securityToken` (Alibaba OSS driver),
+    /// (s3vol, k8s-csi-s3), `akId`/`akSecret`/`securityToken` (Alibaba OSS driver), `SecretId`/`SecretKey` (Tencent COS driver),
     /// `endpoint`, `region`. Values are never echoed in errors.
     pub fn from_map(m: &HashMap<String, String>) -> CsiResult<Self> {
-        let ak = first(m, &["accessKeyID", "accessKeyId", "akId", "AWS_ACCESS_KEY_ID"]);
-        let sk = first(m, &["secretAccessKey", "akSecret", "AWS_SECRET_ACCESS_KEY"]);
+        let ak = first(m, &["accessKeyID", "accessKeyId", "akId", "SecretId", "AWS_ACCESS_KEY_ID"]);
+        let sk = first(m, &["secretAccessKey", "akSecret", "SecretKey", "AWS_SECRET_ACCESS_KEY"]);
         let token = first(m, &["sessionToken", "securityToken", "AWS_SESSION_TOKEN"]);
         let credentials = match (ak, sk) {
             (Some(a), Some(s)) => Some(StaticCredentials {
@@ -328,6 +328,10 @@ pub struct VolumeSpec {
     pub hard_quota: bool,
 }
 
+/// Attributes holding option strings of the driver a PV was written for: k8s-csi-s3
+/// `options`, Alibaba OSS `otherOpts`, Tencent COS `additional_args`.
+const FOREIGN_OPTION_ATTRIBUTES: &[&str] = &["otherOpts", "options", "additional_args"];
+
 /// Volume attributes we set on dynamic volumes or accept on static PVs.
 const KNOWN_ATTRIBUTES: &[&str] = &[
     "bucket",
@@ -340,6 +344,8 @@ const KNOWN_ATTRIBUTES: &[&str] = &[
     "mountOptions",
     "otherOpts",
     "options",
+    "additional_args",
+    "usePrefix",
     "readOnly",
     "capacity",
     "mounter",
@@ -362,21 +368,7 @@ impl VolumeSpec {
             }
         }
         let id = VolumeId::parse(volume_id);
-        let (mut bucket, mut prefix) = match &id {
-            Some(id) => (id.bucket.clone(), id.prefix.clone()),
-            None => {
-                let (b, p) = volume_id.split_once('/').unwrap_or((volume_id, ""));
-                (b.to_string(), normalize_prefix(p))
-            }
-        };
-        if let Some(b) = ctx.get("bucket").filter(|b| !b.is_empty()) {
-            bucket = b.clone();
-            prefix = String::new();
-        }
-        if let Some(p) = ctx.get("prefix").or_else(|| ctx.get("path")) {
-            prefix = validate_prefix(p, "volume attribute prefix")?;
-        }
-        let bucket = validate_bucket(&bucket, "bucket (volume attribute or volume handle)")?;
+        let (bucket, prefix) = Self::bucket_and_prefix(volume_id, id.as_ref(), ctx)?;
         let url = match ctx.get("endpoint").or_else(|| ctx.get("url")).filter(|s| !s.is_empty()) {
             Some(u) => Some(normalize_endpoint(u, "volume attribute endpoint")?),
             None => secret.endpoint.clone().or_else(|| id.as_ref().and_then(|i| i.endpoint.clone())),
@@ -396,13 +388,16 @@ impl VolumeSpec {
         if let Some(m) = ctx.get("mountOptions") {
             mount_options.extend(split_option_list(m));
         }
-        for key in ["otherOpts", "options"] {
-            if let Some(o) = ctx.get(key) {
-                mount_options.extend(
-                    MountOptions::split_dash_o(o)
-                        .map_err(|e| CsiError::invalid(format!("volume attribute {key}: {e}")))?,
-                );
+        let mut ignored = Vec::new();
+        for key in FOREIGN_OPTION_ATTRIBUTES {
+            if let Some(o) = ctx.get(*key) {
+                let t = translate_foreign(o).map_err(|e| CsiError::invalid(format!("volume attribute {key}: {e}")))?;
+                mount_options.extend(t.items);
+                ignored.extend(t.ignored);
             }
+        }
+        if !ignored.is_empty() {
+            tracing::info!(volume = %volume_id, ignored = %ignored.join(" "), "options of the previous driver that mean nothing to s3vol are ignored");
         }
         MountOptions::parse(&mount_options).map_err(|e| CsiError::invalid(format!("mount options: {e}")))?;
         let read_only = match ctx.get("readOnly").map(String::as_str) {
@@ -437,6 +432,55 @@ impl VolumeSpec {
             capacity,
             hard_quota,
         })
+    }
+
+    /// Where the volume's data is. A handle that names a bucket (our own ids, and
+    /// k8s-csi-s3's `bucket/prefix` handles) is authoritative: attributes may repeat it but
+    /// never widen it, so a PV whose attributes were copied from a shared-bucket
+    /// StorageClass never mounts the whole bucket. A handle that is only a name (the
+    /// Alibaba OSS driver's static PVs) takes bucket and path from the attributes.
+    fn bucket_and_prefix(
+        volume_id: &str,
+        id: Option<&VolumeId>,
+        ctx: &HashMap<String, String>,
+    ) -> CsiResult<(String, String)> {
+        let attr_bucket = ctx.get("bucket").filter(|b| !b.is_empty());
+        let attr_prefix =
+            match ctx.get("prefix").map(|p| ("prefix", p)).or_else(|| ctx.get("path").map(|p| ("path", p))) {
+                Some((name, p)) => Some(validate_prefix(p, &format!("volume attribute {name}"))?),
+                None => None,
+            };
+        let from_handle = match id {
+            Some(id) => Some((id.bucket.clone(), id.prefix.clone())),
+            None => match volume_id.split_once('/') {
+                Some((b, p)) => Some((b.to_string(), validate_prefix(p, "volume handle prefix")?)),
+                None => None,
+            },
+        };
+        let (bucket, prefix) = match from_handle {
+            Some((bucket, prefix)) => {
+                if let Some(b) = attr_bucket.filter(|b| **b != bucket) {
+                    return Err(CsiError::invalid(format!(
+                        "volume handle {volume_id:?} names bucket {bucket:?} but volume attribute bucket={b:?}; they must agree"
+                    )));
+                }
+                match attr_prefix {
+                    Some(p) if !prefix.is_empty() && !p.is_empty() && p != prefix => {
+                        return Err(CsiError::invalid(format!(
+                            "volume handle {volume_id:?} names prefix {prefix:?} but the prefix attribute says {p:?}; they must agree"
+                        )))
+                    }
+                    // Only a handle without a prefix (a whole-bucket volume) may be narrowed.
+                    Some(p) if prefix.is_empty() => (bucket, p),
+                    _ => (bucket, prefix),
+                }
+            }
+            None => match attr_bucket {
+                Some(b) => (b.clone(), attr_prefix.unwrap_or_default()),
+                None => (volume_id.to_string(), attr_prefix.unwrap_or_default()),
+            },
+        };
+        Ok((validate_bucket(&bucket, "bucket (volume attribute or volume handle)")?, prefix))
     }
 
     /// The attributes a dynamic volume carries in its volume context.
@@ -550,16 +594,79 @@ mod tests {
         assert_eq!(v.mount_options, vec!["max_stat_cache_size=0", "allow_other"]);
     }
 
+    /// A PV provisioned by k8s-csi-s3 from its chart's StorageClass with a shared bucket:
+    /// the handle is `bucket/pvc-...` and the StorageClass parameters (bucket, mounter,
+    /// options) are copied into the volume attributes.
+    fn k8s_csi_s3_shared_bucket_pv() -> (&'static str, HashMap<String, String>) {
+        (
+            "shared-bucket/pvc-9b7d2c1e-53a0-4f0e-b1d4-0d2f5c1a7e11",
+            map(&[
+                ("bucket", "shared-bucket"),
+                ("mounter", "geesefs"),
+                ("options", "--memory-limit 1000 --dir-mode 0777 --file-mode 0666"),
+                ("storage.kubernetes.io/csiProvisionerIdentity", "1700000000000-8081-ru.yandex.s3.csi"),
+            ]),
+        )
+    }
+
     #[test]
-    fn k8s_csi_s3_static_pv_uses_the_volume_handle() {
-        let ctx = map(&[("mounter", "geesefs"), ("options", "--memory-limit 1000 --dir-mode 0777")]);
-        let e = VolumeSpec::resolve("bucket-name/some/prefix", &ctx, &SecretValues::default()).unwrap_err();
-        assert!(e.to_string().contains("--memory-limit"), "{e}");
-        let ctx = map(&[("mounter", "geesefs")]);
+    fn k8s_csi_s3_shared_bucket_pv_mounts_only_its_prefix() {
+        let (handle, ctx) = k8s_csi_s3_shared_bucket_pv();
         let secret = SecretValues { endpoint: Some("http://minio:9000".into()), ..Default::default() };
-        let v = VolumeSpec::resolve("bucket-name/some/prefix", &ctx, &secret).unwrap();
-        assert_eq!((v.bucket.as_str(), v.prefix.as_str()), ("bucket-name", "some/prefix/"));
+        let v = VolumeSpec::resolve(handle, &ctx, &secret).unwrap();
+        assert_eq!(v.bucket, "shared-bucket");
+        assert_eq!(v.prefix, "pvc-9b7d2c1e-53a0-4f0e-b1d4-0d2f5c1a7e11/", "the handle's prefix must win over `bucket`");
         assert_eq!(v.endpoint.url.as_deref(), Some("http://minio:9000"));
+        // The chart's default geesefs options mount: modes mapped, memory limit ignored.
+        let o = MountOptions::parse(&v.mount_options).unwrap();
+        assert_eq!((o.dir_mode, o.file_mode), (0o777, 0o666));
+    }
+
+    #[test]
+    fn attributes_never_widen_a_handle() {
+        let (handle, mut ctx) = k8s_csi_s3_shared_bucket_pv();
+        ctx.insert("bucket".into(), "other-bucket".into());
+        let e = VolumeSpec::resolve(handle, &ctx, &SecretValues::default()).unwrap_err();
+        assert!(matches!(&e, CsiError::InvalidArgument(m) if m.contains("other-bucket")), "{e}");
+        let (handle, mut ctx) = k8s_csi_s3_shared_bucket_pv();
+        ctx.insert("prefix".into(), "/".into());
+        let v = VolumeSpec::resolve(handle, &ctx, &SecretValues::default()).unwrap();
+        assert_eq!(
+            v.prefix, "pvc-9b7d2c1e-53a0-4f0e-b1d4-0d2f5c1a7e11/",
+            "an empty prefix attribute is not the bucket root"
+        );
+        let (handle, mut ctx) = k8s_csi_s3_shared_bucket_pv();
+        ctx.insert("path".into(), "another-volume".into());
+        let e = VolumeSpec::resolve(handle, &ctx, &SecretValues::default()).unwrap_err();
+        assert!(e.to_string().contains("another-volume"), "{e}");
+        // Our own ids are authoritative the same way.
+        let id = VolumeId { bucket: "bucket-one".into(), prefix: "vols/pvc-1/".into(), region: None, endpoint: None };
+        let id = id.encode().unwrap();
+        let e = VolumeSpec::resolve(&id, &map(&[("bucket", "bucket-two"), ("prefix", "")]), &SecretValues::default())
+            .unwrap_err();
+        assert!(e.to_string().contains("must agree"), "{e}");
+        let ctx = map(&[("bucket", "bucket-one"), ("prefix", "")]);
+        let v = VolumeSpec::resolve(&id, &ctx, &SecretValues::default()).unwrap();
+        assert_eq!((v.bucket.as_str(), v.prefix.as_str()), ("bucket-one", "vols/pvc-1/"));
+    }
+
+    #[test]
+    fn k8s_csi_s3_static_pvs_use_the_volume_handle() {
+        // README's static PV: the handle names bucket and path.
+        let ctx = map(&[
+            ("capacity", "10Gi"),
+            ("mounter", "geesefs"),
+            ("options", "--memory-limit 1000 --dir-mode 0777 --file-mode 0666"),
+        ]);
+        let v = VolumeSpec::resolve("manualbucket/path", &ctx, &SecretValues::default()).unwrap();
+        assert_eq!((v.bucket.as_str(), v.prefix.as_str()), ("manualbucket", "path/"));
+        // A whole-bucket handle.
+        let v = VolumeSpec::resolve("manualbucket", &map(&[("mounter", "s3fs")]), &SecretValues::default()).unwrap();
+        assert_eq!((v.bucket.as_str(), v.prefix.as_str()), ("manualbucket", ""));
+        // Location options are refused, not silently ignored.
+        let ctx = map(&[("options", "--endpoint http://elsewhere:9000")]);
+        let e = VolumeSpec::resolve("manualbucket/path", &ctx, &SecretValues::default()).unwrap_err();
+        assert!(matches!(&e, CsiError::InvalidArgument(m) if m.contains("--endpoint")), "{e}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::dir_index::DirIndex;
 use crate::error::{store_errno, Errno, FsResult};
 use crate::inode::{Inode, InodeTable, ROOT_INO};
 use crate::mime::content_type_for;
+use crate::open_files::OpenFiles;
 use crate::options::MountOptions;
 use crate::read::Reader;
 use crate::write::{WriteConfig, Writer};
@@ -109,7 +110,10 @@ pub struct SetAttr {
 }
 
 enum Handle {
-    Read(Reader),
+    Read {
+        ino: u64,
+        reader: Reader,
+    },
     /// `base`: the size the object has in the store (what the writer replaces), for usage.
     Write {
         ino: u64,
@@ -140,7 +144,8 @@ pub struct Fs {
     cfg: FsConfig,
     table: Mutex<InodeTable>,
     handles: Mutex<HashMap<u64, SharedHandle>>,
-    writers: Mutex<HashMap<u64, usize>>,
+    /// The handles open on each inode, for unlink, rename and setattr.
+    open_files: OpenFiles,
     /// When each directory was last listed to its end, for the kernel's directory cache.
     listed: Mutex<HashMap<u64, Instant>>,
     /// Bytes stored under the prefix, once measured (hard quotas, statfs).
@@ -189,7 +194,7 @@ impl Fs {
             store,
             table: Mutex::new(InodeTable::new(root, o.max_stat_cache_size)),
             handles: Mutex::new(HashMap::new()),
-            writers: Mutex::new(HashMap::new()),
+            open_files: OpenFiles::default(),
             listed: Mutex::new(HashMap::new()),
             usage: Mutex::new(None),
             index: Arc::new(DirIndex::new(o.stat_cache_ttl, o.max_stat_cache_size)),
@@ -250,7 +255,7 @@ impl Fs {
     }
 
     fn has_writer(&self, ino: u64) -> bool {
-        self.writers.lock().get(&ino).copied().unwrap_or(0) > 0
+        self.open_files.has_writer(ino)
     }
 
     fn make_inode(&self, parent: &Inode, name: &str, found: Found) -> Inode {
@@ -530,14 +535,11 @@ impl Fs {
     /// Writes new ownership/mode metadata: onto an open writer (applied at upload), by
     /// a server-side copy onto itself (files), or as the `dir/` marker (directories).
     async fn persist_meta(&self, i: &Inode, stored: StoredMeta) -> FsResult<()> {
-        let handles: Vec<SharedHandle> = self.handles.lock().values().cloned().collect();
         let mut pending_writer = false;
-        for h in handles {
-            if let Handle::Write { ino, writer, .. } = &mut *h.lock().await {
-                if *ino == i.ino {
-                    writer.put.metadata = stored.to_metadata();
-                    pending_writer |= writer.is_dirty();
-                }
+        for h in self.handles_of(i.ino) {
+            if let Handle::Write { writer, .. } = &mut *h.lock().await {
+                writer.put.metadata = stored.to_metadata();
+                pending_writer |= writer.is_dirty();
             }
         }
         if pending_writer {
@@ -576,11 +578,21 @@ impl Fs {
 
     fn add_handle(&self, h: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        if let Handle::Write { ino, .. } = &h {
-            *self.writers.lock().entry(*ino).or_default() += 1;
+        match &h {
+            Handle::Write { ino, .. } => self.open_files.opened(*ino, fh, true),
+            Handle::Read { ino, .. } => self.open_files.opened(*ino, fh, false),
+            Handle::Dir(_) => {}
         }
         self.handles.lock().insert(fh, Arc::new(tokio::sync::Mutex::new(h)));
         fh
+    }
+
+    /// The handles open on `ino` (only that file's: waiting on them never waits on
+    /// another file's upload).
+    fn handles_of(&self, ino: u64) -> Vec<SharedHandle> {
+        let fhs = self.open_files.handles_of(ino);
+        let handles = self.handles.lock();
+        fhs.iter().filter_map(|fh| handles.get(fh).cloned()).collect()
     }
 
     fn handle(&self, fh: u64) -> FsResult<SharedHandle> {
@@ -739,7 +751,7 @@ impl Fs {
             let attr = if self.has_writer(ino) { i.attr } else { self.getattr(ino).await? };
             let o = &self.cfg.options;
             let reader = Reader::new(self.store.clone(), self.cfg.bucket.clone(), key, attr.size, o.read_ahead);
-            return Ok(self.add_handle(Handle::Read(reader)));
+            return Ok(self.add_handle(Handle::Read { ino, reader }));
         }
         self.writable()?;
         let put = self.put_options(&i.name, StoredMeta { mtime: Some(SystemTime::now()), ..i.stored });
@@ -787,7 +799,7 @@ impl Fs {
         let h = self.handle(fh)?;
         let mut g = h.lock().await;
         match &mut *g {
-            Handle::Read(r) => r.read(offset, size).await,
+            Handle::Read { reader, .. } => reader.read(offset, size).await,
             Handle::Write { writer, .. } => writer.read(offset, size).await,
             Handle::Dir(_) => Err(Errno::EISDIR),
         }
@@ -817,6 +829,10 @@ impl Fs {
         let mut g = h.lock().await;
         if let Handle::Write { ino, writer, base } = &mut *g {
             writer.commit().await?;
+            if writer.is_detached() {
+                // Unlinked while open: no object, no name to record.
+                return Ok(());
+            }
             self.charge(writer.size() as i64 - *base as i64);
             *base = writer.size();
             let ino = *ino;
@@ -839,16 +855,17 @@ impl Fs {
     pub async fn release(&self, fh: u64) -> FsResult<()> {
         let Some(h) = self.handles.lock().remove(&fh) else { return Ok(()) };
         let mut g = h.lock().await;
+        if let Handle::Read { ino, .. } = &*g {
+            self.open_files.closed(*ino, fh, false);
+        }
         if let Handle::Write { ino, writer, base } = &mut *g {
             let res = writer.commit().await;
-            if res.is_ok() {
+            if res.is_ok() && !writer.is_detached() {
                 self.charge(writer.size() as i64 - *base as i64);
                 *base = writer.size();
             }
             let ino = *ino;
-            if let Some(c) = self.writers.lock().get_mut(&ino) {
-                *c = c.saturating_sub(1);
-            }
+            self.open_files.closed(ino, fh, true);
             if res.is_err() {
                 writer.abort().await;
                 tracing::error!(ino, "upload failed at release; the error was returned by flush/fsync");
@@ -941,9 +958,24 @@ impl Fs {
         if i.kind == FileKind::Dir {
             return Err(Errno::EISDIR);
         }
+        // Writers of the file stop uploading before the object goes: a close after the
+        // unlink must not bring the name back (POSIX: the data lives on, nameless, until
+        // the last close).
+        let mut stored_size = i.attr.size;
+        for h in self.handles_of(i.ino) {
+            if let Handle::Write { writer, base, .. } = &mut *h.lock().await {
+                writer.detach().await;
+                stored_size = *base;
+            }
+        }
         let key = self.key(&i.path, FileKind::File);
-        self.store.delete_object(&self.cfg.bucket, &key).await.map_err(|e| store_errno("unlink", &e))?;
-        self.charge(-(i.attr.size as i64));
+        match self.store.delete_object(&self.cfg.bucket, &key).await {
+            Ok(()) => {}
+            // Created but never uploaded: nothing to delete.
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(store_errno("unlink", &e)),
+        }
+        self.charge(-(stored_size as i64));
         self.table.lock().remove_name(parent, name, self.negative_until());
         self.index.record(parent, name, None);
         self.keep_dir(&p).await
@@ -1024,10 +1056,7 @@ impl Fs {
                 req.continuation = None;
             }
         } else {
-            let from = self.key(&src.path, FileKind::File);
-            let to = self.key(&new_path, FileKind::File);
-            self.store.copy_object(&self.cfg.bucket, &from, &to, None).await.map_err(|e| store_errno("rename", &e))?;
-            self.store.delete_object(&self.cfg.bucket, &from).await.map_err(|e| store_errno("rename", &e))?;
+            self.rename_file(&src, newname, &new_path).await?;
         }
         {
             let mut t = self.table.lock();
@@ -1044,6 +1073,52 @@ impl Fs {
         self.table.lock().upsert(moved);
         if parent != newparent || src.kind == FileKind::Dir {
             self.keep_dir(&p).await?;
+        }
+        Ok(())
+    }
+
+    /// Moves a file's object, and the pending content of its open handles with it: their
+    /// uploads go to the new key, so a close after the rename never recreates the old
+    /// name. The file's handles stay locked for the move, so no write slips between.
+    async fn rename_file(&self, src: &Inode, newname: &str, new_path: &str) -> FsResult<()> {
+        let from = self.key(&src.path, FileKind::File);
+        let to = self.key(new_path, FileKind::File);
+        let handles = self.handles_of(src.ino);
+        let mut guards = Vec::with_capacity(handles.len());
+        for h in &handles {
+            guards.push(h.lock().await);
+        }
+        let mut pending = false;
+        for g in guards.iter_mut() {
+            if let Handle::Write { writer, base, .. } = &mut **g {
+                // A started multipart upload is bound to its key: finish it where it is,
+                // and the copy below moves it.
+                if writer.upload_started() {
+                    writer.commit().await?;
+                    self.charge(writer.size() as i64 - *base as i64);
+                    *base = writer.size();
+                }
+                pending |= writer.is_dirty();
+            }
+        }
+        match self.store.copy_object(&self.cfg.bucket, &from, &to, None).await {
+            Ok(()) => {
+                self.store.delete_object(&self.cfg.bucket, &from).await.map_err(|e| store_errno("rename", &e))?;
+            }
+            // A new file whose content is still all in its writer: nothing stored to move.
+            Err(e) if e.is_not_found() && pending => {}
+            Err(e) => return Err(store_errno("rename", &e)),
+        }
+        for g in guards.iter_mut() {
+            match &mut **g {
+                Handle::Write { writer, .. } => {
+                    let put =
+                        PutOptions { metadata: writer.put.metadata.clone(), ..self.put_options(newname, src.stored) };
+                    writer.retarget(to.clone(), put);
+                }
+                Handle::Read { reader, .. } => reader.retarget(to.clone()),
+                Handle::Dir(_) => {}
+            }
         }
         Ok(())
     }

@@ -4,12 +4,14 @@
 //!
 //! # Layout
 //! - `options`: [`MountOptions`], the typed option set of a mount.
+//! - `foreign_options`: option strings of other mount tools, mapped or ignored.
 //! - `attr`: attributes and the s3fs-compatible metadata headers they are kept in.
 //! - `inode`: the inode table, attribute cache and negative cache.
 //! - `dir`: directory listings streamed page by page.
 //! - `dir_index`: what listings and this mount's changes showed each directory to hold.
 //! - `read`: the prefetching reader.
 //! - `write`: streaming multipart uploads and the staging cache.
+//! - `open_files`: the handles open on each inode, for unlink, rename and setattr.
 //! - `fs`: [`Fs`], the operations.
 //! - `error`: [`Errno`] and the store-error mapping.
 //! - `mime`: Content-Type by extension.
@@ -18,9 +20,11 @@ mod attr;
 mod dir;
 mod dir_index;
 mod error;
+mod foreign_options;
 mod fs;
 mod inode;
 mod mime;
+mod open_files;
 mod options;
 mod read;
 mod write;
@@ -28,6 +32,7 @@ mod write;
 pub use attr::{Attr, FileKind, StoredMeta};
 pub use dir::{DirEntry, VOLUME_MARKER};
 pub use error::{Errno, FsResult};
+pub use foreign_options::{translate_foreign, Translated};
 pub use fs::{Caller, Fs, FsConfig, SetAttr, StatFs};
 pub use inode::ROOT_INO;
 pub use options::{MountOptions, OptionError};

@@ -197,33 +197,6 @@ impl MountOptions {
         Ok(o)
     }
 
-    /// Splits an option string in the `-o a=b -o c` form of existing PVs (ossfs
-    /// `otherOpts`, k8s-csi-s3 `options`) into items. Anything that is not a `-o` item
-    /// (a bare flag such as `--memory-limit`) is refused by name.
-    pub fn split_dash_o(s: &str) -> Result<Vec<String>, OptionError> {
-        let mut out = Vec::new();
-        let mut words = s.split_whitespace();
-        while let Some(w) = words.next() {
-            if w == "-o" {
-                let v = words
-                    .next()
-                    .ok_or_else(|| OptionError("\"-o\" at the end of the option string has no value".into()))?;
-                out.push(v.to_string());
-            } else if let Some(v) = w.strip_prefix("-o") {
-                out.push(v.to_string());
-            } else if w.starts_with('-') {
-                let name = w.trim_start_matches('-');
-                return Err(OptionError(match FOREIGN.iter().find(|(f, _)| *f == name) {
-                    Some((_, instead)) => format!("option {w:?} is not supported by s3vol: {instead}"),
-                    None => format!("option {w:?} is not supported by s3vol (only -o name[=value] items are accepted)"),
-                }));
-            } else {
-                out.push(w.to_string());
-            }
-        }
-        Ok(out)
-    }
-
     /// Mode of a file given stored metadata (if any), after the umask.
     pub fn file_perm(&self, stored: Option<u32>) -> u32 {
         stored.unwrap_or(self.file_mode) & 0o7777 & !self.umask
@@ -246,9 +219,7 @@ mod tests {
             (o.uid, o.gid, o.umask, o.allow_other, o.part_size),
             (Some(1000), Some(2000), 0o002, true, 16 * MIB)
         );
-        let items = MountOptions::split_dash_o("-o max_stat_cache_size=0 -o allow_other -oro").unwrap();
-        assert_eq!(items, vec!["max_stat_cache_size=0", "allow_other", "ro"]);
-        let o = MountOptions::parse(&items).unwrap();
+        let o = MountOptions::parse(&["max_stat_cache_size=0", "allow_other", "ro"]).unwrap();
         assert!(o.read_only && o.allow_other && o.max_stat_cache_size == 0);
     }
 
@@ -258,7 +229,7 @@ mod tests {
         assert!(e.0.contains("\"bogus\""), "{e}");
         let e = MountOptions::parse(&["passwd_file=/etc/x"]).unwrap_err();
         assert!(e.0.contains("passwd_file") && e.0.contains("Secret"), "{e}");
-        let e = MountOptions::split_dash_o("--memory-limit 1000").unwrap_err();
+        let e = MountOptions::parse(&["--memory-limit"]).unwrap_err();
         assert!(e.0.contains("--memory-limit"), "{e}");
         let e = MountOptions::parse(&["umask=999"]).unwrap_err();
         assert!(e.0.contains("999"));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use s3vol_store::{ObjectStore, StoreResult};
+use s3vol_store::{ErrorKind, ObjectStore, StoreError, StoreResult};
 use tokio::task::JoinHandle;
 
 use crate::error::{store_errno, Errno, FsResult};
@@ -27,6 +27,8 @@ struct Chunk {
 enum ChunkData {
     Pending(JoinHandle<StoreResult<Bytes>>),
     Ready(Bytes),
+    /// The GET failed after its retries; the reader resets before the next read.
+    Failed(Errno),
 }
 
 /// Per-handle read state. Memory is bounded by `read_ahead` plus one chunk.
@@ -45,14 +47,60 @@ pub struct Reader {
     chunk_size: u64,
 }
 
+/// Attempts at one ranged GET whose body broke off or came up short. The store client
+/// retries requests that fail before the body; a body cut mid-way (a reset connection, a
+/// proxy that closes early) is resumed here from the first missing byte.
+const BODY_ATTEMPTS: u32 = 5;
+/// First pause before resuming a broken body; doubled per attempt, with jitter.
+const BODY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Bytes `start..end` of the object, exactly: fewer (a body that ended early) is retried,
+/// more (a store that ignored the range) is an error, never data handed out.
 async fn fetch(store: Arc<dyn ObjectStore>, bucket: String, key: String, start: u64, end: u64) -> StoreResult<Bytes> {
-    let resp = store.get_object(&bucket, &key, Some(start..end)).await?;
-    let mut body = resp.body;
-    let mut buf = BytesMut::with_capacity((end - start) as usize);
-    while let Some(chunk) = body.next().await {
-        buf.extend_from_slice(&chunk?);
+    let want = (end - start) as usize;
+    let mut buf = BytesMut::with_capacity(want);
+    let mut attempt = 0;
+    loop {
+        let from = start + buf.len() as u64;
+        let res: StoreResult<()> = async {
+            let mut body = store.get_object(&bucket, &key, Some(from..end)).await?.body;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk?;
+                if buf.len() + chunk.len() > want {
+                    return Err(StoreError::new(
+                        ErrorKind::Other,
+                        format!(
+                            "GET {bucket}/{key} bytes {from}-{end}: the store sent more bytes than the range holds"
+                        ),
+                    ));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(())
+        }
+        .await;
+        let err = match res {
+            Ok(()) if buf.len() == want => return Ok(buf.freeze()),
+            Ok(()) => StoreError::new(
+                ErrorKind::Unavailable,
+                format!("GET {bucket}/{key}: body ended after {} of {want} bytes", buf.len()),
+            ),
+            Err(e) if e.kind.is_retryable() => e,
+            Err(e) => return Err(e),
+        };
+        attempt += 1;
+        if attempt >= BODY_ATTEMPTS {
+            return Err(err.context(format!("gave up after {attempt} attempts")));
+        }
+        tracing::debug!(error = %err, attempt, "resuming a ranged GET");
+        tokio::time::sleep(jittered(BODY_BACKOFF * 2u32.pow(attempt - 1))).await;
     }
-    Ok(buf.freeze())
+}
+
+/// `d` scaled by a factor in [0.5, 1.5), so retries of many readers do not line up.
+fn jittered(d: std::time::Duration) -> std::time::Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    d.mul_f64(0.5 + f64::from(nanos % 1000) / 1000.0)
 }
 
 impl Reader {
@@ -70,6 +118,13 @@ impl Reader {
             max_window: read_ahead.max(FIRST_CHUNK),
             chunk_size: CHUNK.min(read_ahead.max(FIRST_CHUNK)),
         }
+    }
+
+    /// The file was renamed while open: read from `key` from now on. Prefetched data
+    /// still in flight for the old key is dropped.
+    pub fn retarget(&mut self, key: String) {
+        self.reset();
+        self.key = key;
     }
 
     fn covered(&self, off: u64) -> bool {
@@ -147,14 +202,16 @@ impl Reader {
             return Ok(data.slice(from..to));
         }
         let mut out = BytesMut::with_capacity((end - off) as usize);
-        for c in self.chunks.iter_mut() {
-            if c.end <= off || c.start >= end {
+        for i in 0..self.chunks.len() {
+            let (c_start, c_end) = (self.chunks[i].start, self.chunks[i].end);
+            if c_end <= off || c_start >= end {
                 continue;
             }
-            let data = Self::wait(c).await?;
-            let from = off.max(c.start) - c.start;
-            let to = end.min(c.end) - c.start;
+            let data = self.ready(i).await?;
+            let from = off.max(c_start) - c_start;
+            let to = end.min(c_end) - c_start;
             if to as usize > data.len() {
+                self.reset();
                 return Err(Errno::EIO);
             }
             out.extend_from_slice(&data[from as usize..to as usize]);
@@ -177,20 +234,36 @@ impl Reader {
 
     /// The data of chunk `i`, once its GET is done.
     async fn ready(&mut self, i: usize) -> FsResult<Bytes> {
-        Self::wait(&mut self.chunks[i]).await
+        let res = Self::wait(&mut self.chunks[i]).await;
+        if res.is_err() {
+            // Failed chunks are not kept: the next read asks the store again.
+            self.reset();
+        }
+        res
     }
 
     async fn wait(c: &mut Chunk) -> FsResult<Bytes> {
         if let ChunkData::Pending(h) = &mut c.data {
-            let data = match h.await {
-                Ok(Ok(b)) => b,
-                Ok(Err(e)) => return Err(store_errno("read", &e)),
-                Err(_) => return Err(Errno::EIO),
+            let res = h.await;
+            // The handle is finished now: it must not stay behind to be polled again.
+            c.data = match res {
+                Ok(Ok(b)) => ChunkData::Ready(b),
+                Ok(Err(e)) => {
+                    let errno = store_errno("read", &e);
+                    c.data = ChunkData::Failed(errno);
+                    return Err(errno);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "a prefetch task ended without a result");
+                    ChunkData::Failed(Errno::EIO)
+                }
             };
-            c.data = ChunkData::Ready(data);
         }
-        let ChunkData::Ready(data) = &c.data else { unreachable!("awaited above") };
-        Ok(data.clone())
+        match &c.data {
+            ChunkData::Ready(data) => Ok(data.clone()),
+            ChunkData::Failed(e) => Err(*e),
+            ChunkData::Pending(_) => unreachable!("awaited above"),
+        }
     }
 }
 
@@ -203,7 +276,7 @@ impl Drop for Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use s3vol_store::{CountingStore, MemoryStore, PutOptions};
+    use s3vol_store::{CountingStore, FaultyStore, GetFault, MemoryStore, PutOptions};
 
     /// The kernel's read-ahead has several reads in flight; they reach the reader out of
     /// order. The stream must stay sequential: large prefetch GETs, not one GET per read.
@@ -227,5 +300,81 @@ mod tests {
         }
         let gets = counts.get("GetObject");
         assert!(gets <= 24, "{gets} GETs for 64 reads: the stream fell back to one GET per read");
+    }
+
+    async fn seeded(size: u64) -> (Arc<FaultyStore>, Vec<u8>) {
+        let mem = Arc::new(MemoryStore::with_buckets(&["b"]));
+        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        mem.put_object("b", "k", Bytes::from(data.clone()), &PutOptions::default()).await.unwrap();
+        (Arc::new(FaultyStore::new(mem)), data)
+    }
+
+    /// Under a flaky network a prefetch GET fails; the read that waits on it gets EIO and
+    /// the next read must ask again. It used to poll the finished task a second time:
+    /// a panic on the FUSE session thread, and the mount was gone.
+    #[tokio::test]
+    async fn a_failed_prefetch_fails_one_read_and_the_next_one_works() {
+        const MIB: u64 = 1 << 20;
+        let (store, data) = seeded(8 * MIB).await;
+        let mut r = Reader::new(store.clone(), "b".into(), "k".into(), 8 * MIB, 4 * MIB);
+        r.read(0, 128 * 1024).await.unwrap();
+        // Everything the reader has scheduled, and what it schedules next, fails.
+        store.fail_gets(GetFault::Fail(ErrorKind::Other), 64);
+        let mut failed = 0;
+        let mut off = 128 * 1024;
+        while off < 6 * MIB && store.pending_get_faults() > 0 {
+            if r.read(off, 128 * 1024).await.is_err() {
+                failed += 1;
+            }
+            off += 128 * 1024;
+        }
+        assert!(failed > 0, "the injected failures never reached a read");
+        // Drain what is left, then every read is right again (same reader, same offsets).
+        while store.pending_get_faults() > 0 {
+            let _ = store.get_object("b", "k", Some(0..1)).await;
+        }
+        for off in (0..8 * MIB).step_by(512 * 1024) {
+            let got = r.read(off, 512 * 1024).await.expect("reads after the failures");
+            assert_eq!(&got[..], &data[off as usize..(off + 512 * 1024) as usize], "at {off}");
+        }
+    }
+
+    /// A body that breaks off or ends early is resumed, not reported as EIO.
+    #[tokio::test]
+    async fn cut_short_bodies_are_resumed() {
+        const MIB: u64 = 1 << 20;
+        let (store, data) = seeded(4 * MIB).await;
+        let mut r = Reader::new(store.clone(), "b".into(), "k".into(), 4 * MIB, 2 * MIB);
+        let mut injected = 0;
+        for (i, off) in (0..4 * MIB).step_by(256 * 1024).enumerate() {
+            // At most two faults queued: fewer than one GET's attempts, however the
+            // prefetcher's parallel GETs share them.
+            if store.pending_get_faults() == 0 {
+                let fault = if i % 2 == 0 { GetFault::Truncate } else { GetFault::BreakMidBody };
+                store.fail_gets(fault, 2);
+                injected += 2;
+            }
+            let got = r.read(off, 256 * 1024).await.expect("a cut-short body is retried");
+            assert_eq!(&got[..], &data[off as usize..(off + 256 * 1024) as usize], "at {off}");
+        }
+        assert!(injected - store.pending_get_faults() >= 4, "the prefetcher met too few faults to prove anything");
+        // Random reads (one exact GET each) too.
+        for off in [3 * MIB + 7, 17, 2 * MIB - 5] {
+            while store.pending_get_faults() > 0 {
+                let _ = store.get_object("b", "k", Some(0..1)).await;
+            }
+            store.fail_gets(GetFault::BreakMidBody, 2);
+            let got = r.read(off, 4096).await.unwrap();
+            assert_eq!(&got[..], &data[off as usize..off as usize + 4096]);
+        }
+    }
+
+    /// A GET that keeps breaking gives up with EIO after its attempts, never wrong bytes.
+    #[tokio::test]
+    async fn a_body_that_always_breaks_is_eio() {
+        let (store, _) = seeded(1 << 20).await;
+        let mut r = Reader::new(store.clone(), "b".into(), "k".into(), 1 << 20, 1 << 20);
+        store.fail_gets(GetFault::BreakMidBody, 1000);
+        assert_eq!(r.read(1000, 4096).await.unwrap_err(), Errno::EIO);
     }
 }

@@ -90,6 +90,9 @@ pub struct Writer {
     size: u64,
     dirty: bool,
     failed: Option<Errno>,
+    /// The file's name was unlinked while open: content stays local for this handle's
+    /// reads and writes, and nothing is ever uploaded.
+    detached: bool,
 }
 
 impl Writer {
@@ -109,7 +112,7 @@ impl Writer {
             inflight: JoinSet::new(),
             spare: Vec::new(),
         });
-        Writer { store, bucket, key, put, cfg, mode, size: 0, dirty: true, failed: None }
+        Writer { store, bucket, key, put, cfg, mode, size: 0, dirty: true, failed: None, detached: false }
     }
 
     /// A writer over an existing object of `size` bytes; staged on the first write.
@@ -121,7 +124,18 @@ impl Writer {
         cfg: WriteConfig,
         size: u64,
     ) -> Self {
-        Writer { store, bucket, key, put, cfg, mode: Mode::Committed, size, dirty: false, failed: None }
+        Writer {
+            store,
+            bucket,
+            key,
+            put,
+            cfg,
+            mode: Mode::Committed,
+            size,
+            dirty: false,
+            failed: None,
+            detached: false,
+        }
     }
 
     /// Current logical size.
@@ -131,7 +145,46 @@ impl Writer {
 
     /// Whether there is content not yet in the store.
     pub fn is_dirty(&self) -> bool {
-        self.dirty
+        self.dirty && !self.detached
+    }
+
+    /// Whether the file was unlinked while this handle was open.
+    pub fn is_detached(&self) -> bool {
+        self.detached
+    }
+
+    /// Whether part of the content already went to the store as parts of a multipart
+    /// upload, which is bound to the key it started under.
+    pub fn upload_started(&self) -> bool {
+        matches!(&self.mode, Mode::Streaming(s) if s.upload_id.is_some())
+    }
+
+    /// The file was renamed while open: pending content goes to `key` from now on.
+    /// Call only when no upload has started (see [`Writer::upload_started`]).
+    pub fn retarget(&mut self, key: String, put: PutOptions) {
+        debug_assert!(!self.upload_started(), "a started multipart upload cannot change its key");
+        self.key = key;
+        self.put = put;
+    }
+
+    /// The file was unlinked while open (POSIX: its data lives on until the last close).
+    /// The content moves to the staging file, if it is not there already, so this handle
+    /// keeps reading and writing it; nothing is uploaded from now on. Parts of a started
+    /// upload are abandoned: the bytes they held can no longer be read back (EIO), the
+    /// close still succeeds, since nothing was to be kept.
+    pub async fn detach(&mut self) {
+        if self.detached {
+            return;
+        }
+        if self.upload_started() {
+            self.abort().await;
+            self.mode = Mode::Committed;
+            self.failed = Some(Errno::EIO);
+        } else if let Err(e) = self.stage().await {
+            self.failed = Some(e);
+        }
+        self.detached = true;
+        self.dirty = false;
     }
 
     async fn stage(&mut self) -> FsResult<()> {
@@ -242,7 +295,7 @@ impl Writer {
         if size == self.size {
             return Ok(());
         }
-        if size == 0 {
+        if size == 0 && !self.detached {
             self.abort().await;
             *self = Writer::new_stream(
                 self.store.clone(),
@@ -314,6 +367,10 @@ impl Writer {
     /// Makes the store hold exactly the content written so far. Called by flush, fsync
     /// and release; an upload failure is returned here.
     pub async fn commit(&mut self) -> FsResult<()> {
+        if self.detached {
+            // Unlinked: there is no name left to upload to.
+            return Ok(());
+        }
         if let Some(e) = self.failed {
             return Err(e);
         }

@@ -41,9 +41,17 @@ impl FuseAdapter {
         let _in_runtime = self.rt.enter();
         let mut fut = Box::pin(fut);
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if fut.as_mut().poll(&mut cx).is_pending() {
-            // Polled again by the runtime at once, with a waker that counts.
-            self.rt.spawn(fut);
+        // A panic in one request must fail that request, not the session thread (which
+        // would end the mount with ENOTCONN for everyone). The future, and with it the
+        // unsent reply, is dropped: fuser answers a dropped reply with EIO. Requests that
+        // continue on the runtime are isolated the same way by the task boundary.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+            Ok(std::task::Poll::Ready(())) => {}
+            Ok(std::task::Poll::Pending) => {
+                // Polled again by the runtime at once, with a waker that counts.
+                self.rt.spawn(fut);
+            }
+            Err(_) => tracing::error!("a FUSE request panicked; it was answered with EIO"),
         }
     }
 }

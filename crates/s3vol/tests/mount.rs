@@ -161,6 +161,48 @@ fn coreutils_scenarios_and_keys_in_s3() {
     assert_eq!(e.srv.backend.pending_uploads(), 0);
 }
 
+/// A file unlinked or renamed while a process holds it open for writing: the close must
+/// not bring the old name back, and the renamed file's content ends up under the new name.
+#[test]
+fn unlink_and_rename_of_open_files() {
+    if !can_mount() {
+        return;
+    }
+    let e = env();
+    let m = mount(&e, "s3://bkt/vol", &[]);
+    let script = r#"
+import os
+# Anonymous scratch file: create, unlink, keep using the descriptor.
+fd = os.open("scratch", os.O_CREAT | os.O_RDWR, 0o644)
+os.write(fd, b"temporary ")
+os.unlink("scratch")
+os.write(fd, b"data")
+os.lseek(fd, 0, 0)
+assert os.read(fd, 100) == b"temporary data", "the unlinked file's data is readable"
+os.close(fd)
+assert not os.path.exists("scratch"), "close brought the unlinked file back"
+# Flushed, then unlinked, then written again.
+f = open("flushed", "wb"); f.write(b"v1"); f.flush(); os.fsync(f.fileno())
+os.unlink("flushed"); f.write(b"v2"); f.close()
+assert not os.path.exists("flushed")
+# Renamed while open: the rest of the data follows the file.
+f = open("draft", "wb"); f.write(b"first ")
+os.rename("draft", "final")
+f.write(b"second"); f.close()
+assert open("final", "rb").read() == b"first second"
+assert not os.path.exists("draft")
+print("ok")
+"#;
+    let out = m.sh(&format!("python3 -c '{}'", script.replace('\'', "'\\''")));
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let keys = e.srv.backend.keys("bkt");
+    assert_eq!(e.srv.backend.get("bkt", "vol/final").unwrap(), &b"first second"[..]);
+    for gone in ["vol/scratch", "vol/flushed", "vol/draft"] {
+        assert!(!keys.contains(&gone.to_string()), "{gone} came back: {keys:?}");
+    }
+    assert_eq!(e.srv.backend.pending_uploads(), 0);
+}
+
 #[test]
 fn git_works_in_the_mount() {
     if !can_mount() || Command::new("git").arg("--version").output().is_err() {

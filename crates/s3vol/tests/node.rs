@@ -289,6 +289,53 @@ async fn stage_publish_twice_write_read_unpublish_unstage() {
     assert!(!Path::new(&format!("/proc/{pid}")).exists(), "FUSE server exited after unstage");
 }
 
+/// A PV that k8s-csi-s3 provisioned in a shared bucket, exactly as it stands in the
+/// cluster: handle `bucket/pvc-...`, the StorageClass parameters copied into the
+/// attributes (its chart's default geesefs options included), its secret with the
+/// endpoint in it. After changing only `driver:`, the pod must see its own prefix and
+/// nothing of the other volumes in the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_k8s_csi_s3_pv_in_a_shared_bucket_sees_only_its_prefix() {
+    if !can_mount() {
+        return;
+    }
+    let (srv, dir) = env().await;
+    srv.backend.put("shared", "pvc-other/secret-of-another-volume.txt", b"not yours", &[]);
+    srv.backend.put("shared", "top-level.txt", b"not yours either", &[]);
+    srv.backend.put("shared", "pvc-0a1b2c3d/mine.txt", b"mine", &[]);
+    let plugin = Plugin::start(dir.path(), "http://127.0.0.1:1", "1");
+    let (mut node, _) = plugin.clients().await;
+    let handle = "shared/pvc-0a1b2c3d";
+    let ctx: HashMap<String, String> = [
+        ("bucket", "shared"),
+        ("mounter", "geesefs"),
+        ("options", "--memory-limit 1000 --dir-mode 0777 --file-mode 0666"),
+        ("storage.kubernetes.io/csiProvisionerIdentity", "1700000000000-8081-ru.yandex.s3.csi"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let mut sec = secrets(ACCESS_KEY, SECRET_KEY);
+    sec.insert("endpoint".into(), srv.endpoint());
+    let staging = dir.path().join("staging");
+    let target = dir.path().join("pod/vol");
+    node.node_stage_volume(stage_req(handle, &staging, ctx, sec)).await.expect("the chart's default options mount");
+    node.node_publish_volume(publish_req(handle, &staging, &target, false, HashMap::new())).await.unwrap();
+    let mut seen: Vec<String> =
+        std::fs::read_dir(&target).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    seen.sort();
+    assert_eq!(seen, vec!["mine.txt"], "the pod sees more than its own prefix");
+    std::fs::write(target.join("new.txt"), b"written by the pod").unwrap();
+    assert_eq!(srv.backend.get("shared", "pvc-0a1b2c3d/new.txt").unwrap(), &b"written by the pod"[..]);
+    assert!(srv.backend.get("shared", "new.txt").is_none());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir(target.join("sub")).unwrap();
+    let mode = std::fs::metadata(target.join("mine.txt")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o666 & !0o022, "--file-mode 0666 mapped (under the default umask)");
+    unpublish(&mut node, handle, &target).await;
+    unstage(&mut node, handle, &staging).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mounts_survive_a_killed_plugin_and_heal_a_killed_server() {
     if !can_mount() {
@@ -480,13 +527,14 @@ async fn stage_errors_are_clear_and_quick() {
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("InvalidAccessKeyId"));
     let mut bad = ctx("shared");
-    bad.insert("otherOpts".into(), "-o use_cache=/tmp".into());
+    // Tuning options of ossfs are ignored; one that would read keys from a file is refused.
+    bad.insert("otherOpts".into(), "-o use_cache=/tmp -o passwd_file=/etc/passwd-ossfs".into());
     let e = node
         .node_stage_volume(stage_req("static-1", &staging, bad, secrets(ACCESS_KEY, SECRET_KEY)))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().contains("use_cache"), "{e:?}");
+    assert!(e.message().contains("passwd_file"), "{e:?}");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut unreachable = ctx("shared");
     unreachable.insert("endpoint".into(), format!("http://127.0.0.1:{port}"));

@@ -13,12 +13,14 @@
 //! - `s3`: [`S3Store`], aws-sdk-s3 against any S3-compatible endpoint.
 //! - `oss`: reading Alibaba OSS's `x-oss-meta-*` metadata headers.
 //! - `counting`: [`CountingStore`], per-operation request counters and metrics.
+//! - `faulty`: [`FaultyStore`], injected read failures for tests of the layers above.
 //! - `credentials`: [`CredentialSource`], static keys that can be rotated in place.
 //! - `location`: [`Location`], parsing `s3://bucket/prefix` and `file:///dir` URLs.
 
 mod counting;
 mod credentials;
 mod error;
+mod faulty;
 mod file;
 mod listing;
 mod location;
@@ -31,6 +33,7 @@ mod types;
 pub use counting::{CountingStore, RequestCounts};
 pub use credentials::{CredentialSource, StaticCredentials};
 pub use error::{ErrorKind, StoreError, StoreResult};
+pub use faulty::{FaultyStore, GetFault};
 pub use file::FileStore;
 pub use location::{normalize_prefix, Location, StoreKind};
 pub use memory::MemoryStore;

@@ -68,6 +68,12 @@ impl MemoryStore {
         self.state.lock().buckets.get(bucket).map(|b| b.keys().cloned().collect()).unwrap_or_default()
     }
 
+    /// Multipart uploads started and neither completed nor aborted, for assertions
+    /// that nothing is left behind.
+    pub fn open_uploads(&self) -> usize {
+        self.state.lock().uploads.len()
+    }
+
     fn count(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
