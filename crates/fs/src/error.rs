@@ -34,6 +34,8 @@ impl Errno {
     pub const EBADF: Errno = Errno(libc::EBADF);
     /// Name too long.
     pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
+    /// Stale file handle: a node id this server does not know.
+    pub const ESTALE: Errno = Errno(libc::ESTALE);
     /// Try again (store throttling or unreachable).
     pub const EAGAIN: Errno = Errno(libc::EAGAIN);
 }

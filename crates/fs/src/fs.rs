@@ -14,6 +14,7 @@ use crate::dir::{DirEntry, DirStream, VOLUME_MARKER};
 use crate::dir_index::DirIndex;
 use crate::error::{store_errno, Errno, FsResult};
 use crate::inode::{Inode, InodeTable, ROOT_INO};
+use crate::journal::{decode_all, HandleKind, JournalRecord, StateJournal};
 use crate::mime::content_type_for;
 use crate::open_files::OpenFiles;
 use crate::options::MountOptions;
@@ -121,6 +122,13 @@ enum Handle {
         base: u64,
     },
     Dir(DirStream),
+    /// A handle a predecessor server opened, rebuilt on first use (see [`Fs::restore`]).
+    Restored {
+        ino: u64,
+        kind: HandleKind,
+        /// It held content that died with the predecessor: every use is EIO.
+        dirty: bool,
+    },
 }
 
 /// What the store said an entry is, before it gets an inode number.
@@ -154,6 +162,23 @@ pub struct Fs {
     index: Arc<DirIndex>,
     next_fh: AtomicU64,
     wcfg: WriteConfig,
+    /// Where node ids and handles are recorded for a successor server.
+    journal: Option<Arc<dyn StateJournal>>,
+}
+
+/// What [`Fs::restore`] rebuilt from a predecessor's journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Restored {
+    /// Node ids the kernel may use.
+    pub nodes: usize,
+    /// Open handles (rebuilt lazily on first use).
+    pub handles: usize,
+    /// Write handles whose unstored content died with the predecessor (EIO from now on).
+    pub lost_writers: usize,
+    /// Whether the journal ended in a torn record.
+    pub torn: bool,
+    /// Length of the journal's valid prefix: appends go after it.
+    pub valid_len: usize,
 }
 
 fn check_name(name: &str) -> FsResult<()> {
@@ -201,7 +226,113 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             wcfg,
             cfg,
+            journal: None,
         }
+    }
+
+    /// Records node ids and handles in `journal` from now on, so that a successor server
+    /// can serve this mount's kernel connection (see [`Fs::restore`]).
+    pub fn journaled(mut self, journal: Arc<dyn StateJournal>) -> Self {
+        self.table.get_mut().set_journal(journal.clone());
+        self.journal = Some(journal);
+        self
+    }
+
+    fn log(&self, rec: JournalRecord) {
+        if let Some(j) = &self.journal {
+            j.append(&rec);
+        }
+    }
+
+    /// Takes over the state a predecessor server journaled (`bytes`): the node ids the
+    /// kernel holds resolve to the same files, and its open handles keep working (reads
+    /// reopen lazily, writers whose content was all stored go on) except writers that
+    /// held unstored content, which fail with EIO from now on, never silently.
+    pub fn restore(&self, bytes: &[u8]) -> Restored {
+        let (records, valid_len) = decode_all(bytes);
+        let torn = valid_len != bytes.len();
+        let mut nodes = Vec::new();
+        let mut open: HashMap<u64, (u64, HandleKind, bool)> = HashMap::new();
+        for r in records {
+            match r {
+                JournalRecord::Node { ino, parent, kind, name } => nodes.push((ino, parent, kind, name)),
+                JournalRecord::Open { fh, ino, kind } => {
+                    open.insert(fh, (ino, kind, false));
+                }
+                JournalRecord::Dirty { fh, dirty } => {
+                    if let Some(h) = open.get_mut(&fh) {
+                        h.2 = dirty;
+                    }
+                }
+                JournalRecord::Close { fh } => {
+                    open.remove(&fh);
+                }
+            }
+        }
+        let mut out = Restored { torn, valid_len, ..Default::default() };
+        {
+            let mut t = self.table.lock();
+            let root = t.get(ROOT_INO).cloned().expect("root");
+            out.nodes = t.restore(&nodes, &root);
+        }
+        let max_fh = open.keys().copied().max().unwrap_or(0);
+        self.next_fh.fetch_max(max_fh + 1, Ordering::Relaxed);
+        for (fh, (ino, kind, dirty)) in open {
+            // Journal them again, so a successor of this server still knows them.
+            self.log(JournalRecord::Open { fh, ino, kind });
+            if dirty {
+                self.log(JournalRecord::Dirty { fh, dirty });
+                out.lost_writers += 1;
+            }
+            // Counted as a writer only once rebuilt: until then its attributes are the
+            // store's, not this mount's own.
+            if kind != HandleKind::Dir {
+                self.open_files.opened(ino, fh, false);
+            }
+            self.handles.lock().insert(fh, Arc::new(tokio::sync::Mutex::new(Handle::Restored { ino, kind, dirty })));
+            out.handles += 1;
+        }
+        // Node ids of the predecessor are journaled again too (the journal is this
+        // server's now; the predecessor's records stay in front of the new ones).
+        out
+    }
+
+    /// Turns a restored handle into a live one. Writers that held unstored content stay
+    /// restored: every use is EIO.
+    async fn materialize(&self, h: &mut Handle) -> FsResult<()> {
+        let Handle::Restored { ino, kind, dirty } = *h else { return Ok(()) };
+        if dirty {
+            return Err(Errno::EIO);
+        }
+        let i = self.inode(ino)?;
+        *h = match kind {
+            HandleKind::Dir => {
+                let key = self.key(&i.path, FileKind::Dir);
+                let stream = DirStream::new(self.store.clone(), self.cfg.bucket.clone(), key, ino == ROOT_INO)
+                    .recording(self.index.clone(), ino);
+                Handle::Dir(stream)
+            }
+            HandleKind::Read => {
+                let attr = self.getattr(ino).await?;
+                let key = self.key(&i.path, FileKind::File);
+                let o = &self.cfg.options;
+                Handle::Read {
+                    ino,
+                    reader: Reader::new(self.store.clone(), self.cfg.bucket.clone(), key, attr.size, o.read_ahead),
+                }
+            }
+            HandleKind::Write => {
+                let attr = self.getattr(ino).await?;
+                let i = self.inode(ino)?;
+                let key = self.key(&i.path, FileKind::File);
+                let put = self.put_options(&i.name, i.stored);
+                let (store, bucket, wcfg) = (self.store.clone(), self.cfg.bucket.clone(), self.wcfg.clone());
+                let writer = Writer::existing(store, bucket, key, put, wcfg, attr.size);
+                self.open_files.promote(ino);
+                Handle::Write { ino, writer: Box::new(writer), base: attr.size }
+            }
+        };
+        Ok(())
     }
 
     /// The mount options in force.
@@ -242,8 +373,10 @@ impl Fs {
         Instant::now() + self.cfg.options.stat_cache_ttl
     }
 
+    /// The inode the kernel names. An id this server does not know (one its predecessor
+    /// gave out and did not journal, or one that was dropped) is ESTALE.
     fn inode(&self, ino: u64) -> FsResult<Inode> {
-        self.table.lock().get(ino).cloned().ok_or(Errno::ENOENT)
+        self.table.lock().get(ino).cloned().ok_or(Errno::ESTALE)
     }
 
     fn dir_inode(&self, ino: u64) -> FsResult<Inode> {
@@ -474,8 +607,13 @@ impl Fs {
             let handle = fh.and_then(|f| self.handles.lock().get(&f).cloned());
             let mut done = false;
             if let Some(h) = handle {
-                if let Handle::Write { writer, base, .. } = &mut *h.lock().await {
+                let mut g = h.lock().await;
+                self.materialize(&mut g).await?;
+                if let Handle::Write { writer, base, .. } = &mut *g {
                     self.check_quota(*base, size)?;
+                    if !writer.is_dirty() {
+                        self.log(JournalRecord::Dirty { fh: fh.unwrap_or_default(), dirty: true });
+                    }
                     writer.set_size(size).await?;
                     done = true;
                 }
@@ -579,9 +717,18 @@ impl Fs {
     fn add_handle(&self, h: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         match &h {
-            Handle::Write { ino, .. } => self.open_files.opened(*ino, fh, true),
-            Handle::Read { ino, .. } => self.open_files.opened(*ino, fh, false),
-            Handle::Dir(_) => {}
+            Handle::Write { ino, writer, .. } => {
+                self.log(JournalRecord::Open { fh, ino: *ino, kind: HandleKind::Write });
+                if writer.is_dirty() {
+                    self.log(JournalRecord::Dirty { fh, dirty: true });
+                }
+                self.open_files.opened(*ino, fh, true)
+            }
+            Handle::Read { ino, .. } => {
+                self.log(JournalRecord::Open { fh, ino: *ino, kind: HandleKind::Read });
+                self.open_files.opened(*ino, fh, false)
+            }
+            Handle::Dir(_) | Handle::Restored { .. } => {}
         }
         self.handles.lock().insert(fh, Arc::new(tokio::sync::Mutex::new(h)));
         fh
@@ -605,7 +752,9 @@ impl Fs {
         let key = self.key(&i.path, FileKind::Dir);
         let stream = DirStream::new(self.store.clone(), self.cfg.bucket.clone(), key, ino == ROOT_INO)
             .recording(self.index.clone(), ino);
-        Ok(self.add_handle(Handle::Dir(stream)))
+        let fh = self.add_handle(Handle::Dir(stream));
+        self.log(JournalRecord::Open { fh, ino, kind: HandleKind::Dir });
+        Ok(fh)
     }
 
     /// Whether the kernel may serve this directory from the entries it cached at the last
@@ -628,6 +777,7 @@ impl Fs {
     pub async fn readdir(&self, ino: u64, fh: u64, offset: u64) -> FsResult<Vec<(u64, u64, DirEntry)>> {
         let h = self.handle(fh)?;
         let mut guard = h.lock().await;
+        self.materialize(&mut guard).await?;
         let Handle::Dir(stream) = &mut *guard else { return Err(Errno::EBADF) };
         let me = self.inode(ino)?;
         let mut out = Vec::new();
@@ -723,6 +873,7 @@ impl Fs {
     /// Closes a directory handle, remembering when a listing ran to its end.
     pub fn releasedir(&self, ino: u64, fh: u64) {
         let Some(h) = self.handles.lock().remove(&fh) else { return };
+        self.log(JournalRecord::Close { fh });
         let complete = matches!(h.try_lock().as_deref(), Ok(Handle::Dir(stream)) if stream.complete());
         if complete {
             self.listed.lock().insert(ino, Instant::now());
@@ -798,10 +949,12 @@ impl Fs {
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
         let h = self.handle(fh)?;
         let mut g = h.lock().await;
+        self.materialize(&mut g).await?;
         match &mut *g {
             Handle::Read { reader, .. } => reader.read(offset, size).await,
             Handle::Write { writer, .. } => writer.read(offset, size).await,
             Handle::Dir(_) => Err(Errno::EISDIR),
+            Handle::Restored { .. } => Err(Errno::EIO),
         }
     }
 
@@ -809,8 +962,13 @@ impl Fs {
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let h = self.handle(fh)?;
         let mut g = h.lock().await;
+        self.materialize(&mut g).await?;
         let Handle::Write { ino, writer, base } = &mut *g else { return Err(Errno::EBADF) };
         self.check_quota(*base, writer.size().max(offset + data.len() as u64))?;
+        if !writer.is_dirty() && !writer.is_detached() {
+            // Before the data is taken: a successor must know this handle holds some.
+            self.log(JournalRecord::Dirty { fh, dirty: true });
+        }
         let n = writer.write(offset, data).await?;
         let size = writer.size();
         let ino = *ino;
@@ -827,8 +985,13 @@ impl Fs {
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
         let mut g = h.lock().await;
+        self.materialize(&mut g).await?;
         if let Handle::Write { ino, writer, base } = &mut *g {
+            let was_dirty = writer.is_dirty();
             writer.commit().await?;
+            if was_dirty {
+                self.log(JournalRecord::Dirty { fh, dirty: false });
+            }
             if writer.is_detached() {
                 // Unlinked while open: no object, no name to record.
                 return Ok(());
@@ -855,8 +1018,20 @@ impl Fs {
     pub async fn release(&self, fh: u64) -> FsResult<()> {
         let Some(h) = self.handles.lock().remove(&fh) else { return Ok(()) };
         let mut g = h.lock().await;
-        if let Handle::Read { ino, .. } = &*g {
-            self.open_files.closed(*ino, fh, false);
+        self.log(JournalRecord::Close { fh });
+        match &*g {
+            Handle::Read { ino, .. } => self.open_files.closed(*ino, fh, false),
+            Handle::Restored { ino, kind, dirty } => {
+                if *kind != HandleKind::Dir {
+                    self.open_files.closed(*ino, fh, false);
+                }
+                if *dirty {
+                    tracing::error!(ino, fh, "a file open for writing lost its unstored content when its FUSE server died; its close fails with EIO");
+                    return Err(Errno::EIO);
+                }
+                return Ok(());
+            }
+            _ => {}
         }
         if let Handle::Write { ino, writer, base } = &mut *g {
             let res = writer.commit().await;
@@ -1117,7 +1292,8 @@ impl Fs {
                     writer.retarget(to.clone(), put);
                 }
                 Handle::Read { reader, .. } => reader.retarget(to.clone()),
-                Handle::Dir(_) => {}
+                // A restored handle finds its key from the inode's path when first used.
+                Handle::Dir(_) | Handle::Restored { .. } => {}
             }
         }
         Ok(())

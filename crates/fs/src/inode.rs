@@ -2,9 +2,11 @@
 //! and a bounded negative cache for names known not to exist.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::attr::{Attr, FileKind, StoredMeta};
+use crate::journal::{JournalRecord, StateJournal};
 
 /// Inode number of the mount root.
 pub const ROOT_INO: u64 = 1;
@@ -43,6 +45,8 @@ pub struct InodeTable {
     negative: HashMap<(u64, String), Instant>,
     next: u64,
     max_negative: usize,
+    /// Where node ids are recorded for a successor server, when one may take over.
+    journal: Option<Arc<dyn StateJournal>>,
 }
 
 impl InodeTable {
@@ -50,7 +54,70 @@ impl InodeTable {
     pub fn new(root: Inode, max_negative: usize) -> Self {
         let mut by_ino = HashMap::new();
         by_ino.insert(ROOT_INO, root);
-        InodeTable { by_ino, by_name: HashMap::new(), negative: HashMap::new(), next: ROOT_INO + 1, max_negative }
+        InodeTable {
+            by_ino,
+            by_name: HashMap::new(),
+            negative: HashMap::new(),
+            next: ROOT_INO + 1,
+            max_negative,
+            journal: None,
+        }
+    }
+
+    /// Journals every node id from now on (before the kernel can learn it).
+    pub fn set_journal(&mut self, journal: Arc<dyn StateJournal>) {
+        self.journal = Some(journal);
+    }
+
+    /// Rebuilds the node ids a predecessor gave the kernel, from its journal: each id
+    /// gets its last recorded parent and name, with attributes that are already expired
+    /// (the first getattr reads the object). Ids whose parent chain is broken are left
+    /// out (the kernel gets ESTALE for them). Returns how many were restored.
+    pub fn restore(&mut self, nodes: &[(u64, u64, FileKind, String)], template: &Inode) -> usize {
+        let mut last: HashMap<u64, (u64, FileKind, &str)> = HashMap::new();
+        for (ino, parent, kind, name) in nodes {
+            if *ino != ROOT_INO {
+                last.insert(*ino, (*parent, *kind, name.as_str()));
+            }
+        }
+        fn path_of(ino: u64, last: &HashMap<u64, (u64, FileKind, &str)>, depth: usize) -> Option<String> {
+            if ino == ROOT_INO {
+                return Some(String::new());
+            }
+            let (parent, _, name) = last.get(&ino)?;
+            if depth > 4096 {
+                return None;
+            }
+            let p = path_of(*parent, last, depth + 1)?;
+            Some(if p.is_empty() { name.to_string() } else { format!("{p}/{name}") })
+        }
+        let now = Instant::now();
+        let mut restored = 0;
+        for (&ino, &(parent, kind, name)) in &last {
+            let Some(path) = path_of(ino, &last, 0) else { continue };
+            let attr = Attr { ino, kind, perm: if kind == FileKind::Dir { 0o755 } else { 0o644 }, ..template.attr };
+            self.by_name.insert((parent, name.to_string()), ino);
+            self.by_ino.insert(
+                ino,
+                Inode {
+                    ino,
+                    parent,
+                    name: name.to_string(),
+                    path,
+                    kind,
+                    attr,
+                    stored: StoredMeta::default(),
+                    has_marker: false,
+                    verified: false,
+                    expires: now,
+                    // The kernel holds at least one reference; forgets count down from here.
+                    lookups: 1,
+                },
+            );
+            self.next = self.next.max(ino + 1);
+            restored += 1;
+        }
+        restored
     }
 
     /// The inode, if known.
@@ -83,6 +150,20 @@ impl InodeTable {
 
     /// Records an inode (new or refreshed) and clears any negative entry for its name.
     pub fn upsert(&mut self, inode: Inode) {
+        if let Some(j) = &self.journal {
+            let known = self
+                .by_ino
+                .get(&inode.ino)
+                .is_some_and(|i| i.parent == inode.parent && i.kind == inode.kind && i.name == inode.name);
+            if !known && inode.ino != ROOT_INO {
+                j.append(&JournalRecord::Node {
+                    ino: inode.ino,
+                    parent: inode.parent,
+                    kind: inode.kind,
+                    name: inode.name.clone(),
+                });
+            }
+        }
         self.negative.remove(&(inode.parent, inode.name.clone()));
         let key = (inode.parent, inode.name.clone());
         if let Some(old) = self.by_name.insert(key, inode.ino) {

@@ -12,6 +12,7 @@
 //! - `read`: the prefetching reader.
 //! - `write`: streaming multipart uploads and the staging cache.
 //! - `open_files`: the handles open on each inode, for unlink, rename and setattr.
+//! - `journal`: the node ids and handles a successor server needs, recorded as they are given out.
 //! - `fs`: [`Fs`], the operations.
 //! - `error`: [`Errno`] and the store-error mapping.
 //! - `mime`: Content-Type by extension.
@@ -23,6 +24,7 @@ mod error;
 mod foreign_options;
 mod fs;
 mod inode;
+mod journal;
 mod mime;
 mod open_files;
 mod options;
@@ -33,6 +35,7 @@ pub use attr::{Attr, FileKind, StoredMeta};
 pub use dir::{DirEntry, VOLUME_MARKER};
 pub use error::{Errno, FsResult};
 pub use foreign_options::{translate_foreign, Translated};
-pub use fs::{Caller, Fs, FsConfig, SetAttr, StatFs};
+pub use fs::{Caller, Fs, FsConfig, Restored, SetAttr, StatFs};
 pub use inode::ROOT_INO;
+pub use journal::{decode_all, encode, HandleKind, JournalRecord, MemoryJournal, StateJournal};
 pub use options::{MountOptions, OptionError};

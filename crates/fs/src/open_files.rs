@@ -42,6 +42,13 @@ impl OpenFiles {
         }
     }
 
+    /// A handle of `ino` counted as a reader now writes (a restored writer, rebuilt).
+    pub(crate) fn promote(&self, ino: u64) {
+        if let Some(f) = self.map.lock().get_mut(&ino) {
+            f.writers += 1;
+        }
+    }
+
     /// The handles open on `ino`, oldest first.
     pub(crate) fn handles_of(&self, ino: u64) -> Vec<u64> {
         self.map.lock().get(&ino).map(|f| f.handles.clone()).unwrap_or_default()

@@ -21,12 +21,20 @@ const MAX_IO: u32 = 1 << 20;
 pub struct FuseAdapter {
     fs: Arc<Fs>,
     rt: tokio::runtime::Handle,
+    /// The connection was initialised by a predecessor; the INIT this session sees is
+    /// synthetic (see `resume`).
+    resumed: bool,
 }
 
 impl FuseAdapter {
     /// An adapter running operations on `rt`.
     pub fn new(fs: Arc<Fs>, rt: tokio::runtime::Handle) -> Self {
-        FuseAdapter { fs, rt }
+        FuseAdapter { fs, rt, resumed: false }
+    }
+
+    /// The same adapter for a connection another server initialised.
+    pub fn resumed(self) -> Self {
+        FuseAdapter { resumed: true, ..self }
     }
 
     /// Runs one request. Most finish without waiting for the store (a cached lookup, a
@@ -107,7 +115,11 @@ impl Filesystem for FuseAdapter {
         let _ = config.set_max_readahead(MAX_IO);
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
-        tracing::info!("FUSE session initialised");
+        if self.resumed {
+            tracing::info!("FUSE session resumed on a live connection");
+        } else {
+            tracing::info!("FUSE session initialised");
+        }
         Ok(())
     }
 

@@ -8,10 +8,17 @@
 //! - `adapter`: [`FuseAdapter`], one fuser callback per operation, each run as a task on
 //!   a tokio runtime so slow store calls never block the kernel channel.
 //! - `serve`: running a session on an fd until the mount goes away.
+//! - `resume`: serving a connection a predecessor initialised (crash recovery, upgrades).
+//! - `journal_file`: the state journal in a memfd the node plugin keeps.
 
 mod adapter;
+mod journal_file;
+mod resume;
 mod serve;
 
 pub use adapter::FuseAdapter;
+pub use journal_file::FileJournal;
+pub use resume::{notify_resend, serve_fd_resumed, Resend, ResumeError};
+pub use s3vol_mount::{abort_connection, dup_fd, memfd};
 pub use s3vol_mount::{mount_fuse, unmount, MountError};
 pub use serve::serve_fd;

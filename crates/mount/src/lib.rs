@@ -6,11 +6,14 @@
 //! - `fuse`: [`mount_fuse`], [`unmount`].
 //! - `bind`: [`bind_mount`], read-only remounts.
 //! - `table`: [`is_mount_point`], [`mount_health`].
+//! - `connection`: keeping a connection's descriptor and journal across servers.
 
 mod bind;
+mod connection;
 mod fuse;
 mod table;
 
 pub use bind::bind_mount;
+pub use connection::{abort_connection, dup_fd, memfd};
 pub use fuse::{mount_fuse, unmount, MountError};
 pub use table::{is_mount_point, mount_health, MountHealth};

@@ -1,8 +1,9 @@
 //! `s3vol fuse-server`: the per-volume FUSE server the CSI node plugin starts. It listens
-//! on a control socket, receives the mounted /dev/fuse fd and its configuration
-//! (credentials included) over it, serves until the mount goes away, and accepts
-//! credential rotations while it runs. It is a process of its own so that restarting the
-//! node plugin leaves mounts alive.
+//! on a control socket, receives the mounted /dev/fuse fd, the state journal and its
+//! configuration (credentials included) over it, serves until the mount goes away, and
+//! accepts credential rotations while it runs. It is a process of its own so that
+//! restarting the node plugin leaves mounts alive; and when it dies, a successor takes
+//! over the same connection from the journal (`resume`), so the mount never breaks.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,7 +13,9 @@ use anyhow::Context;
 use parking_lot::Mutex;
 use s3vol_csi::node::handoff::{self, ControlRequest, ControlResponse, ServeConfig};
 use s3vol_fs::{Fs, FsConfig, MountOptions};
+use s3vol_fuse::{FileJournal, Resend};
 use s3vol_store::{CountingStore, CredentialSource, FileStore, ObjectStore, S3Config, S3Store};
+use std::os::fd::{AsFd, OwnedFd};
 
 /// `s3vol fuse-server` arguments.
 #[derive(clap::Args, Debug)]
@@ -25,7 +28,11 @@ pub struct FuseServerArgs {
 #[derive(Default)]
 struct State {
     credentials: Option<CredentialSource>,
+    /// The keys as they were handed over (for a plugin that takes the volume back).
+    wire_credentials: Option<handoff::WireCredentials>,
     serving: bool,
+    /// The connection and the journal, kept to hand duplicates to a restarted plugin.
+    fds: Option<(OwnedFd, OwnedFd)>,
 }
 
 /// Runs the server until its session ends or it is told to shut down.
@@ -43,7 +50,7 @@ pub fn run(args: FuseServerArgs) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let (req, fd) = match handoff::read_request(&conn) {
+        let (req, fds) = match handoff::read_request(&conn) {
             Ok(Some(r)) => r,
             Ok(None) => continue,
             Err(e) => {
@@ -54,40 +61,85 @@ pub fn run(args: FuseServerArgs) -> anyhow::Result<()> {
         let result: Result<(), String> = match req {
             ControlRequest::Ping => Ok(()),
             ControlRequest::Shutdown => {
-                let _ = handoff::write_response(&conn, &response(&state, Ok(())));
+                let _ = handoff::write_response(&conn, &response(&state, Ok(())), &[]);
                 tracing::info!("shutdown requested");
                 std::process::exit(0);
             }
-            ControlRequest::Rotate { credentials } => match &state.lock().credentials {
-                Some(src) if src.rotate(credentials.into()) => {
-                    tracing::info!("credentials rotated");
-                    Ok(())
+            ControlRequest::Rotate { credentials } => {
+                let mut st = state.lock();
+                match &st.credentials {
+                    Some(src) if src.rotate(credentials.clone().into()) => {
+                        st.wire_credentials = Some(credentials);
+                        tracing::info!("credentials rotated");
+                        Ok(())
+                    }
+                    _ => Err("this volume does not use static credentials; nothing to rotate".to_string()),
                 }
-                _ => Err("this volume does not use static credentials; nothing to rotate".to_string()),
-            },
-            ControlRequest::Serve { config } => match fd {
-                None => Err("Serve without a FUSE descriptor".to_string()),
-                Some(_) if state.lock().serving => Err("already serving a volume".to_string()),
-                Some(fd) => start(&rt, &state, config, fd).map_err(|e| format!("{e:#}")),
-            },
+            }
+            ControlRequest::TakeOver => {
+                let st = state.lock();
+                let dups = st.fds.as_ref().map(|(f, j)| (s3vol_fuse::dup_fd(f), s3vol_fuse::dup_fd(j)));
+                let resp = ControlResponse { credentials: st.wire_credentials.clone(), ..response_of(&st, Ok(())) };
+                drop(st);
+                match dups {
+                    Some((Ok(f), Ok(j))) => {
+                        let _ = handoff::write_response(&conn, &resp, &[f.as_fd(), j.as_fd()]);
+                        tracing::info!("handed the connection back to a restarted node plugin");
+                        continue;
+                    }
+                    Some((Err(e), _)) | Some((_, Err(e))) => Err(format!("duplicating descriptors: {e}")),
+                    None => Err("not serving a volume".to_string()),
+                }
+            }
+            ControlRequest::Serve { config, resume } => {
+                let mut fds = fds.into_iter();
+                match (fds.next(), fds.next()) {
+                    (None, _) => Err("Serve without a FUSE descriptor".to_string()),
+                    _ if state.lock().serving => Err("already serving a volume".to_string()),
+                    (Some(fuse), journal) => match start(&rt, &state, config, fuse, journal, resume) {
+                        Ok(resend) => {
+                            let resp = ControlResponse { resend, ..response(&state, Ok(())) };
+                            let _ = handoff::write_response(&conn, &resp, &[]);
+                            continue;
+                        }
+                        Err(e) => Err(format!("{e:#}")),
+                    },
+                }
+            }
         };
         if let Err(e) = &result {
             tracing::warn!(error = %e, "control request failed");
         }
-        let _ = handoff::write_response(&conn, &response(&state, result));
+        let _ = handoff::write_response(&conn, &response(&state, result), &[]);
     }
 }
 
 fn response(state: &Mutex<State>, result: Result<(), String>) -> ControlResponse {
-    ControlResponse { ok: result.is_ok(), error: result.err(), pid: std::process::id(), serving: state.lock().serving }
+    response_of(&state.lock(), result)
 }
 
+fn response_of(st: &State, result: Result<(), String>) -> ControlResponse {
+    ControlResponse {
+        ok: result.is_ok(),
+        error: result.err(),
+        pid: std::process::id(),
+        serving: st.serving,
+        ..Default::default()
+    }
+}
+
+/// Serves `config` on `fuse`, journaling into `journal` (a fresh memfd when none is
+/// given). With `resume`, the connection was served before: the predecessor's journal is
+/// replayed and the kernel asked to resend what it left unanswered. Returns what became
+/// of those requests (`None` for a fresh connection).
 fn start(
     rt: &tokio::runtime::Runtime,
     state: &Arc<Mutex<State>>,
     config: ServeConfig,
-    fd: std::os::fd::OwnedFd,
-) -> anyhow::Result<()> {
+    fuse: OwnedFd,
+    journal: Option<OwnedFd>,
+    resume: bool,
+) -> anyhow::Result<Option<String>> {
     let options = MountOptions::parse(&config.options).map_err(|e| anyhow::anyhow!("{e}"))?;
     let source = config.credentials.clone().map(|c| CredentialSource::fixed(c.into()));
     let store: Arc<dyn ObjectStore> = match config.endpoint.as_deref().and_then(|e| e.strip_prefix("file://")) {
@@ -106,7 +158,15 @@ fn start(
     let counting = Arc::new(CountingStore::new(store, config.volume_id.clone()));
     let counts = counting.counts();
     let store: Arc<dyn ObjectStore> = counting;
-    let fs = Arc::new(Fs::new(
+    let journal_fd = match journal {
+        Some(j) => j,
+        None => FileJournal::create(&config.volume_id).context("creating the state journal")?,
+    };
+    let (journal, history) =
+        FileJournal::open(s3vol_fuse::dup_fd(&journal_fd)?).context("reading the state journal")?;
+    let valid = if resume { s3vol_fs::decode_all(&history).1 } else { 0 };
+    journal.keep(valid as u64).context("trimming the state journal")?;
+    let fs = Fs::new(
         store,
         FsConfig {
             bucket: config.bucket.clone(),
@@ -115,22 +175,58 @@ fn start(
             capacity: config.capacity,
             hard_quota: config.hard_quota,
         },
-    ));
+    )
+    .journaled(Arc::new(journal));
+    if resume {
+        let r = fs.restore(&history[..valid]);
+        tracing::info!(
+            nodes = r.nodes,
+            handles = r.handles,
+            lost_writers = r.lost_writers,
+            torn = r.torn,
+            "took over the state of the previous server"
+        );
+    }
+    let fs = Arc::new(fs);
     if config.hard_quota {
         let used = rt
             .block_on(fs.measure_usage())
             .map_err(|e| anyhow::anyhow!("measuring usage for the hard quota: errno {}", e.0))?;
         tracing::info!(used, capacity = ?config.capacity, "hard quota: usage measured");
     }
+    let kept = (s3vol_fuse::dup_fd(&fuse)?, journal_fd);
+    let handle = rt.handle().clone();
+    let (session, resend) = if resume {
+        let (thread, resend) = s3vol_fuse::serve_fd_resumed(fs.clone(), fuse, handle)?;
+        if resend == Resend::Unsupported {
+            // The requests the predecessor read stay unanswered: the plugin must abort
+            // the connection and mount again. This server is of no use then.
+            tracing::warn!("this kernel cannot resend requests (FUSE_NOTIFY_RESEND, Linux 6.9+); the node plugin falls back to a remount");
+            std::thread::spawn(|| {
+                std::thread::sleep(Duration::from_millis(200));
+                std::process::exit(3);
+            });
+            return Ok(Some("unsupported".into()));
+        }
+        tracing::info!(volume_id = %config.volume_id, "serving the live connection (requests left unanswered were resent)");
+        (thread, Some("resent".to_string()))
+    } else {
+        let fs2 = fs.clone();
+        let thread = std::thread::Builder::new()
+            .name("fuse-session".into())
+            .spawn(move || s3vol_fuse::serve_fd(fs2, fuse, handle))?;
+        tracing::info!(volume_id = %config.volume_id, bucket = %config.bucket, prefix = %config.prefix, "serving");
+        (thread, None)
+    };
     {
         let mut st = state.lock();
         st.credentials = source;
+        st.wire_credentials = config.credentials.clone();
         st.serving = true;
+        st.fds = Some(kept);
     }
-    let handle = rt.handle().clone();
-    tracing::info!(volume_id = %config.volume_id, bucket = %config.bucket, prefix = %config.prefix, "serving");
-    std::thread::Builder::new().name("fuse-session".into()).spawn(move || {
-        let res = s3vol_fuse::serve_fd(fs.clone(), fd, handle);
+    std::thread::Builder::new().name("fuse-waiter".into()).spawn(move || {
+        let res = session.join().unwrap_or_else(|_| Err(std::io::Error::other("session thread panicked")));
         // Let uploads of the last released files finish before exiting.
         let deadline = Instant::now() + Duration::from_secs(60);
         while Arc::strong_count(&fs) > 1 && Instant::now() < deadline {
@@ -142,5 +238,5 @@ fn start(
         }
         std::process::exit(0);
     })?;
-    Ok(())
+    Ok(resend)
 }

@@ -1,6 +1,6 @@
 //! The control channel between the node plugin and a FUSE server: a SOCK_SEQPACKET unix
-//! socket (one JSON message per packet), with the /dev/fuse descriptor passed as
-//! SCM_RIGHTS beside the first message. Credentials travel only over this socket, never
+//! socket (one JSON message per packet), with descriptors (the /dev/fuse connection and
+//! the state journal) passed as SCM_RIGHTS beside a message. Credentials travel only over this socket, never
 //! in argv, the environment or files.
 
 use std::io::{IoSlice, IoSliceMut};
@@ -83,11 +83,19 @@ pub struct ServeConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ControlRequest {
-    /// Serve the FUSE fd sent with this message.
+    /// Serve the FUSE connection sent with this message (descriptors: the connection,
+    /// then the state journal).
     Serve {
         /// What to serve.
         config: ServeConfig,
+        /// The connection is live and was served before: take over the predecessor's
+        /// state from the journal instead of waiting for the kernel's INIT.
+        #[serde(default)]
+        resume: bool,
     },
+    /// Hand back duplicates of the connection and journal descriptors and the volume's
+    /// credentials (a restarted node plugin taking its volumes back).
+    TakeOver,
     /// Replace the credentials of the running server (rotation without remount).
     Rotate {
         /// New keys.
@@ -100,7 +108,7 @@ pub enum ControlRequest {
 }
 
 /// A FUSE server's answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ControlResponse {
     /// Whether the request was carried out.
     pub ok: bool,
@@ -110,6 +118,13 @@ pub struct ControlResponse {
     pub pid: u32,
     /// Whether a session is being served.
     pub serving: bool,
+    /// The volume's keys (answer to `TakeOver` only).
+    #[serde(default)]
+    pub credentials: Option<WireCredentials>,
+    /// What became of requests a predecessor left unanswered (answer to a resuming
+    /// `Serve`): `resent`, or `unsupported` when the kernel cannot resend them.
+    #[serde(default)]
+    pub resend: Option<String>,
 }
 
 /// Control channel failures.
@@ -133,63 +148,74 @@ fn set_timeouts(fd: &OwnedFd, t: Duration) -> nix::Result<()> {
     socket::setsockopt(fd, socket::sockopt::SendTimeout, &tv)
 }
 
-/// Sends one packet, with `fd` attached when given.
-pub fn send_packet(sock: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> nix::Result<()> {
+/// Sends one packet, with `fds` attached.
+pub fn send_packet(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> nix::Result<()> {
     let iov = [IoSlice::new(bytes)];
-    let fds: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
+    let fds: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let cmsgs: Vec<ControlMessage<'_>> =
         if fds.is_empty() { Vec::new() } else { vec![ControlMessage::ScmRights(&fds)] };
     socket::sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::empty(), None)?;
     Ok(())
 }
 
-/// Receives one packet and any descriptor sent with it. `Ok(None)` at end of stream.
-pub fn recv_packet(sock: BorrowedFd<'_>) -> nix::Result<Option<(Vec<u8>, Option<OwnedFd>)>> {
+/// Most descriptors one packet carries.
+const MAX_FDS: usize = 4;
+
+/// Receives one packet and the descriptors sent with it. `Ok(None)` at end of stream.
+pub fn recv_packet(sock: BorrowedFd<'_>) -> nix::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
     let mut buf = vec![0u8; MAX_MSG];
-    let mut space = nix::cmsg_space!([RawFd; 1]);
-    let (n, fd) = {
+    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let (n, fds) = {
         let mut iov = [IoSliceMut::new(&mut buf)];
         let msg = socket::recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
-        let mut fd = None;
+        let mut fds = Vec::new();
         for c in msg.cmsgs()? {
-            if let ControlMessageOwned::ScmRights(fds) = c {
-                for raw in fds {
+            if let ControlMessageOwned::ScmRights(raw_fds) = c {
+                for raw in raw_fds {
                     // SAFETY: SCM_RIGHTS just installed this descriptor in our table; we
                     // are its only owner.
-                    let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-                    if fd.is_none() {
-                        fd = Some(owned);
-                    }
+                    fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
                 }
             }
         }
-        (msg.bytes, fd)
+        (msg.bytes, fds)
     };
     if n == 0 {
         return Ok(None);
     }
     buf.truncate(n);
-    Ok(Some((buf, fd)))
+    Ok(Some((buf, fds)))
 }
 
-/// Sends `req` (with `fd`) to the server listening at `path` and waits for its answer.
+/// Sends `req` (with `fds`) to the server listening at `path` and waits for its answer.
 pub fn call(
     path: &Path,
     req: &ControlRequest,
-    fd: Option<BorrowedFd<'_>>,
+    fds: &[BorrowedFd<'_>],
     timeout: Duration,
 ) -> Result<ControlResponse, HandoffError> {
+    call_with_fds(path, req, fds, timeout).map(|(r, _)| r)
+}
+
+/// [`call`], also returning the descriptors sent with the answer.
+pub fn call_with_fds(
+    path: &Path,
+    req: &ControlRequest,
+    fds: &[BorrowedFd<'_>],
+    timeout: Duration,
+) -> Result<(ControlResponse, Vec<OwnedFd>), HandoffError> {
     let name = path.display().to_string();
     let io = |e| HandoffError::Io(name.clone(), e);
     let sock = seqpacket().map_err(io)?;
     set_timeouts(&sock, timeout).map_err(io)?;
     socket::connect(sock.as_raw_fd(), &UnixAddr::new(path).map_err(io)?).map_err(io)?;
     let bytes = serde_json::to_vec(req).map_err(|e| HandoffError::Protocol(e.to_string()))?;
-    send_packet(std::os::fd::AsFd::as_fd(&sock), &bytes, fd).map_err(io)?;
-    let (reply, _) = recv_packet(std::os::fd::AsFd::as_fd(&sock))
+    send_packet(std::os::fd::AsFd::as_fd(&sock), &bytes, fds).map_err(io)?;
+    let (reply, fds) = recv_packet(std::os::fd::AsFd::as_fd(&sock))
         .map_err(io)?
         .ok_or_else(|| HandoffError::Protocol("server closed the connection".into()))?;
-    serde_json::from_slice(&reply).map_err(|e| HandoffError::Protocol(e.to_string()))
+    let resp = serde_json::from_slice(&reply).map_err(|e| HandoffError::Protocol(e.to_string()))?;
+    Ok((resp, fds))
 }
 
 /// The server side: a listening control socket (mode 0600).
@@ -217,18 +243,18 @@ impl ControlListener {
     }
 }
 
-/// Reads one request (and its fd) from an accepted connection.
-pub fn read_request(conn: &OwnedFd) -> Result<Option<(ControlRequest, Option<OwnedFd>)>, HandoffError> {
+/// Reads one request (and its descriptors) from an accepted connection.
+pub fn read_request(conn: &OwnedFd) -> Result<Option<(ControlRequest, Vec<OwnedFd>)>, HandoffError> {
     let io = |e| HandoffError::Io("connection".into(), e);
-    let Some((bytes, fd)) = recv_packet(std::os::fd::AsFd::as_fd(conn)).map_err(io)? else { return Ok(None) };
+    let Some((bytes, fds)) = recv_packet(std::os::fd::AsFd::as_fd(conn)).map_err(io)? else { return Ok(None) };
     let req = serde_json::from_slice(&bytes).map_err(|e| HandoffError::Protocol(e.to_string()))?;
-    Ok(Some((req, fd)))
+    Ok(Some((req, fds)))
 }
 
-/// Answers a request.
-pub fn write_response(conn: &OwnedFd, resp: &ControlResponse) -> Result<(), HandoffError> {
+/// Answers a request, with `fds` attached.
+pub fn write_response(conn: &OwnedFd, resp: &ControlResponse, fds: &[BorrowedFd<'_>]) -> Result<(), HandoffError> {
     let bytes = serde_json::to_vec(resp).map_err(|e| HandoffError::Protocol(e.to_string()))?;
-    send_packet(std::os::fd::AsFd::as_fd(conn), &bytes, None).map_err(|e| HandoffError::Io("connection".into(), e))
+    send_packet(std::os::fd::AsFd::as_fd(conn), &bytes, fds).map_err(|e| HandoffError::Io("connection".into(), e))
 }
 
 #[cfg(test)]
@@ -242,12 +268,15 @@ mod tests {
         let l = ControlListener::bind(&path).unwrap();
         let server = std::thread::spawn(move || {
             let conn = l.accept().unwrap();
-            let (req, fd) = read_request(&conn).unwrap().unwrap();
-            let got_fd = fd.is_some();
+            let (req, fds) = read_request(&conn).unwrap().unwrap();
+            let got_fds = fds.len() == 2;
             let ok = matches!(req, ControlRequest::Rotate { ref credentials } if credentials.access_key_id == "AK");
-            write_response(&conn, &ControlResponse { ok: ok && got_fd, error: None, pid: 7, serving: false }).unwrap();
+            let resp = ControlResponse { ok: ok && got_fds, pid: 7, ..Default::default() };
+            let back = std::os::fd::AsFd::as_fd(&fds[1]);
+            write_response(&conn, &resp, &[back]).unwrap();
         });
         let file = std::fs::File::open("/dev/null").unwrap();
+        let other = tempfile::tempfile().unwrap();
         let req = ControlRequest::Rotate {
             credentials: WireCredentials {
                 access_key_id: "AK".into(),
@@ -255,9 +284,11 @@ mod tests {
                 session_token: None,
             },
         };
-        let resp = call(&path, &req, Some(std::os::fd::AsFd::as_fd(&file)), Duration::from_secs(5)).unwrap();
+        let fds = [std::os::fd::AsFd::as_fd(&file), std::os::fd::AsFd::as_fd(&other)];
+        let (resp, back) = call_with_fds(&path, &req, &fds, Duration::from_secs(5)).unwrap();
         server.join().unwrap();
         assert!(resp.ok && resp.pid == 7, "{resp:?}");
+        assert_eq!(back.len(), 1, "a descriptor comes back with the answer");
         assert!(!format!("{req:?}").contains("SK"));
         let mode = std::fs::metadata(&path)
             .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)

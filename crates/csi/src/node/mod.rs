@@ -1,13 +1,18 @@
 //! The Node service: one FUSE mount per volume per node at the staging path, made here
 //! with mount(2) and handed to a FUSE server process over a unix socket (SCM_RIGHTS);
-//! bind mounts for each pod; repair of mounts whose server died; credential rotation.
+//! bind mounts for each pod; credential rotation. The plugin keeps a duplicate of every
+//! volume's /dev/fuse descriptor and the memfd of its server's state journal, so a dead
+//! server is replaced by one serving the *same* connection: no unmount, no new mount, no
+//! re-bind, and pods in any mount namespace keep working. Only when that is impossible
+//! (the plugin restarted and could not take the descriptor back, or the kernel cannot
+//! resend requests) is the volume mounted again.
 
 pub mod handoff;
 pub mod launcher;
 pub mod registry;
 
 use std::collections::HashMap;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +63,22 @@ struct Inner {
     conditions: Mutex<HashMap<String, String>>,
     /// Credentials of staged volumes, for repairs.
     creds: Mutex<HashMap<String, Option<WireCredentials>>>,
+    /// Each volume's kernel connection and state journal, held so that a successor
+    /// server can take over the same connection.
+    conns: Mutex<HashMap<String, Conn>>,
+}
+
+/// What the plugin holds of a volume's connection: while any descriptor of it is open,
+/// the kernel keeps the mount and its queued requests alive, whatever happens to servers.
+struct Conn {
+    fuse: OwnedFd,
+    journal: OwnedFd,
+}
+
+impl Conn {
+    fn dup(&self) -> std::io::Result<Conn> {
+        Ok(Conn { fuse: s3vol_mount::dup_fd(&self.fuse)?, journal: s3vol_mount::dup_fd(&self.journal)? })
+    }
 }
 
 /// The Node service. Cheap to clone.
@@ -124,16 +145,45 @@ impl NodeService {
                 inflight: InFlight::default(),
                 conditions: Mutex::new(HashMap::new()),
                 creds: Mutex::new(HashMap::new()),
+                conns: Mutex::new(HashMap::new()),
             }),
         })
     }
 
-    /// Re-adopts the volumes recorded in the state dir and repairs those whose server died.
+    /// Re-adopts the volumes recorded in the state dir: takes each live server's
+    /// connection and credentials back, so that it can be replaced later without a
+    /// remount, and repairs those whose server died.
     pub async fn recover(&self) {
         for rec in self.inner.registry.all() {
-            let creds = self.inner.registry.load_credentials(&rec.volume_id);
-            self.inner.creds.lock().entry(rec.volume_id.clone()).or_insert(creds);
-            self.check_and_repair(&rec.volume_id).await;
+            let vid = rec.volume_id.clone();
+            let sock = self.inner.registry.socket(&vid);
+            let taken = tokio::task::spawn_blocking(move || {
+                handoff::call_with_fds(&sock, &ControlRequest::TakeOver, &[], Duration::from_secs(5))
+            })
+            .await
+            .ok()
+            .and_then(Result::ok);
+            let mut from_server = None;
+            match taken {
+                Some((resp, fds)) if resp.ok && fds.len() == 2 => {
+                    let mut fds = fds.into_iter();
+                    let (fuse, journal) = (fds.next().expect("two"), fds.next().expect("two"));
+                    self.inner.conns.lock().insert(vid.clone(), Conn { fuse, journal });
+                    from_server = resp.credentials;
+                    tracing::info!(volume_id = %vid, "took the volume's connection back from its live FUSE server");
+                }
+                _ => {
+                    tracing::warn!(volume_id = %vid, "the volume's FUSE server did not hand its connection back; it is repaired if it is dead")
+                }
+            }
+            let creds = from_server.or_else(|| self.inner.registry.load_credentials(&vid));
+            if creds.is_none() && rec.static_credentials {
+                let reason = "credentials lost: neither the FUSE server nor the secrets tmpfs has this volume's keys; stage it again (restart the pods using it)".to_string();
+                tracing::error!(volume_id = %vid, "{reason}");
+                self.inner.conditions.lock().insert(vid.clone(), reason);
+            }
+            self.inner.creds.lock().entry(vid.clone()).or_insert(creds);
+            self.check_and_repair(&vid).await;
         }
     }
 
@@ -152,7 +202,7 @@ impl NodeService {
 
     fn ping(&self, volume_id: &str) -> bool {
         let sock = self.inner.registry.socket(volume_id);
-        handoff::call(&sock, &ControlRequest::Ping, None, Duration::from_secs(2)).is_ok_and(|r| r.ok && r.serving)
+        handoff::call(&sock, &ControlRequest::Ping, &[], Duration::from_secs(2)).is_ok_and(|r| r.ok && r.serving)
     }
 
     /// One health check of one volume; repairs it when its server or mount is gone.
@@ -167,15 +217,18 @@ impl NodeService {
         .await
         .unwrap_or(false);
         if healthy {
-            self.inner.conditions.lock().remove(volume_id);
+            let mut c = self.inner.conditions.lock();
+            if c.get(volume_id).is_some_and(|r| !r.starts_with("credentials lost")) {
+                c.remove(volume_id);
+            }
             return;
         }
         let reason = "FUSE server not running or mount broken; repairing".to_string();
         tracing::warn!(volume_id, "{reason}");
         self.inner.conditions.lock().insert(volume_id.to_string(), reason);
         match self.repair(volume_id).await {
-            Ok(()) => {
-                tracing::info!(volume_id, "mount repaired");
+            Ok(how) => {
+                tracing::info!(volume_id, how, "mount repaired");
                 self.inner.conditions.lock().remove(volume_id);
             }
             Err(e) => {
@@ -185,20 +238,61 @@ impl NodeService {
         }
     }
 
-    /// Replaces a dead server: new FUSE mount at the staging path, new server, and every
-    /// bind mount re-made, without the pods doing anything.
-    async fn repair(&self, volume_id: &str) -> CsiResult<()> {
+    /// Replaces a dead (or unresponsive) server. With the volume's connection held, a
+    /// successor serves the same connection from the predecessor's journal: nothing is
+    /// unmounted, and pods in any mount namespace keep their volume. Otherwise (the plugin
+    /// restarted and could not take the connection back, or the kernel cannot resend
+    /// requests) the volume is mounted again and every bind mount re-made; pods that see
+    /// only their own bind (private propagation) then need a restart. Returns which.
+    async fn repair(&self, volume_id: &str) -> CsiResult<&'static str> {
         let mut rec = self.inner.registry.load(volume_id).ok_or_else(|| CsiError::NotFound(volume_id.to_string()))?;
         if process_alive(rec.pid) {
             let _ =
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(rec.pid as i32), nix::sys::signal::Signal::SIGKILL);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while process_alive(rec.pid) && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let creds = self.inner.creds.lock().get(volume_id).cloned().flatten();
+        if creds.is_none() && rec.static_credentials {
+            return Err(CsiError::FailedPrecondition(
+                "credentials lost: neither the FUSE server nor the secrets tmpfs has this volume's keys; stage it again"
+                    .into(),
+            ));
+        }
+        let config = ServeConfig { credentials: creds, ..rec.config.clone() };
+        let held = self.inner.conns.lock().get(volume_id).map(Conn::dup);
+        match held {
+            Some(Ok(conn)) => match self.serve(volume_id, &conn, config.clone(), true).await {
+                Ok((pid, Some(resend))) if resend == "resent" => {
+                    rec.pid = pid;
+                    self.inner.registry.save(&rec).map_err(|e| CsiError::Internal(e.to_string()))?;
+                    return Ok("a new FUSE server took over the live connection (no remount)");
+                }
+                Ok((pid, _)) => {
+                    tracing::warn!(volume_id, "this kernel cannot resend requests (FUSE_NOTIFY_RESEND needs Linux 6.9+): aborting the connection and mounting again");
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(volume_id, error = %e, "a new server could not take over the live connection: aborting it and mounting again");
+                }
+            },
+            Some(Err(e)) => tracing::warn!(volume_id, error = %e, "cannot duplicate the held connection: mounting again"),
+            None => tracing::warn!(volume_id, "the node plugin holds no descriptor of this volume's connection (it restarted while the server was dead): mounting again; pods with private mount propagation keep a broken mount until restarted"),
+        }
+        if self.inner.conns.lock().remove(volume_id).is_some() {
+            if let Err(e) = s3vol_mount::abort_connection(&rec.staging_path) {
+                tracing::warn!(volume_id, error = %e, "aborting the old connection failed");
+            }
         }
         for t in &rec.targets {
             let _ = nix::mount::umount2(&t.path, nix::mount::MntFlags::MNT_DETACH);
         }
         let _ = nix::mount::umount2(&rec.staging_path, nix::mount::MntFlags::MNT_DETACH);
-        let creds = self.inner.creds.lock().get(volume_id).cloned().flatten();
-        let config = ServeConfig { credentials: creds, ..rec.config.clone() };
         rec.pid = self.start_server(volume_id, &rec.staging_path, config).await?;
         for t in &rec.targets {
             std::fs::create_dir_all(&t.path).map_err(|e| io_err("create target", &t.path, e))?;
@@ -206,38 +300,67 @@ impl NodeService {
                 .map_err(|e| io_err("bind mount", &t.path, e))?;
         }
         self.inner.registry.save(&rec).map_err(|e| CsiError::Internal(e.to_string()))?;
-        Ok(())
+        Ok("mounted again (new connection) and every target re-bound")
     }
 
-    /// mount(2) at `staging`, start a server, hand it the fd and the config.
+    /// mount(2) at `staging`, start a server, hand it the connection, a new journal and
+    /// the config; the plugin keeps the connection.
     async fn start_server(&self, volume_id: &str, staging: &Path, config: ServeConfig) -> CsiResult<u32> {
         let opts = MountOptions::parse(&config.options).map_err(|e| CsiError::invalid(e.to_string()))?;
         let fsname = format!("s3vol:{}/{}", config.bucket, config.prefix);
-        let fd = s3vol_mount::mount_fuse(staging, &fsname, true, opts.read_only)
+        let fuse = s3vol_mount::mount_fuse(staging, &fsname, true, opts.read_only)
             .map_err(|e| CsiError::Internal(e.to_string()))?;
-        let sock = self.inner.registry.socket(volume_id);
-        let log = self.inner.registry.log(volume_id);
-        std::fs::create_dir_all(self.inner.registry.dir(volume_id)).map_err(|e| io_err("state dir", staging, e))?;
-        let pid = match self.inner.launcher.launch(&sock, &log).await {
-            Ok(p) => p,
+        let conn = s3vol_mount::memfd(&format!("journal-{}", registry::Registry::key(volume_id)))
+            .map(|journal| Conn { fuse, journal })
+            .map_err(|e| CsiError::Internal(format!("creating the state journal: {e}")));
+        let served = match conn {
+            Ok(conn) => self.serve(volume_id, &conn, config, false).await.map(|(pid, _)| (pid, conn)),
+            Err(e) => Err(e),
+        };
+        match served {
+            Ok((pid, conn)) => {
+                self.inner.conns.lock().insert(volume_id.to_string(), conn);
+                Ok(pid)
+            }
             Err(e) => {
                 let _ = nix::mount::umount2(staging, nix::mount::MntFlags::MNT_DETACH);
-                return Err(e);
+                Err(e)
             }
+        }
+    }
+
+    /// Starts a server and hands it `conn` (with `resume`: a live connection another
+    /// server served). Returns its pid and what became of unanswered requests.
+    async fn serve(
+        &self,
+        volume_id: &str,
+        conn: &Conn,
+        config: ServeConfig,
+        resume: bool,
+    ) -> CsiResult<(u32, Option<String>)> {
+        let sock = self.inner.registry.socket(volume_id);
+        let log = self.inner.registry.log(volume_id);
+        let dir = self.inner.registry.dir(volume_id);
+        std::fs::create_dir_all(&dir).map_err(|e| io_err("state dir", &dir, e))?;
+        let pid = self.inner.launcher.launch(&sock, &log).await?;
+        let req = ControlRequest::Serve { config, resume };
+        let sent = conn.dup().map_err(|e| CsiError::Internal(format!("duplicating the connection: {e}")))?;
+        let resp = tokio::task::spawn_blocking(move || {
+            handoff::call(&sock, &req, &[sent.fuse.as_fd(), sent.journal.as_fd()], CONTROL_TIMEOUT)
+        })
+        .await
+        .map_err(|e| CsiError::Internal(e.to_string()))?;
+        let kill = || {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
         };
-        let req = ControlRequest::Serve { config };
-        let sock2 = sock.clone();
-        let resp = tokio::task::spawn_blocking(move || handoff::call(&sock2, &req, Some(fd.as_fd()), CONTROL_TIMEOUT))
-            .await
-            .map_err(|e| CsiError::Internal(e.to_string()))?;
         match resp {
-            Ok(r) if r.ok => Ok(pid),
+            Ok(r) if r.ok => Ok((pid, r.resend)),
             Ok(r) => {
-                let _ = nix::mount::umount2(staging, nix::mount::MntFlags::MNT_DETACH);
+                kill();
                 Err(CsiError::Internal(format!("FUSE server refused the volume: {}", r.error.unwrap_or_default())))
             }
             Err(e) => {
-                let _ = nix::mount::umount2(staging, nix::mount::MntFlags::MNT_DETACH);
+                kill();
                 Err(CsiError::Internal(format!("handing the mount to the FUSE server: {e}")))
             }
         }
@@ -348,6 +471,7 @@ impl NodeService {
             config,
             targets: Vec::new(),
             pid,
+            static_credentials: creds.is_some(),
         };
         self.inner.registry.save(&rec).map_err(|e| CsiError::Internal(e.to_string()))?;
         tracing::info!(volume_id = %r.volume_id, pid, "volume staged");
@@ -368,7 +492,7 @@ impl NodeService {
         if let Some(rec) = rec {
             let sock = self.inner.registry.socket(&r.volume_id);
             let _ = tokio::task::spawn_blocking(move || {
-                handoff::call(&sock, &ControlRequest::Shutdown, None, Duration::from_secs(2))
+                handoff::call(&sock, &ControlRequest::Shutdown, &[], Duration::from_secs(2))
             })
             .await;
             if process_alive(rec.pid) {
@@ -382,6 +506,7 @@ impl NodeService {
             }
         }
         self.inner.registry.remove(&r.volume_id);
+        self.inner.conns.lock().remove(&r.volume_id);
         self.inner.creds.lock().remove(&r.volume_id);
         self.inner.conditions.lock().remove(&r.volume_id);
         if staging.exists() {
@@ -424,7 +549,7 @@ impl NodeService {
             if current.as_ref() != Some(&new) {
                 let sock = self.inner.registry.socket(&r.volume_id);
                 let req = ControlRequest::Rotate { credentials: new.clone() };
-                let resp = tokio::task::spawn_blocking(move || handoff::call(&sock, &req, None, CONTROL_TIMEOUT))
+                let resp = tokio::task::spawn_blocking(move || handoff::call(&sock, &req, &[], CONTROL_TIMEOUT))
                     .await
                     .map_err(|e| CsiError::Internal(e.to_string()))?
                     .map_err(|e| CsiError::Unavailable(format!("rotating credentials: {e}")))?;
@@ -497,6 +622,17 @@ impl NodeService {
             return Err(CsiError::NotFound(format!("volume {:?} is not staged on this node", r.volume_id)));
         }
         let pending = self.inner.conditions.lock().get(&r.volume_id).cloned();
+        if !self.ping(&r.volume_id) {
+            // The connection is held: a statfs now would wait for the next server instead
+            // of failing. Report without touching the mount.
+            let message = pending.unwrap_or_else(|| {
+                "FUSE server not running; a new server takes over the live connection at the next health check".into()
+            });
+            return Ok(pb::NodeGetVolumeStatsResponse {
+                usage: Vec::new(),
+                volume_condition: Some(pb::VolumeCondition { abnormal: true, message }),
+            });
+        }
         match nix::sys::statvfs::statvfs(path) {
             Ok(s) => {
                 let bs = s.fragment_size() as i64;

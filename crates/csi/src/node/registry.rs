@@ -32,6 +32,10 @@ pub struct VolumeRecord {
     pub targets: Vec<TargetRecord>,
     /// FUSE server process id.
     pub pid: u32,
+    /// Staged with keys from a Secret (not the default credential chain): a server
+    /// started without them cannot work.
+    #[serde(default)]
+    pub static_credentials: bool,
 }
 
 /// The state directory.

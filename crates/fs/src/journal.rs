@@ -1,0 +1,237 @@
+//! What a successor server needs to serve a kernel connection its predecessor left: the
+//! kernel refers to files by the node ids and handle numbers the old process gave out.
+//! Every node id is journaled before the kernel learns it, every handle when it opens,
+//! closes, or starts or stops holding content that is not in the store. The journal is
+//! append-only, binary, and tolerant of a torn last record (the writer died mid-append).
+
+use crate::attr::FileKind;
+
+/// What a handle was opened for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandleKind {
+    /// A file opened read-only.
+    Read,
+    /// A file opened for writing.
+    Write,
+    /// A directory.
+    Dir,
+}
+
+/// One journal entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JournalRecord {
+    /// Node id `ino` is `name` in directory `parent` (a later record for the same `ino`
+    /// replaces it: a rename).
+    Node {
+        /// Node id.
+        ino: u64,
+        /// Parent directory's node id.
+        parent: u64,
+        /// File, directory or symlink.
+        kind: FileKind,
+        /// Name in the parent.
+        name: String,
+    },
+    /// Handle `fh` was opened on `ino`.
+    Open {
+        /// Handle number.
+        fh: u64,
+        /// Node id.
+        ino: u64,
+        /// What for.
+        kind: HandleKind,
+    },
+    /// Writer `fh` holds content not yet in the store (`true`), or everything it wrote is
+    /// stored (`false`).
+    Dirty {
+        /// Handle number.
+        fh: u64,
+        /// Whether unstored content exists.
+        dirty: bool,
+    },
+    /// Handle `fh` was released.
+    Close {
+        /// Handle number.
+        fh: u64,
+    },
+}
+
+/// Where a server appends its journal (a memfd the node plugin keeps beside the FUSE fd).
+/// Appends must be done before the reply that hands the id out returns to the kernel.
+pub trait StateJournal: Send + Sync {
+    /// Appends one record.
+    fn append(&self, rec: &JournalRecord);
+}
+
+const TAG_NODE: u8 = 1;
+const TAG_OPEN: u8 = 2;
+const TAG_DIRTY: u8 = 3;
+const TAG_CLOSE: u8 = 4;
+
+fn kind_byte(k: FileKind) -> u8 {
+    match k {
+        FileKind::File => 0,
+        FileKind::Dir => 1,
+        FileKind::Symlink => 2,
+    }
+}
+
+fn kind_of(b: u8) -> Option<FileKind> {
+    Some(match b {
+        0 => FileKind::File,
+        1 => FileKind::Dir,
+        2 => FileKind::Symlink,
+        _ => return None,
+    })
+}
+
+fn handle_byte(k: HandleKind) -> u8 {
+    match k {
+        HandleKind::Read => 0,
+        HandleKind::Write => 1,
+        HandleKind::Dir => 2,
+    }
+}
+
+fn handle_of(b: u8) -> Option<HandleKind> {
+    Some(match b {
+        0 => HandleKind::Read,
+        1 => HandleKind::Write,
+        2 => HandleKind::Dir,
+        _ => return None,
+    })
+}
+
+/// The bytes of one record: a tag, the payload length (u32 LE), the payload.
+pub fn encode(rec: &JournalRecord) -> Vec<u8> {
+    let mut p = Vec::with_capacity(32);
+    let tag = match rec {
+        JournalRecord::Node { ino, parent, kind, name } => {
+            p.extend_from_slice(&ino.to_le_bytes());
+            p.extend_from_slice(&parent.to_le_bytes());
+            p.push(kind_byte(*kind));
+            p.extend_from_slice(name.as_bytes());
+            TAG_NODE
+        }
+        JournalRecord::Open { fh, ino, kind } => {
+            p.extend_from_slice(&fh.to_le_bytes());
+            p.extend_from_slice(&ino.to_le_bytes());
+            p.push(handle_byte(*kind));
+            TAG_OPEN
+        }
+        JournalRecord::Dirty { fh, dirty } => {
+            p.extend_from_slice(&fh.to_le_bytes());
+            p.push(u8::from(*dirty));
+            TAG_DIRTY
+        }
+        JournalRecord::Close { fh } => {
+            p.extend_from_slice(&fh.to_le_bytes());
+            TAG_CLOSE
+        }
+    };
+    let mut out = Vec::with_capacity(5 + p.len());
+    out.push(tag);
+    out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+    out.extend_from_slice(&p);
+    out
+}
+
+fn u64_at(p: &[u8], at: usize) -> Option<u64> {
+    p.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+}
+
+fn decode_one(tag: u8, p: &[u8]) -> Option<JournalRecord> {
+    Some(match tag {
+        TAG_NODE => JournalRecord::Node {
+            ino: u64_at(p, 0)?,
+            parent: u64_at(p, 8)?,
+            kind: kind_of(*p.get(16)?)?,
+            name: String::from_utf8(p.get(17..)?.to_vec()).ok()?,
+        },
+        TAG_OPEN => JournalRecord::Open { fh: u64_at(p, 0)?, ino: u64_at(p, 8)?, kind: handle_of(*p.get(16)?)? },
+        TAG_DIRTY => JournalRecord::Dirty { fh: u64_at(p, 0)?, dirty: *p.get(8)? != 0 },
+        TAG_CLOSE => JournalRecord::Close { fh: u64_at(p, 0)? },
+        _ => return None,
+    })
+}
+
+/// Every whole record in `bytes`, and the length of the prefix they fill. What follows
+/// (a record torn by a writer that died mid-append, or garbage) is ignored; a successor
+/// cuts the journal back to that length before appending.
+pub fn decode_all(bytes: &[u8]) -> (Vec<JournalRecord>, usize) {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let Some(len) = bytes.get(at + 1..at + 5).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+        else {
+            break;
+        };
+        let Some(payload) = bytes.get(at + 5..at + 5 + len) else { break };
+        match decode_one(bytes[at], payload) {
+            Some(r) => out.push(r),
+            None => break,
+        }
+        at += 5 + len;
+    }
+    (out, at)
+}
+
+/// A journal that only remembers, for tests and for servers that need no successor.
+#[derive(Debug, Default)]
+pub struct MemoryJournal {
+    bytes: parking_lot::Mutex<Vec<u8>>,
+}
+
+impl MemoryJournal {
+    /// Everything appended so far, encoded.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.bytes.lock().clone()
+    }
+}
+
+impl StateJournal for MemoryJournal {
+    fn append(&self, rec: &JournalRecord) {
+        self.bytes.lock().extend_from_slice(&encode(rec));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<JournalRecord> {
+        vec![
+            JournalRecord::Node { ino: 2, parent: 1, kind: FileKind::Dir, name: "a dir\nwith newline".into() },
+            JournalRecord::Node { ino: 3, parent: 2, kind: FileKind::File, name: "é.txt".into() },
+            JournalRecord::Open { fh: 7, ino: 3, kind: HandleKind::Write },
+            JournalRecord::Dirty { fh: 7, dirty: true },
+            JournalRecord::Dirty { fh: 7, dirty: false },
+            JournalRecord::Close { fh: 7 },
+            JournalRecord::Open { fh: 8, ino: 2, kind: HandleKind::Dir },
+        ]
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let j = MemoryJournal::default();
+        for r in sample() {
+            j.append(&r);
+        }
+        let bytes = j.bytes();
+        assert_eq!(decode_all(&bytes), (sample(), bytes.len()));
+    }
+
+    #[test]
+    fn a_torn_tail_keeps_every_whole_record() {
+        let bytes: Vec<u8> = sample().iter().flat_map(encode).collect();
+        for cut in 1..bytes.len() {
+            let (recs, valid) = decode_all(&bytes[..cut]);
+            let whole: usize = sample().iter().take(recs.len()).map(|r| encode(r).len()).sum();
+            assert_eq!(recs, sample()[..recs.len()].to_vec(), "cut at {cut}");
+            assert_eq!(valid, whole, "cut at {cut}");
+            assert!(recs.len() == sample().len() || whole < cut || cut == whole, "cut at {cut}");
+        }
+        let (recs, valid) = decode_all(&[9, 0, 0, 0, 0]);
+        assert!(recs.is_empty() && valid == 0, "an unknown tag stops decoding");
+    }
+}

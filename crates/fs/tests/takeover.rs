@@ -1,0 +1,104 @@
+//! A successor `Fs` serving what its predecessor handed the kernel, from the predecessor's
+//! journal alone: node ids resolve to the same files, handles keep working, and a writer
+//! whose content died with the predecessor fails with EIO instead of losing it silently.
+
+use std::sync::Arc;
+
+use s3vol_fs::{Caller, Errno, Fs, FsConfig, MemoryJournal, MountOptions, ROOT_INO};
+use s3vol_store::{collect_body, MemoryStore, ObjectStore};
+
+const B: &str = "bkt";
+const ME: Caller = Caller { uid: 0, gid: 0, pid: 0 };
+
+fn fs(store: &Arc<MemoryStore>) -> Fs {
+    let cfg = FsConfig {
+        bucket: B.into(),
+        prefix: "v/".into(),
+        options: MountOptions::default(),
+        capacity: None,
+        hard_quota: false,
+    };
+    Fs::new(store.clone(), cfg)
+}
+
+async fn object(store: &MemoryStore, key: &str) -> Option<Vec<u8>> {
+    let r = store.get_object(B, key, None).await.ok()?;
+    Some(collect_body(r.body).await.unwrap().to_vec())
+}
+
+#[tokio::test]
+async fn a_successor_serves_the_predecessors_ids_and_handles() {
+    let store = Arc::new(MemoryStore::with_buckets(&[B]));
+    let journal = Arc::new(MemoryJournal::default());
+    let old = fs(&store).journaled(journal.clone());
+
+    let dir = old.mkdir(ROOT_INO, "d", 0o755, ME).await.unwrap();
+    let (f, wfh) = old.create(dir.ino, "done.txt", 0o644, ME).await.unwrap();
+    old.write(wfh, 0, b"stored ").await.unwrap();
+    old.flush(wfh).await.unwrap(); // clean: everything it wrote is in the store
+    let rfh = old.open(f.ino, libc::O_RDONLY, ME).await.unwrap();
+    let (lost, lost_fh) = old.create(dir.ino, "unflushed.txt", 0o644, ME).await.unwrap();
+    old.write(lost_fh, 0, b"only in the dead server's memory").await.unwrap();
+    let dfh = old.opendir(dir.ino).await.unwrap();
+    // A renamed node keeps its id under the new name.
+    let (r, rfh2) = old.create(ROOT_INO, "before", 0o644, ME).await.unwrap();
+    old.flush(rfh2).await.unwrap();
+    old.release(rfh2).await.unwrap();
+    old.rename(ROOT_INO, "before", dir.ino, "after", 0).await.unwrap();
+    drop(old); // the predecessor dies with whatever it held
+
+    let new = fs(&store);
+    let summary = new.restore(&journal.bytes());
+    assert!(summary.nodes >= 4 && summary.handles == 4 && summary.lost_writers == 1 && !summary.torn, "{summary:?}");
+
+    assert_eq!(new.getattr(f.ino).await.unwrap().size, 7);
+    assert_eq!(new.getattr(r.ino).await.unwrap().ino, r.ino, "renamed node resolves under its new name");
+    assert_eq!(&new.read(rfh, 0, 100).await.unwrap()[..], b"stored ", "read handle reopened lazily");
+    // The clean writer goes on appending.
+    new.write(wfh, 7, b"and more").await.unwrap();
+    new.flush(wfh).await.unwrap();
+    new.release(wfh).await.unwrap();
+    assert_eq!(object(&store, "v/d/done.txt").await.as_deref(), Some(&b"stored and more"[..]));
+    // The writer whose data died: EIO on every use, never a silent loss.
+    assert_eq!(new.write(lost_fh, 32, b"x").await.unwrap_err(), Errno::EIO);
+    assert_eq!(new.flush(lost_fh).await.unwrap_err(), Errno::EIO);
+    assert_eq!(new.release(lost_fh).await.unwrap_err(), Errno::EIO);
+    assert_eq!(object(&store, "v/d/unflushed.txt").await, None);
+    let _ = lost;
+    // The directory handle lists.
+    let names: Vec<String> = new.readdir(dir.ino, dfh, 0).await.unwrap().into_iter().map(|e| e.2.name).collect();
+    assert!(names.contains(&"done.txt".to_string()) && names.contains(&"after".to_string()), "{names:?}");
+    new.releasedir(dir.ino, dfh);
+    new.release(rfh).await.unwrap();
+    // Ids the successor never heard of are stale, not a crash; new ids do not collide.
+    assert_eq!(new.getattr(9_999).await.unwrap_err(), Errno::ESTALE);
+    let (fresh, fh) = new.create(ROOT_INO, "new-file", 0o644, ME).await.unwrap();
+    assert!(fresh.ino > r.ino && fresh.ino > lost.ino, "new id {} reuses an old one", fresh.ino);
+    let fresh_fh_collides = [wfh, rfh, lost_fh, dfh].contains(&fh);
+    assert!(!fresh_fh_collides, "new handle {fh} reuses an old one");
+}
+
+#[tokio::test]
+async fn a_successors_own_journal_lets_a_third_server_take_over() {
+    let store = Arc::new(MemoryStore::with_buckets(&[B]));
+    let j1 = Arc::new(MemoryJournal::default());
+    let first = fs(&store).journaled(j1.clone());
+    let (f, fh) = first.create(ROOT_INO, "f", 0o644, ME).await.unwrap();
+    first.write(fh, 0, b"abc").await.unwrap();
+    first.flush(fh).await.unwrap();
+    drop(first);
+    // The second server appends to the same journal (the memfd the plugin keeps).
+    let second = fs(&store).journaled(j1.clone());
+    second.restore(&j1.bytes());
+    let (g, gfh) = second.create(ROOT_INO, "g", 0o644, ME).await.unwrap();
+    second.flush(gfh).await.unwrap();
+    drop(second);
+    let third = fs(&store);
+    let s = third.restore(&j1.bytes());
+    assert_eq!((s.handles, s.lost_writers), (2, 0), "{s:?}");
+    assert_eq!(third.getattr(f.ino).await.unwrap().size, 3);
+    assert_eq!(third.getattr(g.ino).await.unwrap().size, 0);
+    third.write(fh, 3, b"d").await.unwrap();
+    third.flush(fh).await.unwrap();
+    assert_eq!(object(&store, "v/f").await.as_deref(), Some(&b"abcd"[..]));
+}
