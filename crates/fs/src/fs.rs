@@ -19,7 +19,7 @@ use crate::mime::content_type_for;
 use crate::open_files::OpenFiles;
 use crate::options::MountOptions;
 use crate::read::Reader;
-use crate::write::{WriteConfig, Writer};
+use crate::write::{StreamState, WriteConfig, Writer};
 
 /// What to mount.
 #[derive(Debug, Clone)]
@@ -128,6 +128,8 @@ enum Handle {
         kind: HandleKind,
         /// It held content that died with the predecessor: every use is EIO.
         dirty: bool,
+        /// A streaming upload the predecessor handed over: the writer continues it.
+        stream: Option<Box<StreamState>>,
     },
 }
 
@@ -179,6 +181,17 @@ pub struct Restored {
     pub torn: bool,
     /// Length of the journal's valid prefix: appends go after it.
     pub valid_len: usize,
+    /// Streaming uploads handed over mid-way, continued by their writers.
+    pub streams: usize,
+}
+
+/// What [`Fs::drain`] did before a graceful handover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Drained {
+    /// Streaming uploads handed over mid-way.
+    pub streams: usize,
+    /// Writers whose content was uploaded now.
+    pub committed: usize,
 }
 
 fn check_name(name: &str) -> FsResult<()> {
@@ -252,16 +265,31 @@ impl Fs {
         let (records, valid_len) = decode_all(bytes);
         let torn = valid_len != bytes.len();
         let mut nodes = Vec::new();
-        let mut open: HashMap<u64, (u64, HandleKind, bool)> = HashMap::new();
+        /// A handle as the journal leaves it.
+        struct Open {
+            ino: u64,
+            kind: HandleKind,
+            dirty: bool,
+            stream: Option<Box<StreamState>>,
+        }
+        let mut open: HashMap<u64, Open> = HashMap::new();
         for r in records {
             match r {
                 JournalRecord::Node { ino, parent, kind, name } => nodes.push((ino, parent, kind, name)),
                 JournalRecord::Open { fh, ino, kind } => {
-                    open.insert(fh, (ino, kind, false));
+                    open.insert(fh, Open { ino, kind, dirty: false, stream: None });
                 }
                 JournalRecord::Dirty { fh, dirty } => {
                     if let Some(h) = open.get_mut(&fh) {
-                        h.2 = dirty;
+                        h.dirty = dirty;
+                        h.stream = None;
+                    }
+                }
+                JournalRecord::Stream { fh, state } => {
+                    // Handed over: its content is in the upload and this record.
+                    if let Some(h) = open.get_mut(&fh) {
+                        h.dirty = false;
+                        h.stream = Some(Box::new(state));
                     }
                 }
                 JournalRecord::Close { fh } => {
@@ -277,19 +305,32 @@ impl Fs {
         }
         let max_fh = open.keys().copied().max().unwrap_or(0);
         self.next_fh.fetch_max(max_fh + 1, Ordering::Relaxed);
-        for (fh, (ino, kind, dirty)) in open {
+        for (fh, Open { ino, kind, dirty, stream }) in open {
             // Journal them again, so a successor of this server still knows them.
             self.log(JournalRecord::Open { fh, ino, kind });
             if dirty {
                 self.log(JournalRecord::Dirty { fh, dirty });
                 out.lost_writers += 1;
             }
-            // Counted as a writer only once rebuilt: until then its attributes are the
-            // store's, not this mount's own.
-            if kind != HandleKind::Dir {
-                self.open_files.opened(ino, fh, false);
+            if let Some(st) = &stream {
+                // Until it is rebuilt, a crash of this server must hand it on as it came.
+                self.log(JournalRecord::Stream { fh, state: (**st).clone() });
+                out.streams += 1;
             }
-            self.handles.lock().insert(fh, Arc::new(tokio::sync::Mutex::new(Handle::Restored { ino, kind, dirty })));
+            // Counted as a writer only once rebuilt (until then its attributes are the
+            // store's), except a handed-over upload: its object does not exist yet, and
+            // the size is the one the application left.
+            match &stream {
+                Some(st) => {
+                    self.open_files.opened(ino, fh, true);
+                    let size = st.size;
+                    let _ = self.update_attr(ino, |n| n.attr.size = size);
+                }
+                None if kind != HandleKind::Dir => self.open_files.opened(ino, fh, false),
+                None => {}
+            }
+            let h = Handle::Restored { ino, kind, dirty, stream };
+            self.handles.lock().insert(fh, Arc::new(tokio::sync::Mutex::new(h)));
             out.handles += 1;
         }
         // Node ids of the predecessor are journaled again too (the journal is this
@@ -297,12 +338,49 @@ impl Fs {
         out
     }
 
+    /// Prepares a graceful handover: every streaming upload is handed over mid-way (its
+    /// state journaled, parts in flight finished), every other writer with unstored
+    /// content uploads it now. Call once no request is running any more; the server
+    /// must serve nothing afterwards.
+    pub async fn drain(&self) -> FsResult<Drained> {
+        let handles: Vec<(u64, SharedHandle)> = self.handles.lock().iter().map(|(fh, h)| (*fh, h.clone())).collect();
+        let mut out = Drained::default();
+        for (fh, h) in handles {
+            let mut g = h.lock().await;
+            let Handle::Write { writer, .. } = &mut *g else { continue };
+            match writer.export_stream().await? {
+                Some(state) => {
+                    self.log(JournalRecord::Stream { fh, state });
+                    out.streams += 1;
+                }
+                None if writer.is_dirty() => {
+                    writer.commit().await?;
+                    self.log(JournalRecord::Dirty { fh, dirty: false });
+                    out.committed += 1;
+                }
+                None => {}
+            }
+        }
+        Ok(out)
+    }
+
     /// Turns a restored handle into a live one. Writers that held unstored content stay
     /// restored: every use is EIO.
     async fn materialize(&self, h: &mut Handle) -> FsResult<()> {
-        let Handle::Restored { ino, kind, dirty } = *h else { return Ok(()) };
+        let Handle::Restored { ino, kind, dirty, ref mut stream } = *h else { return Ok(()) };
         if dirty {
             return Err(Errno::EIO);
+        }
+        if let Some(st) = stream.take() {
+            let i = self.inode(ino)?;
+            let key = self.key(&i.path, FileKind::File);
+            let put = self.put_options(&i.name, i.stored);
+            let size = st.size;
+            let (store, bucket, wcfg) = (self.store.clone(), self.cfg.bucket.clone(), self.wcfg.clone());
+            let writer = Writer::resume_stream(store, bucket, key, put, wcfg, *st);
+            self.update_attr(ino, |n| n.attr.size = size)?;
+            *h = Handle::Write { ino, writer: Box::new(writer), base: 0 };
+            return Ok(());
         }
         let i = self.inode(ino)?;
         *h = match kind {
@@ -1018,10 +1096,14 @@ impl Fs {
     pub async fn release(&self, fh: u64) -> FsResult<()> {
         let Some(h) = self.handles.lock().remove(&fh) else { return Ok(()) };
         let mut g = h.lock().await;
+        if matches!(&*g, Handle::Restored { stream: Some(_), .. }) {
+            // A handed-over upload still has to complete at this close.
+            self.materialize(&mut g).await?;
+        }
         self.log(JournalRecord::Close { fh });
         match &*g {
             Handle::Read { ino, .. } => self.open_files.closed(*ino, fh, false),
-            Handle::Restored { ino, kind, dirty } => {
+            Handle::Restored { ino, kind, dirty, .. } => {
                 if *kind != HandleKind::Dir {
                     self.open_files.closed(*ino, fh, false);
                 }

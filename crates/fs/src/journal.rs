@@ -4,7 +4,11 @@
 //! closes, or starts or stops holding content that is not in the store. The journal is
 //! append-only, binary, and tolerant of a torn last record (the writer died mid-append).
 
+use bytes::Bytes;
+use s3vol_store::CompletedPart;
+
 use crate::attr::FileKind;
+use crate::write::StreamState;
 
 /// What a handle was opened for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +58,14 @@ pub enum JournalRecord {
         /// Handle number.
         fh: u64,
     },
+    /// Writer `fh`'s streaming upload, handed over mid-way (graceful handover): the
+    /// successor continues it.
+    Stream {
+        /// Handle number.
+        fh: u64,
+        /// The upload's state, buffered bytes included.
+        state: StreamState,
+    },
 }
 
 /// Where a server appends its journal (a memfd the node plugin keeps beside the FUSE fd).
@@ -67,6 +79,7 @@ const TAG_NODE: u8 = 1;
 const TAG_OPEN: u8 = 2;
 const TAG_DIRTY: u8 = 3;
 const TAG_CLOSE: u8 = 4;
+const TAG_STREAM: u8 = 5;
 
 fn kind_byte(k: FileKind) -> u8 {
     match k {
@@ -128,12 +141,77 @@ pub fn encode(rec: &JournalRecord) -> Vec<u8> {
             p.extend_from_slice(&fh.to_le_bytes());
             TAG_CLOSE
         }
+        JournalRecord::Stream { fh, state } => {
+            p.extend_from_slice(&fh.to_le_bytes());
+            p.extend_from_slice(&state.size.to_le_bytes());
+            p.extend_from_slice(&state.next_part.to_le_bytes());
+            put_str(&mut p, state.upload_id.as_deref().unwrap_or(""));
+            p.extend_from_slice(&(state.parts.len() as u32).to_le_bytes());
+            for part in &state.parts {
+                p.extend_from_slice(&part.part_number.to_le_bytes());
+                put_str(&mut p, &part.etag);
+            }
+            p.extend_from_slice(&state.buffer);
+            TAG_STREAM
+        }
     };
     let mut out = Vec::with_capacity(5 + p.len());
     out.push(tag);
     out.extend_from_slice(&(p.len() as u32).to_le_bytes());
     out.extend_from_slice(&p);
     out
+}
+
+fn put_str(p: &mut Vec<u8>, s: &str) {
+    p.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    p.extend_from_slice(s.as_bytes());
+}
+
+/// Reads the fields of a payload in order.
+struct Cursor<'a> {
+    p: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let b = self.p.get(self.at..self.at + n)?;
+        self.at += n;
+        Some(b)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    }
+    fn i32(&mut self) -> Option<i32> {
+        self.take(4).map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")))
+    }
+    fn str(&mut self) -> Option<String> {
+        let n = self.u32()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        let r = &self.p[self.at.min(self.p.len())..];
+        self.at = self.p.len();
+        r
+    }
+}
+
+fn decode_stream(p: &[u8]) -> Option<JournalRecord> {
+    let mut c = Cursor { p, at: 0 };
+    let fh = c.u64()?;
+    let size = c.u64()?;
+    let next_part = c.i32()?;
+    let upload_id = Some(c.str()?).filter(|u| !u.is_empty());
+    let n = c.u32()? as usize;
+    let mut parts = Vec::with_capacity(n.min(10_000));
+    for _ in 0..n {
+        parts.push(CompletedPart { part_number: c.i32()?, etag: c.str()? });
+    }
+    let buffer = Bytes::copy_from_slice(c.rest());
+    Some(JournalRecord::Stream { fh, state: StreamState { upload_id, next_part, parts, buffer, size } })
 }
 
 fn u64_at(p: &[u8], at: usize) -> Option<u64> {
@@ -151,6 +229,7 @@ fn decode_one(tag: u8, p: &[u8]) -> Option<JournalRecord> {
         TAG_OPEN => JournalRecord::Open { fh: u64_at(p, 0)?, ino: u64_at(p, 8)?, kind: handle_of(*p.get(16)?)? },
         TAG_DIRTY => JournalRecord::Dirty { fh: u64_at(p, 0)?, dirty: *p.get(8)? != 0 },
         TAG_CLOSE => JournalRecord::Close { fh: u64_at(p, 0)? },
+        TAG_STREAM => return decode_stream(p),
         _ => return None,
     })
 }
@@ -208,6 +287,23 @@ mod tests {
             JournalRecord::Dirty { fh: 7, dirty: false },
             JournalRecord::Close { fh: 7 },
             JournalRecord::Open { fh: 8, ino: 2, kind: HandleKind::Dir },
+            JournalRecord::Stream {
+                fh: 9,
+                state: StreamState {
+                    upload_id: Some("upload-1".into()),
+                    next_part: 3,
+                    parts: vec![
+                        CompletedPart { part_number: 1, etag: "\"e1\"".into() },
+                        CompletedPart { part_number: 2, etag: "e2".into() },
+                    ],
+                    buffer: Bytes::from_static(b"tail bytes"),
+                    size: 10 << 20,
+                },
+            },
+            JournalRecord::Stream {
+                fh: 10,
+                state: StreamState { upload_id: None, next_part: 1, parts: vec![], buffer: Bytes::new(), size: 0 },
+            },
         ]
     }
 

@@ -78,6 +78,23 @@ enum Mode {
     Committed,
 }
 
+/// A streaming upload in the middle, as one server hands it to the next (graceful
+/// handover): the multipart upload keeps going under the same id, and the bytes not yet
+/// sent as a part travel with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamState {
+    /// The multipart upload, once one was started.
+    pub upload_id: Option<String>,
+    /// Number the next part gets.
+    pub next_part: i32,
+    /// Parts already uploaded.
+    pub parts: Vec<CompletedPart>,
+    /// Written bytes not yet uploaded (less than a part).
+    pub buffer: Bytes,
+    /// Size of the file so far.
+    pub size: u64,
+}
+
 /// One open file's pending content.
 pub struct Writer {
     store: Arc<dyn ObjectStore>,
@@ -146,6 +163,49 @@ impl Writer {
     /// Whether there is content not yet in the store.
     pub fn is_dirty(&self) -> bool {
         self.dirty && !self.detached
+    }
+
+    /// For a graceful handover: waits for the parts in flight and returns the state of a
+    /// streaming upload, so that a successor continues it ([`Writer::resume_stream`]).
+    /// `None` when the writer is not streaming (commit it instead). This writer must not
+    /// be used afterwards: the upload belongs to the successor.
+    pub async fn export_stream(&mut self) -> FsResult<Option<StreamState>> {
+        if self.detached || self.failed.is_some() {
+            return Ok(None);
+        }
+        let Mode::Streaming(s) = &mut self.mode else { return Ok(None) };
+        while let Some(h) = s.inflight.join_next().await {
+            s.finished(h, 0)?;
+        }
+        Ok(Some(StreamState {
+            upload_id: s.upload_id.clone(),
+            next_part: s.next_part,
+            parts: s.parts.clone(),
+            buffer: Bytes::copy_from_slice(&s.buf),
+            size: self.size,
+        }))
+    }
+
+    /// A writer continuing a streaming upload a predecessor exported.
+    pub fn resume_stream(
+        store: Arc<dyn ObjectStore>,
+        bucket: String,
+        key: String,
+        put: PutOptions,
+        cfg: WriteConfig,
+        st: StreamState,
+    ) -> Self {
+        let mut buf = BytesMut::with_capacity(cfg.part_size as usize);
+        buf.extend_from_slice(&st.buffer);
+        let mode = Mode::Streaming(Streaming {
+            buf,
+            upload_id: st.upload_id,
+            next_part: st.next_part,
+            parts: st.parts,
+            inflight: JoinSet::new(),
+            spare: Vec::new(),
+        });
+        Writer { store, bucket, key, put, cfg, mode, size: st.size, dirty: true, failed: None, detached: false }
     }
 
     /// Whether the file was unlinked while this handle was open.

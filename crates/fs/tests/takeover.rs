@@ -102,3 +102,41 @@ async fn a_successors_own_journal_lets_a_third_server_take_over() {
     third.flush(fh).await.unwrap();
     assert_eq!(object(&store, "v/f").await.as_deref(), Some(&b"abcd"[..]));
 }
+
+/// Graceful handover in the middle of a large streamed write: the old server hands its
+/// multipart upload over (no commit, no staging), the new one continues it, and the
+/// object ends up with every byte, in one upload.
+#[tokio::test]
+async fn a_drained_stream_is_continued_by_the_successor() {
+    let store = Arc::new(MemoryStore::with_buckets(&[B]));
+    let opts = MountOptions::parse(&["part_size=5", "upload_concurrency=2"]).unwrap();
+    let cfg =
+        || FsConfig { bucket: B.into(), prefix: "v/".into(), options: opts.clone(), capacity: None, hard_quota: false };
+    let data: Vec<u8> = (0..(23 << 20) + 4321).map(|i: usize| (i.wrapping_mul(131) % 251) as u8).collect();
+    let journal = Arc::new(MemoryJournal::default());
+    let old = Fs::new(store.clone(), cfg()).journaled(journal.clone());
+    let (f, fh) = old.create(ROOT_INO, "big.bin", 0o644, ME).await.unwrap();
+    let split = 12 * (1 << 20) + 777; // parts uploaded, and a partial part buffered
+    for (i, chunk) in data[..split].chunks(128 * 1024).enumerate() {
+        old.write(fh, (i * 128 * 1024) as u64, chunk).await.unwrap();
+    }
+    let drained = old.drain().await.unwrap();
+    assert_eq!((drained.streams, drained.committed), (1, 0), "{drained:?}");
+    assert_eq!(store.open_uploads(), 1, "the upload stays open for the successor");
+    assert_eq!(object(&store, "v/big.bin").await, None, "nothing committed at the handover");
+    drop(old);
+
+    let new = Fs::new(store.clone(), cfg()).journaled(journal.clone());
+    let r = new.restore(&journal.bytes());
+    assert_eq!((r.streams, r.lost_writers), (1, 0), "{r:?}");
+    assert_eq!(new.getattr(f.ino).await.unwrap().size, split as u64, "size as the application left it");
+    for (i, chunk) in data[split..].chunks(128 * 1024).enumerate() {
+        new.write(fh, (split + i * 128 * 1024) as u64, chunk).await.unwrap();
+    }
+    new.flush(fh).await.unwrap();
+    new.release(fh).await.unwrap();
+    assert_eq!(store.open_uploads(), 0);
+    let got = object(&store, "v/big.bin").await.unwrap();
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "content differs after the handover");
+}

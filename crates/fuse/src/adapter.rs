@@ -13,6 +13,8 @@ use fuser::{
 };
 use s3vol_fs::{Attr, Caller, Errno, FileKind, Fs, SetAttr};
 
+use crate::drain::DrainControl;
+
 /// Largest single read/write the kernel sends us.
 const MAX_IO: u32 = 1 << 20;
 
@@ -24,12 +26,19 @@ pub struct FuseAdapter {
     /// The connection was initialised by a predecessor; the INIT this session sees is
     /// synthetic (see `resume`).
     resumed: bool,
+    /// Admits requests until a graceful handover begins.
+    drain: DrainControl,
 }
 
 impl FuseAdapter {
     /// An adapter running operations on `rt`.
     pub fn new(fs: Arc<Fs>, rt: tokio::runtime::Handle) -> Self {
-        FuseAdapter { fs, rt, resumed: false }
+        FuseAdapter { fs, rt, resumed: false, drain: DrainControl::default() }
+    }
+
+    /// The same adapter, drained through `drain` at a graceful handover.
+    pub fn drained_by(self, drain: DrainControl) -> Self {
+        FuseAdapter { drain, ..self }
     }
 
     /// The same adapter for a connection another server initialised.
@@ -46,6 +55,17 @@ impl FuseAdapter {
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
+        let Some(running) = self.drain.admit() else {
+            // Draining for a handover: leave the request unanswered (dropping the future
+            // would drop its reply, which answers EIO). The kernel keeps it for the
+            // successor, which asks for it again with FUSE_NOTIFY_RESEND.
+            std::mem::forget(fut);
+            return;
+        };
+        let fut = async move {
+            fut.await;
+            drop(running);
+        };
         let _in_runtime = self.rt.enter();
         let mut fut = Box::pin(fut);
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -53,7 +73,9 @@ impl FuseAdapter {
         // would end the mount with ENOTCONN for everyone). The future, and with it the
         // unsent reply, is dropped: fuser answers a dropped reply with EIO. Requests that
         // continue on the runtime are isolated the same way by the task boundary.
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            std::future::Future::poll(fut.as_mut(), &mut cx)
+        })) {
             Ok(std::task::Poll::Ready(())) => {}
             Ok(std::task::Poll::Pending) => {
                 // Polled again by the runtime at once, with a waker that counts.

@@ -9,14 +9,17 @@
 //!   a tokio runtime so slow store calls never block the kernel channel.
 //! - `serve`: running a session on an fd until the mount goes away.
 //! - `resume`: serving a connection a predecessor initialised (crash recovery, upgrades).
+//! - `drain`: [`DrainControl`], stopping a server without failing a request.
 //! - `journal_file`: the state journal in a memfd the node plugin keeps.
 
 mod adapter;
+mod drain;
 mod journal_file;
 mod resume;
 mod serve;
 
 pub use adapter::FuseAdapter;
+pub use drain::DrainControl;
 pub use journal_file::FileJournal;
 pub use resume::{notify_resend, serve_fd_resumed, Resend, ResumeError};
 pub use s3vol_mount::{abort_connection, dup_fd, memfd};

@@ -15,6 +15,7 @@ use fuser::{Session, SessionACL};
 use s3vol_fs::Fs;
 
 use crate::adapter::FuseAdapter;
+use crate::drain::DrainControl;
 
 /// FUSE opcodes and sizes used to start a session (from the kernel's fuse.h).
 const FUSE_FORGET: u32 = 2;
@@ -93,6 +94,7 @@ pub fn serve_fd_resumed(
     fs: Arc<Fs>,
     fuse: OwnedFd,
     rt: tokio::runtime::Handle,
+    drain: DrainControl,
 ) -> Result<(std::thread::JoinHandle<std::io::Result<()>>, Resend), ResumeError> {
     use nix::sys::socket::{self, AddressFamily, SockFlag, SockType};
     let sys = |what| move |e: nix::Error| ResumeError::Sys(what, std::io::Error::from(e));
@@ -105,7 +107,7 @@ pub fn serve_fd_resumed(
     let mut feeder = std::fs::File::from(feeder);
     let slot = session_end.as_raw_fd();
     let acl = if fs.options().allow_other { SessionACL::All } else { SessionACL::Owner };
-    let mut session = Session::from_fd(FuseAdapter::new(fs, rt).resumed(), session_end, acl);
+    let mut session = Session::from_fd(FuseAdapter::new(fs, rt).resumed().drained_by(drain), session_end, acl);
     feeder.write_all(&synthetic_init()).map_err(|e| ResumeError::Sys("synthetic INIT", e))?;
     let thread = std::thread::Builder::new()
         .name("fuse-session".into())

@@ -81,6 +81,11 @@ pub struct CsiArgs {
     /// Seconds between node health checks (dead FUSE servers are replaced).
     #[arg(long, default_value = "5")]
     pub health_interval: f64,
+    /// What a node plugin started from a new binary does with FUSE servers that run the
+    /// old one: `rolling` hands each volume over to a new server, one at a time, with no
+    /// failed operation; `never` leaves them until their volumes are unstaged.
+    #[arg(long, value_enum, default_value = "rolling")]
+    pub upgrade_servers: UpgradeServersArg,
     /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9810).
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -134,4 +139,13 @@ pub struct MountArgs {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9811).
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// `--upgrade-servers` values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpgradeServersArg {
+    /// Hand every volume to a server of the new binary, one at a time.
+    Rolling,
+    /// Leave running servers alone.
+    Never,
 }

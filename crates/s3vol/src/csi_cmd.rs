@@ -5,13 +5,13 @@ use s3vol_csi::connect::DefaultStoreFactory;
 use s3vol_csi::controller::ControllerService;
 use s3vol_csi::identity::IdentityService;
 use s3vol_csi::node::launcher::ProcessLauncher;
-use s3vol_csi::node::{NodeConfig, NodeService};
+use s3vol_csi::node::{NodeConfig, NodeService, UpgradeServers};
 use s3vol_csi::provision::Provisioner;
 use s3vol_csi::server;
 use s3vol_csi::volume::{normalize_endpoint, Endpoint};
 use std::time::Duration;
 
-use crate::cli::{CsiArgs, Mode};
+use crate::cli::{CsiArgs, Mode, UpgradeServersArg};
 
 /// Runs the CSI driver until SIGTERM or SIGINT.
 pub fn run(args: CsiArgs) -> anyhow::Result<()> {
@@ -46,12 +46,17 @@ async fn serve(args: CsiArgs) -> anyhow::Result<()> {
             secrets_dir: Some(args.secrets_dir.clone()),
             health_interval: Duration::from_secs_f64(args.health_interval.max(0.1)),
             defaults: defaults.clone(),
+            upgrade_servers: match args.upgrade_servers {
+                UpgradeServersArg::Rolling => UpgradeServers::Rolling,
+                UpgradeServersArg::Never => UpgradeServers::Never,
+            },
         };
         let exe = std::env::current_exe().context("locating the s3vol binary")?;
         let node = NodeService::new(&cfg, Arc::new(ProcessLauncher::new(exe)), Arc::new(DefaultStoreFactory))
             .with_context(|| format!("state dir {}", args.state_dir.display()))?;
         node.recover().await;
         node.spawn_health_loop(cfg.health_interval);
+        node.spawn_rolling_upgrade();
         Some(node)
     } else {
         None

@@ -13,7 +13,7 @@ use anyhow::Context;
 use parking_lot::Mutex;
 use s3vol_csi::node::handoff::{self, ControlRequest, ControlResponse, ServeConfig};
 use s3vol_fs::{Fs, FsConfig, MountOptions};
-use s3vol_fuse::{FileJournal, Resend};
+use s3vol_fuse::{DrainControl, FileJournal, Resend};
 use s3vol_store::{CountingStore, CredentialSource, FileStore, ObjectStore, S3Config, S3Store};
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -33,6 +33,30 @@ struct State {
     serving: bool,
     /// The connection and the journal, kept to hand duplicates to a restarted plugin.
     fds: Option<(OwnedFd, OwnedFd)>,
+    /// The filesystem being served, for a drain.
+    fs: Option<Arc<Fs>>,
+    /// Stops the FUSE adapter from taking requests at a handover.
+    drain: DrainControl,
+}
+
+/// How long a drain waits for running requests before giving up (the plugin then
+/// replaces the server as after a crash).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Drains for a graceful handover; see [`ControlRequest::Drain`].
+fn drain(rt: &tokio::runtime::Runtime, state: &Mutex<State>) -> Result<(), String> {
+    let (fs, control) = {
+        let st = state.lock();
+        (st.fs.clone().ok_or("not serving a volume")?, st.drain.clone())
+    };
+    let started = Instant::now();
+    control.begin();
+    if !control.wait_idle(DRAIN_TIMEOUT) {
+        return Err(format!("requests still running after {DRAIN_TIMEOUT:?}"));
+    }
+    let drained = rt.block_on(fs.drain()).map_err(|e| format!("handing uploads over: errno {}", e.0))?;
+    tracing::info!(streams = drained.streams, committed = drained.committed, took = ?started.elapsed(), "drained for a handover; exiting");
+    Ok(())
 }
 
 /// Runs the server until its session ends or it is told to shut down.
@@ -60,6 +84,15 @@ pub fn run(args: FuseServerArgs) -> anyhow::Result<()> {
         };
         let result: Result<(), String> = match req {
             ControlRequest::Ping => Ok(()),
+            ControlRequest::Drain => {
+                let res = drain(&rt, &state);
+                if res.is_ok() {
+                    // Answer, then go: from now on the successor serves the connection.
+                    let _ = handoff::write_response(&conn, &response(&state, Ok(())), &[]);
+                    std::process::exit(0);
+                }
+                res
+            }
             ControlRequest::Shutdown => {
                 let _ = handoff::write_response(&conn, &response(&state, Ok(())), &[]);
                 tracing::info!("shutdown requested");
@@ -195,9 +228,10 @@ fn start(
         tracing::info!(used, capacity = ?config.capacity, "hard quota: usage measured");
     }
     let kept = (s3vol_fuse::dup_fd(&fuse)?, journal_fd);
+    let drain_control = state.lock().drain.clone();
     let handle = rt.handle().clone();
     let (session, resend) = if resume {
-        let (thread, resend) = s3vol_fuse::serve_fd_resumed(fs.clone(), fuse, handle)?;
+        let (thread, resend) = s3vol_fuse::serve_fd_resumed(fs.clone(), fuse, handle, drain_control.clone())?;
         if resend == Resend::Unsupported {
             // The requests the predecessor read stay unanswered: the plugin must abort
             // the connection and mount again. This server is of no use then.
@@ -214,7 +248,7 @@ fn start(
         let fs2 = fs.clone();
         let thread = std::thread::Builder::new()
             .name("fuse-session".into())
-            .spawn(move || s3vol_fuse::serve_fd(fs2, fuse, handle))?;
+            .spawn(move || s3vol_fuse::serve_fd(fs2, fuse, handle, drain_control))?;
         tracing::info!(volume_id = %config.volume_id, bucket = %config.bucket, prefix = %config.prefix, "serving");
         (thread, None)
     };
@@ -224,9 +258,12 @@ fn start(
         st.wire_credentials = config.credentials.clone();
         st.serving = true;
         st.fds = Some(kept);
+        st.fs = Some(fs.clone());
     }
+    let state = state.clone();
     std::thread::Builder::new().name("fuse-waiter".into()).spawn(move || {
         let res = session.join().unwrap_or_else(|_| Err(std::io::Error::other("session thread panicked")));
+        state.lock().fs = None;
         // Let uploads of the last released files finish before exiting.
         let deadline = Instant::now() + Duration::from_secs(60);
         while Arc::strong_count(&fs) > 1 && Instant::now() < deadline {

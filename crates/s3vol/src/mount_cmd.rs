@@ -77,7 +77,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             tracing::error!(error = %e, "unmount failed");
         }
     });
-    let served = s3vol_fuse::serve_fd(fs, fd, rt.handle().clone());
+    let served = s3vol_fuse::serve_fd(fs, fd, rt.handle().clone(), Default::default());
     rt.shutdown_timeout(std::time::Duration::from_secs(10));
     served.context("FUSE session failed")?;
     let peak_rss_kib =

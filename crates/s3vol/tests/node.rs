@@ -27,6 +27,8 @@ fn can_mount() -> bool {
 }
 
 struct Plugin {
+    /// The binary the plugin runs (a copy stands for a new image).
+    bin: PathBuf,
     dir: PathBuf,
     sock: PathBuf,
     child: Option<Child>,
@@ -53,6 +55,7 @@ impl Plugin {
                 .success());
         }
         let mut p = Plugin {
+            bin: PathBuf::from(BIN),
             dir: dir.to_path_buf(),
             sock: dir.join("csi.sock"),
             child: None,
@@ -65,7 +68,7 @@ impl Plugin {
 
     fn spawn(&mut self) {
         let _ = std::fs::remove_file(&self.sock);
-        let child = Command::new(BIN)
+        let child = Command::new(&self.bin)
             .args(["csi", "--mode", "all", "--node-id", "node-1", "--health-interval", self.health])
             .arg("--endpoint")
             .arg(format!("unix://{}", self.sock.display()))
@@ -510,6 +513,97 @@ async fn plugin_and_server_both_killed_falls_back_to_a_remount_and_says_so() {
     unpublish(&mut node, &vol.volume_id, &target).await;
     unstage(&mut node, &vol.volume_id, &staging).await;
     assert!(mounted_under(dir.path()).is_empty(), "{:?}", mounted_under(dir.path()));
+}
+
+/// A DaemonSet rollout to a new image: the plugin restarts from another binary and hands
+/// the volume to a server of that binary (graceful handover) while a 256 MiB `dd` streams
+/// into the volume and a pod reads, lists and writes. Zero failed operations, every byte
+/// in the store, one mount throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_upgrade_hands_the_volume_over_with_zero_failed_operations() {
+    if !can_mount() {
+        return;
+    }
+    let (srv, dir) = env().await;
+    let mut plugin = Plugin::start(dir.path(), &srv.endpoint(), "1");
+    let (mut node, mut ctl) = plugin.clients().await;
+    let vol = create_volume(&mut ctl, "pvc-upgrade").await;
+    let staging = dir.path().join("staging");
+    let target = dir.path().join("pods/p1/vol");
+    let sec = secrets(ACCESS_KEY, SECRET_KEY);
+    node.node_stage_volume(stage_req(&vol.volume_id, &staging, vol.volume_context.clone(), sec)).await.unwrap();
+    node.node_publish_volume(publish_req(&vol.volume_id, &staging, &target, false, HashMap::new())).await.unwrap();
+    let mounts_before = mounted_under(dir.path());
+    let local = dir.path().join("big.local");
+    assert!(sh(&format!("head -c 268435456 /dev/urandom > {}", local.display())).0);
+
+    let (pod, out) = start_pod(&target, 8.0);
+    let mut dd = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "dd", "bs=1M", "status=none"])
+        .arg(format!("if={}", local.display()))
+        .arg(format!("of={}", target.join("big.bin").display()))
+        .spawn()
+        .unwrap();
+    // Mounts are sampled all along: the handover must never unmount or mount anything.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, root, expected) = (stop.clone(), dir.path().to_path_buf(), mounts_before.clone());
+        std::thread::spawn(move || {
+            let mut samples = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                assert_eq!(mounted_under(&root), expected, "mounts changed during the handover");
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            samples
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let old = server_pid(dir.path(), &vol.volume_id);
+    // The new image: the same program under another file.
+    let new_bin = dir.path().join("s3vol-new");
+    std::fs::copy(BIN, &new_bin).unwrap();
+    plugin.kill9();
+    plugin.bin = new_bin;
+    let t = Instant::now();
+    plugin.spawn();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server_pid(dir.path(), &vol.volume_id) == old {
+        assert!(
+            Instant::now() < deadline,
+            "no handover: {}",
+            std::fs::read_to_string(dir.path().join("plugin.log")).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let handover = t.elapsed();
+    let dd_status = tokio::task::spawn_blocking(move || dd.wait().unwrap()).await.unwrap();
+    let report = tokio::task::spawn_blocking(move || pod_report(pod, out)).await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let samples = sampler.join().expect("mounts changed during the handover");
+    let server_log = std::fs::read_to_string(
+        dir.path().join("state/volumes").read_dir().unwrap().next().unwrap().unwrap().path().join("server.log"),
+    )
+    .unwrap();
+    let drained = server_log.lines().find(|l| l.contains("drained for a handover")).unwrap_or("").to_string();
+    println!("rolling upgrade: handover done {handover:?} after the new plugin started; dd {dd_status}; pod {report}; {samples} mount-table samples unchanged");
+    println!("  old server: {drained}");
+    assert!(dd_status.success(), "dd failed across the handover");
+    assert!(
+        drained.contains("streams=") && !drained.contains("streams=0"),
+        "the dd stream was not handed over mid-way: {drained:?}"
+    );
+    assert_eq!(report["failed"].as_array().unwrap().len(), 0, "{report}");
+    assert_eq!(report["flushed_writer"], "ok", "{report}");
+    assert_eq!(report["unflushed_write"], "ok", "a graceful handover loses nothing: {report}");
+    assert_eq!(report["unflushed_close"], "ok", "{report}");
+    let stored = srv.backend.get("shared", "pvc-upgrade/big.bin").expect("dd's object");
+    assert!(stored == std::fs::read(&local).unwrap(), "object differs from what dd wrote");
+    assert_eq!(srv.backend.pending_uploads(), 0);
+    assert_eq!(mounted_under(dir.path()), mounts_before);
+    let (mut node, _) = plugin.clients().await;
+    unpublish(&mut node, &vol.volume_id, &target).await;
+    unstage(&mut node, &vol.volume_id, &staging).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -101,6 +101,10 @@ pub enum ControlRequest {
         /// New keys.
         credentials: WireCredentials,
     },
+    /// Graceful handover: stop taking requests (they stay queued for the successor),
+    /// finish those running, hand over streaming uploads and upload other pending
+    /// content through the journal, answer, and exit.
+    Drain,
     /// Liveness check.
     Ping,
     /// Exit now.

@@ -50,6 +50,32 @@ pub struct NodeConfig {
     pub health_interval: Duration,
     /// Endpoint and region for volumes whose attributes and secret name none.
     pub defaults: crate::volume::Endpoint,
+    /// Whether servers of an older binary are handed over to new ones at start.
+    pub upgrade_servers: UpgradeServers,
+}
+
+/// What a node plugin started from a new binary does with servers running the old one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpgradeServers {
+    /// Hand every volume over to a new server, one at a time (graceful handover).
+    #[default]
+    Rolling,
+    /// Leave them running until their volumes are unstaged.
+    Never,
+}
+
+/// How long a server may take to drain at a handover.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Whether process `pid` runs another executable than this process (a server started
+/// by the plugin of an older image).
+fn runs_other_binary(pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+    match (id("/proc/self/exe"), id(&format!("/proc/{pid}/exe"))) {
+        (Ok(mine), Ok(theirs)) => mine != theirs,
+        _ => false,
+    }
 }
 
 struct Inner {
@@ -59,6 +85,7 @@ struct Inner {
     factory: Arc<dyn StoreFactory>,
     defaults: crate::volume::Endpoint,
     inflight: InFlight,
+    upgrade_servers: UpgradeServers,
     /// Why a volume is abnormal, while it is.
     conditions: Mutex<HashMap<String, String>>,
     /// Credentials of staged volumes, for repairs.
@@ -143,6 +170,7 @@ impl NodeService {
                 factory,
                 defaults: cfg.defaults.clone(),
                 inflight: InFlight::default(),
+                upgrade_servers: cfg.upgrade_servers,
                 conditions: Mutex::new(HashMap::new()),
                 creds: Mutex::new(HashMap::new()),
                 conns: Mutex::new(HashMap::new()),
@@ -185,6 +213,64 @@ impl NodeService {
             self.inner.creds.lock().entry(vid.clone()).or_insert(creds);
             self.check_and_repair(&vid).await;
         }
+    }
+
+    /// With `--upgrade-servers rolling`, hands every volume whose server runs another
+    /// binary over to a new server, one volume at a time, in the background.
+    pub fn spawn_rolling_upgrade(&self) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            if me.inner.upgrade_servers == UpgradeServers::Never {
+                return;
+            }
+            for rec in me.inner.registry.all() {
+                if !process_alive(rec.pid) || !runs_other_binary(rec.pid) {
+                    continue;
+                }
+                match me.handover(&rec.volume_id).await {
+                    Ok(how) => tracing::info!(volume_id = %rec.volume_id, how, "server upgraded"),
+                    Err(e) => {
+                        tracing::warn!(volume_id = %rec.volume_id, error = %e, "server upgrade failed; the old server keeps serving")
+                    }
+                }
+            }
+        })
+    }
+
+    /// Graceful handover of a volume to a new server (same or newer binary): the old
+    /// server stops taking requests (they wait in the kernel), finishes those running,
+    /// hands streaming uploads over through the journal and exits; the new one takes
+    /// the connection over and gets the waiting requests. No operation fails.
+    pub async fn handover(&self, volume_id: &str) -> CsiResult<&'static str> {
+        let _guard = self.inner.inflight.claim(volume_id)?;
+        if !self.inner.conns.lock().contains_key(volume_id) {
+            return Err(CsiError::FailedPrecondition(format!(
+                "volume {volume_id:?}: the node plugin holds no connection to hand over"
+            )));
+        }
+        let rec = self.inner.registry.load(volume_id).ok_or_else(|| CsiError::NotFound(volume_id.to_string()))?;
+        let started = std::time::Instant::now();
+        let sock = self.inner.registry.socket(volume_id);
+        let drained =
+            tokio::task::spawn_blocking(move || handoff::call(&sock, &ControlRequest::Drain, &[], DRAIN_TIMEOUT)).await;
+        match drained {
+            Ok(Ok(r)) if r.ok => {}
+            other => {
+                let why = match other {
+                    Ok(Ok(r)) => r.error.unwrap_or_default(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                tracing::warn!(volume_id, error = %why, "the server did not drain; replacing it as after a crash");
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while process_alive(rec.pid) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let how = self.repair(volume_id).await?;
+        tracing::info!(volume_id, took = ?started.elapsed(), how, "handed over to a new server");
+        Ok(how)
     }
 
     /// Checks every volume every `interval`, repairing broken ones.
