@@ -92,6 +92,9 @@ pub struct Provisioner {
     defaults: Endpoint,
 }
 
+/// Shortest per-volume directory name: a few characters of the name and a 12-digit hash.
+const MIN_DIR_NAME: usize = 16;
+
 /// The per-volume directory name: the volume name, or a cut of it with a hash when the
 /// whole name would not fit in a volume id.
 fn dir_name_for(name: &str, budget: usize) -> String {
@@ -194,8 +197,24 @@ impl Provisioner {
         }
         let (bucket, prefix, owns_bucket) = match &p.bucket {
             Some(b) => {
-                // Leave room in the 128-byte id for "v1|", the bucket, the base prefix and separators.
-                let budget = MAX_VOLUME_ID.saturating_sub(8 + b.len() + p.base_prefix.len());
+                // The id carries bucket, prefix, region and endpoint, and must never lose
+                // one (DeleteVolume needs them all): the per-volume directory name is what
+                // gives way, down to a cut of the name with a hash.
+                let probe = VolumeId {
+                    bucket: b.clone(),
+                    prefix: format!("{}/", p.base_prefix),
+                    region: ep.region.clone(),
+                    endpoint: ep.url.clone(),
+                };
+                let budget = MAX_VOLUME_ID.saturating_sub(probe.encoded_len());
+                if budget < MIN_DIR_NAME {
+                    return Err(CsiError::invalid(format!(
+                        "bucket {b:?}, prefix {:?}, region {:?} and endpoint {:?} leave {budget} of the {MAX_VOLUME_ID} bytes of a volume id for the volume's directory (at least {MIN_DIR_NAME} needed): use a shorter prefix parameter",
+                        p.base_prefix,
+                        ep.region.as_deref().unwrap_or(""),
+                        ep.url.as_deref().unwrap_or(""),
+                    )));
+                }
                 (b.clone(), format!("{}{}/", p.base_prefix, dir_name_for(name, budget)), false)
             }
             None => (bucket_name_for(name)?, String::new(), true),

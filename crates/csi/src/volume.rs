@@ -96,20 +96,31 @@ pub struct VolumeId {
 }
 
 impl VolumeId {
-    /// Encodes, dropping the endpoint and then the region if the id would be too long;
-    /// they then come from the secret or the driver's defaults.
-    pub fn encode(&self) -> CsiResult<String> {
+    /// The text form, whatever its length.
+    fn text(&self) -> String {
         let ep = self.endpoint.as_deref().map(|e| e.strip_prefix("https://").unwrap_or(e)).unwrap_or("");
-        let region = self.region.as_deref().unwrap_or("");
-        for (r, e) in [(region, ep), (region, ""), ("", "")] {
-            let id = format!("v1|{}|{}|{}|{}", self.bucket, self.prefix, r, e);
-            if id.len() <= MAX_VOLUME_ID {
-                return Ok(id);
-            }
+        format!("v1|{}|{}|{}|{}", self.bucket, self.prefix, self.region.as_deref().unwrap_or(""), ep)
+    }
+
+    /// Length of the text form.
+    pub fn encoded_len(&self) -> usize {
+        self.text().len()
+    }
+
+    /// Encodes. Nothing is ever dropped (DeleteVolume needs bucket, prefix, region and
+    /// endpoint); an id over 128 bytes is an error naming what made it long.
+    pub fn encode(&self) -> CsiResult<String> {
+        let id = self.text();
+        if id.len() <= MAX_VOLUME_ID {
+            return Ok(id);
         }
         Err(CsiError::invalid(format!(
-            "bucket {:?} with prefix {:?} does not fit in a {MAX_VOLUME_ID}-byte volume id; use a shorter prefix",
-            self.bucket, self.prefix
+            "bucket {:?}, prefix {:?}, region {:?} and endpoint {:?} do not fit in a {MAX_VOLUME_ID}-byte volume id ({} bytes); use a shorter prefix",
+            self.bucket,
+            self.prefix,
+            self.region.as_deref().unwrap_or(""),
+            self.endpoint.as_deref().unwrap_or(""),
+            id.len()
         )))
     }
 
@@ -551,9 +562,8 @@ mod tests {
         assert_eq!(s, "v1|shared|vols/pvc-1/|eu-west-1|s3.example.com");
         assert_eq!(VolumeId::parse(&s).unwrap(), id);
         let long = VolumeId { endpoint: Some(format!("http://{}.example.com:9000", "x".repeat(80))), ..id.clone() };
-        let s = long.encode().unwrap();
-        assert!(s.len() <= MAX_VOLUME_ID);
-        assert_eq!(VolumeId::parse(&s).unwrap().endpoint, None, "endpoint dropped when too long");
+        let e = long.encode().unwrap_err();
+        assert!(matches!(&e, CsiError::InvalidArgument(m) if m.contains("xxxx.example.com")), "never dropped: {e}");
         assert!(VolumeId::parse("bucket/prefix").is_none());
         assert!(VolumeId::parse("v1|b|noslash|r|e").is_none());
     }

@@ -434,3 +434,28 @@ async fn longest_names_still_fit_in_a_volume_id() {
         h.ctl.delete_volume(delete_req(&v.volume_id)).await.unwrap();
     }
 }
+
+/// csi-sanity's "maximum-length name" with the endpoint given as a StorageClass parameter
+/// (no driver default reaches that store): the id must keep the endpoint and region, or
+/// DeleteVolume goes to the wrong store and the volume can never be deleted.
+#[tokio::test]
+async fn longest_names_keep_the_endpoint_so_delete_works() {
+    let mut h = start_with_endpoint(Some("http://127.0.0.1:1".into())).await;
+    let name = "m".repeat(128);
+    let endpoint = h.srv.endpoint();
+    let p = params(&[("bucket", "shared"), ("prefix", "base"), ("endpoint", &endpoint), ("region", "eu-west-1")]);
+    let v = h.ctl.create_volume(create_req(&name, p, 0)).await.unwrap().into_inner().volume.unwrap();
+    assert!(v.volume_id.len() <= 128, "{}", v.volume_id);
+    let id = s3vol_csi::volume::VolumeId::parse(&v.volume_id).unwrap();
+    assert_eq!((id.endpoint.as_deref(), id.region.as_deref()), (Some(endpoint.as_str()), Some("eu-west-1")));
+    assert!(!h.srv.backend.keys("shared").is_empty(), "marker written");
+    h.ctl.delete_volume(delete_req(&v.volume_id)).await.unwrap();
+    assert!(h.srv.backend.keys("shared").is_empty(), "{:?}", h.srv.backend.keys("shared"));
+    // When not even a short hashed name fits, CreateVolume says why instead of making an
+    // id that loses something.
+    let long_base = "b".repeat(100);
+    let p = params(&[("bucket", "shared"), ("prefix", &long_base), ("endpoint", &endpoint)]);
+    let e = h.ctl.create_volume(create_req("pvc-x", p, 0)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("shorter prefix"), "{e:?}");
+}

@@ -347,6 +347,16 @@ async fn a_k8s_csi_s3_pv_in_a_shared_bucket_sees_only_its_prefix() {
 
 const POD_PROBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/pod/probe.py");
 
+/// Prints a scenario's numbers and keeps them in `target/tmp/node-scenarios.txt`, which
+/// `.ci/run` prints after the suite (a passing test's output is otherwise not shown).
+fn report(line: &str) {
+    println!("{line}");
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("node-scenarios.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes());
+    }
+}
+
 /// Runs the probe script as a pod would: in its own mount namespace with private
 /// propagation, created after the publish (so no later mount on the host reaches it).
 fn start_pod(target: &Path, seconds: f64) -> (Child, std::io::BufReader<std::process::ChildStdout>) {
@@ -394,18 +404,18 @@ async fn a_killed_server_is_replaced_on_the_same_connection_under_a_private_name
     let (pod, out) = start_pod(&target, 6.0);
     std::thread::sleep(Duration::from_millis(1000));
     let old = server_pid(dir.path(), &vol.volume_id);
-    let killed_at = Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     let report = tokio::task::spawn_blocking(move || pod_report(pod, out)).await.unwrap();
     let replaced = server_pid(dir.path(), &vol.volume_id);
-    println!(
-        "server kill -9 under a private-namespace pod: {} probes, {} failed, slowest {} s (recovery), ENOTCONN {}",
+    self::report(&format!(
+        "server kill -9 under a private-namespace pod: {} probes, {} failed, slowest probe {} s (the recovery pause), ENOTCONN {}, flushed writer {}, unflushed writer {}",
         report["probes"],
         report["failed"].as_array().map_or(0, Vec::len),
         report["slowest_probe_s"],
-        report["enotconn"]
-    );
-    println!("  report: {report}; killed {:?} ago", killed_at.elapsed());
+        report["enotconn"],
+        report["flushed_writer"],
+        report["unflushed_write"],
+    ));
     assert_ne!(replaced, old, "the server was not replaced");
     assert_eq!(report["enotconn"], 0, "{report}");
     assert_eq!(report["failed"].as_array().unwrap().len(), 0, "{report}");
@@ -446,7 +456,7 @@ async fn a_restarted_plugin_takes_connection_and_credentials_back_from_the_serve
     let old = server_pid(dir.path(), &vol.volume_id);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     let report = tokio::task::spawn_blocking(move || pod_report(pod, out)).await.unwrap();
-    println!("server kill -9 after a plugin restart without tmpfs secrets: {report}");
+    self::report(&format!("server kill -9 after a plugin restart without tmpfs secrets: {report}"));
     assert_eq!(report["failed"].as_array().unwrap().len(), 0, "{report}");
     assert_eq!(report["flushed_writer"], "ok", "{report}");
     // The new server signs with the keys it got back: its writes reach the store.
@@ -502,10 +512,10 @@ async fn plugin_and_server_both_killed_falls_back_to_a_remount_and_says_so() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    println!(
-        "plugin and server both killed: the host's view recovered {:?} after the plugin started (remount)",
+    report(&format!(
+        "plugin and server both killed: the host's view recovered {:?} after the plugin started (remount path)",
         t.elapsed()
-    );
+    ));
     let log = std::fs::read_to_string(dir.path().join("plugin.log")).unwrap();
     assert!(log.contains("holds no descriptor of this volume's connection"), "{log}");
     assert!(log.contains("mounted again (new connection)"), "{log}");
@@ -586,8 +596,10 @@ async fn a_rolling_upgrade_hands_the_volume_over_with_zero_failed_operations() {
     )
     .unwrap();
     let drained = server_log.lines().find(|l| l.contains("drained for a handover")).unwrap_or("").to_string();
-    println!("rolling upgrade: handover done {handover:?} after the new plugin started; dd {dd_status}; pod {report}; {samples} mount-table samples unchanged");
-    println!("  old server: {drained}");
+    self::report(&format!(
+        "rolling upgrade during a 256 MiB dd: handover done {handover:?} after the new plugin started; dd {dd_status}; pod {report}; {samples} mount-table samples, all unchanged; old server: {}",
+        drained.split("INFO").last().unwrap_or("").trim()
+    ));
     assert!(dd_status.success(), "dd failed across the handover");
     assert!(
         drained.contains("streams=") && !drained.contains("streams=0"),

@@ -125,6 +125,12 @@ fn is_readonly_mode(cap: &pb::VolumeCapability) -> bool {
     })
 }
 
+/// SINGLE_NODE_SINGLE_WRITER (ReadWriteOncePod): one published target at a time.
+fn is_single_writer_mode(cap: &pb::VolumeCapability) -> bool {
+    use volume_capability::access_mode::Mode;
+    cap.access_mode.as_ref().is_some_and(|m| Mode::try_from(m.mode) == Ok(Mode::SingleNodeSingleWriter))
+}
+
 fn mount_group(cap: &pb::VolumeCapability) -> Option<String> {
     match &cap.access_type {
         Some(volume_capability::AccessType::Mount(m)) if !m.volume_mount_group.is_empty() => {
@@ -652,6 +658,16 @@ impl NodeService {
         }
         let target = PathBuf::from(&r.target_path);
         let read_only = r.readonly || is_readonly_mode(cap);
+        if is_single_writer_mode(cap) {
+            // ReadWriteOncePod: one target on the node at a time (CSI: FAILED_PRECONDITION).
+            if let Some(other) = rec.targets.iter().find(|t| t.path != target && s3vol_mount::is_mount_point(&t.path)) {
+                return Err(CsiError::FailedPrecondition(format!(
+                    "volume {:?} has access mode SINGLE_NODE_SINGLE_WRITER and is already published at {}",
+                    r.volume_id,
+                    other.path.display()
+                )));
+            }
+        }
         if let Some(t) = rec.targets.iter().find(|t| t.path == target) {
             if s3vol_mount::is_mount_point(&target) {
                 if t.read_only != read_only {
