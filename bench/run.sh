@@ -5,6 +5,8 @@
 # Usage: bench/run.sh            (as root; needs s3s-fs, python3 + boto3; s3fs/rclone optional)
 # Env:   SERVER=s3s-fs|moto  SIZE_MB=1024  RUNS=1 (3 for the published numbers)
 #        CLIENTS="s3vol s3fs rclone"  SHARED_BENCH=../shared/bench
+#        S3VOL_BASE_BIN=/path/to/older/s3vol: also runs that binary as client "s3vol-base"
+#        (same options) and prints s3vol / s3vol-base ratios: a regression check in one run
 #        S3VOL_OPTS=part_size=16,upload_concurrency=8,list_attrs,stat_cache_ttl=60  (s3vol's -o
 #        options; the metadata TTL is 60 s where s3fs keeps its stat cache 900 s and rclone its
 #        directory cache 5 min by default)
@@ -18,6 +20,10 @@ export RUNS=${RUNS:-1} SIZE_MB=${SIZE_MB:-1024}
 export RESULTS=${RESULTS:-/tmp/bench/results-$(date +%Y%m%d-%H%M%S)}
 SERVER=${SERVER:-s3s-fs}
 CLIENTS=${CLIENTS:-"s3vol s3fs rclone"}
+if [ -n "${S3VOL_BASE_BIN:-}" ]; then
+  [ -x "$S3VOL_BASE_BIN" ] || { echo "bench: S3VOL_BASE_BIN=$S3VOL_BASE_BIN is not an executable" >&2; exit 2; }
+  case " $CLIENTS " in *" s3vol-base "*) ;; *) CLIENTS="s3vol-base $CLIENTS" ;; esac
+fi
 S3VOL_OPTS=${S3VOL_OPTS:-part_size=16,upload_concurrency=8,list_attrs,stat_cache_ttl=60}
 mkdir -p "$RESULTS"
 
@@ -38,6 +44,8 @@ for c in $CLIENTS; do
   case $c in
     s3vol)
       cmd="env AWS_ACCESS_KEY_ID=\$AK AWS_SECRET_ACCESS_KEY=\$SK $S3VOL mount s3://\$BUCKET \$MNT --endpoint \$ENDPOINT --foreground -o $S3VOL_OPTS 2>>$RESULTS/s3vol-mount.log" ;;
+    s3vol-base)
+      cmd="env AWS_ACCESS_KEY_ID=\$AK AWS_SECRET_ACCESS_KEY=\$SK $S3VOL_BASE_BIN mount s3://\$BUCKET \$MNT --endpoint \$ENDPOINT --foreground -o $S3VOL_OPTS 2>>$RESULTS/s3vol-base-mount.log" ;;
     s3fs) command -v s3fs >/dev/null || { echo "bench: s3fs not installed, skipped" >&2; continue; }; cmd=$S3FS_CMD ;;
     rclone) command -v rclone >/dev/null || { echo "bench: rclone not installed, skipped" >&2; continue; }; cmd=$RCLONE_OFF_CMD ;;
     *) echo "bench: unknown client $c" >&2; exit 2 ;;
@@ -84,4 +92,13 @@ print(f"  {'mount time (s)':48s} {val(s, 'mount_s')}   target <= 0.2")
 print(f"  {'ls -l 10k warm (s)':48s} {val(s, 'ls_warm_s')}   target <= 0.1")
 if rss:
     print(f"  {'s3vol peak RSS over the run (MiB)':48s} {max(rss) / 1024:.0f}   target <= 256")
+if "s3vol-base" in rows:
+    print("\nregression check, same run (s3vol / s3vol-base; time metrics inverted, so > 1 is better):")
+    for metric in head[1:]:
+        a, b = val(s, metric), val("s3vol-base", metric)
+        if a is None or b in (None, 0) or a == 0:
+            continue
+        is_time = metric.endswith(("_s", "_ms")) and not metric.endswith("_per_s")
+        better = b / a if is_time else a / b
+        print(f"  {metric:48s} {better:6.2f}x")
 PY

@@ -80,6 +80,25 @@ pub fn normalize_endpoint(raw: &str, field: &str) -> CsiResult<String> {
     }
 }
 
+/// What a provider's endpoint implies. Alibaba OSS (`oss-<region>[-internal].aliyuncs.com`)
+/// and Tencent COS (`cos.<region>.myqcloud.com`) accept only virtual-hosted requests and
+/// sign V4 with the region ID (`cn-hangzhou`, not `oss-cn-hangzhou`); PVs of their drivers
+/// name only the endpoint, so region and addressing come from it.
+pub fn provider_defaults(url: &str) -> (Option<String>, Option<AddressingStyle>) {
+    let host = url.split("://").nth(1).unwrap_or(url).split(['/', ':']).next().unwrap_or("");
+    if let Some(sub) = host.strip_suffix(".aliyuncs.com") {
+        let first = sub.rsplit('.').next().unwrap_or(sub);
+        let region = first.strip_prefix("oss-").map(|r| r.strip_suffix("-internal").unwrap_or(r).to_string());
+        return (region.filter(|r| !r.is_empty() && r != "accelerate"), Some(AddressingStyle::Virtual));
+    }
+    if let Some(sub) = host.strip_suffix(".myqcloud.com") {
+        let mut parts = sub.rsplit('.');
+        let region = parts.next().filter(|_| parts.next() == Some("cos")).map(str::to_string);
+        return (region, Some(AddressingStyle::Virtual));
+    }
+    (None, None)
+}
+
 /// Identifies a volume without any database: bucket and prefix, plus the endpoint and
 /// region when they fit in 128 bytes. Text form: `v1|bucket|prefix|region|endpoint`.
 /// An empty prefix means the volume is the whole bucket.
@@ -255,6 +274,17 @@ impl ProvisionParams {
             }
         }
         MountOptions::parse(&p.mount_options).map_err(|e| CsiError::invalid(format!("parameter mountOptions: {e}")))?;
+        if let Some(url) = &p.endpoint.url {
+            let (region, addressing) = provider_defaults(url);
+            if p.endpoint.region.is_none() {
+                p.endpoint.region = region;
+            }
+            if !params.contains_key("addressingStyle") {
+                if let Some(a) = addressing {
+                    p.endpoint.addressing = a;
+                }
+            }
+        }
         Ok(p)
     }
 
@@ -390,7 +420,9 @@ impl VolumeSpec {
             .cloned()
             .or_else(|| secret.region.clone())
             .or_else(|| id.as_ref().and_then(|i| i.region.clone()));
-        let mut addressing = AddressingStyle::Path;
+        let (implied_region, implied_addressing) = url.as_deref().map(provider_defaults).unwrap_or_default();
+        let region = region.or(implied_region);
+        let mut addressing = implied_addressing.unwrap_or(AddressingStyle::Path);
         if let Some(a) = ctx.get("addressingStyle") {
             addressing =
                 a.parse().map_err(|e: String| CsiError::invalid(format!("volume attribute addressingStyle: {e}")))?;
@@ -677,6 +709,40 @@ mod tests {
         let ctx = map(&[("options", "--endpoint http://elsewhere:9000")]);
         let e = VolumeSpec::resolve("manualbucket/path", &ctx, &SecretValues::default()).unwrap_err();
         assert!(matches!(&e, CsiError::InvalidArgument(m) if m.contains("--endpoint")), "{e}");
+    }
+
+    #[test]
+    fn oss_and_cos_endpoints_imply_region_and_virtual_hosting() {
+        for (url, region) in [
+            ("https://oss-cn-hangzhou.aliyuncs.com", Some("cn-hangzhou")),
+            ("https://oss-cn-beijing-internal.aliyuncs.com", Some("cn-beijing")),
+            ("http://oss-ap-southeast-1.aliyuncs.com:80", Some("ap-southeast-1")),
+            ("https://oss-accelerate.aliyuncs.com", None),
+            ("https://cos.ap-guangzhou.myqcloud.com", Some("ap-guangzhou")),
+        ] {
+            assert_eq!(provider_defaults(url), (region.map(str::to_string), Some(AddressingStyle::Virtual)), "{url}");
+        }
+        assert_eq!(provider_defaults("http://minio:9000"), (None, None));
+        // The OSS driver's static PV: url without scheme, no region, no addressing.
+        let ctx = map(&[("bucket", "oss-bucket"), ("url", "oss-cn-hangzhou-internal.aliyuncs.com"), ("path", "/data")]);
+        let v = VolumeSpec::resolve("pv-oss", &ctx, &SecretValues::default()).unwrap();
+        assert_eq!(v.endpoint.region.as_deref(), Some("cn-hangzhou"));
+        assert_eq!(v.endpoint.addressing, AddressingStyle::Virtual);
+        // Explicit attributes still win.
+        let ctx = map(&[
+            ("bucket", "b-b"),
+            ("url", "oss-cn-hangzhou.aliyuncs.com"),
+            ("addressingStyle", "path"),
+            ("region", "x"),
+        ]);
+        let v = VolumeSpec::resolve("pv", &ctx, &SecretValues::default()).unwrap();
+        assert_eq!((v.endpoint.region.as_deref(), v.endpoint.addressing), (Some("x"), AddressingStyle::Path));
+        let p = ProvisionParams::parse(&map(&[("endpoint", "https://cos.ap-beijing.myqcloud.com"), ("bucket", "b-1")]))
+            .unwrap();
+        assert_eq!(
+            (p.endpoint.region.as_deref(), p.endpoint.addressing),
+            (Some("ap-beijing"), AddressingStyle::Virtual)
+        );
     }
 
     #[test]

@@ -121,7 +121,10 @@ enum Handle {
         writer: Box<Writer>,
         base: u64,
     },
-    Dir(DirStream),
+    Dir {
+        ino: u64,
+        stream: DirStream,
+    },
     /// A handle a predecessor server opened, rebuilt on first use (see [`Fs::restore`]).
     Restored {
         ino: u64,
@@ -166,6 +169,9 @@ pub struct Fs {
     wcfg: WriteConfig,
     /// Where node ids and handles are recorded for a successor server.
     journal: Option<Arc<dyn StateJournal>>,
+    /// Handle records are appended under it shared, a compaction takes it alone: no
+    /// record can fall between the snapshot and the history it replaces.
+    journal_gate: parking_lot::RwLock<()>,
 }
 
 /// What [`Fs::restore`] rebuilt from a predecessor's journal.
@@ -240,6 +246,7 @@ impl Fs {
             wcfg,
             cfg,
             journal: None,
+            journal_gate: parking_lot::RwLock::new(()),
         }
     }
 
@@ -253,8 +260,73 @@ impl Fs {
 
     fn log(&self, rec: JournalRecord) {
         if let Some(j) = &self.journal {
+            let _shared = self.journal_gate.read();
             j.append(&rec);
         }
+    }
+
+    /// Replaces the journal's history by the live state once it asked for it (a mount
+    /// that looked up millions of names would otherwise keep every one of them).
+    fn compact_journal_if_due(&self) {
+        let Some(j) = &self.journal else { return };
+        if !j.wants_compaction() {
+            return;
+        }
+        let Some(_alone) = self.journal_gate.try_write() else { return };
+        if !j.wants_compaction() {
+            return;
+        }
+        // Handles first, then the table under its lock: a node id handed out meanwhile
+        // is journaled after the snapshot, so nothing is missed.
+        let handles: Vec<(u64, SharedHandle)> = self.handles.lock().iter().map(|(fh, h)| (*fh, h.clone())).collect();
+        let mut snapshot = Vec::new();
+        for (fh, h) in handles {
+            match h.try_lock().as_deref() {
+                Ok(Handle::Read { ino, .. }) => {
+                    snapshot.push(JournalRecord::Open { fh, ino: *ino, kind: HandleKind::Read })
+                }
+                Ok(Handle::Dir { ino, .. }) => {
+                    snapshot.push(JournalRecord::Open { fh, ino: *ino, kind: HandleKind::Dir })
+                }
+                Ok(Handle::Write { ino, writer, .. }) => {
+                    snapshot.push(JournalRecord::Open { fh, ino: *ino, kind: HandleKind::Write });
+                    snapshot.push(JournalRecord::Dirty { fh, dirty: writer.is_dirty() });
+                }
+                Ok(Handle::Restored { ino, kind, dirty, stream }) => {
+                    snapshot.push(JournalRecord::Open { fh, ino: *ino, kind: *kind });
+                    snapshot.push(JournalRecord::Dirty { fh, dirty: *dirty });
+                    if let Some(st) = stream {
+                        snapshot.push(JournalRecord::Stream { fh, state: (**st).clone() });
+                    }
+                }
+                // In use right now: the operation journals its own outcome after this.
+                Err(_) => {
+                    let ino = self.open_files.ino_of(fh);
+                    if let Some((ino, writes)) = ino {
+                        let kind = if writes { HandleKind::Write } else { HandleKind::Read };
+                        snapshot.push(JournalRecord::Open { fh, ino, kind });
+                        snapshot.push(JournalRecord::Dirty { fh, dirty: writes });
+                    }
+                }
+            }
+        }
+        let open: std::collections::HashSet<u64> = snapshot
+            .iter()
+            .filter_map(|r| match r {
+                JournalRecord::Open { ino, .. } => Some(*ino),
+                _ => None,
+            })
+            .collect();
+        let mut t = self.table.lock();
+        let mut nodes = t.live_nodes(&open);
+        nodes.sort_unstable_by_key(|r| r.0);
+        let mut all: Vec<JournalRecord> = nodes
+            .into_iter()
+            .map(|(ino, parent, kind, name)| JournalRecord::Node { ino, parent, kind, name })
+            .collect();
+        all.extend(snapshot);
+        j.compact(&all);
+        drop(t);
     }
 
     /// Takes over the state a predecessor server journaled (`bytes`): the node ids the
@@ -388,7 +460,7 @@ impl Fs {
                 let key = self.key(&i.path, FileKind::Dir);
                 let stream = DirStream::new(self.store.clone(), self.cfg.bucket.clone(), key, ino == ROOT_INO)
                     .recording(self.index.clone(), ino);
-                Handle::Dir(stream)
+                Handle::Dir { ino, stream }
             }
             HandleKind::Read => {
                 let attr = self.getattr(ino).await?;
@@ -584,9 +656,12 @@ impl Fs {
             Some(inode) => {
                 let attr = inode.attr;
                 self.index.record(parent, name, Some(inode.kind));
-                let mut t = self.table.lock();
-                t.upsert(inode);
-                t.add_lookup(attr.ino);
+                {
+                    let mut t = self.table.lock();
+                    t.upsert(inode);
+                    t.add_lookup(attr.ino);
+                }
+                self.compact_journal_if_due();
                 Ok(attr)
             }
             None => {
@@ -633,6 +708,7 @@ impl Fs {
     /// The kernel dropped `n` references.
     pub fn forget(&self, ino: u64, n: u64) {
         self.table.lock().forget(ino, n);
+        self.compact_journal_if_due();
     }
 
     /// Reads an entry's own metadata (HEAD), replacing attributes that came from a listing.
@@ -806,7 +882,7 @@ impl Fs {
                 self.log(JournalRecord::Open { fh, ino: *ino, kind: HandleKind::Read });
                 self.open_files.opened(*ino, fh, false)
             }
-            Handle::Dir(_) | Handle::Restored { .. } => {}
+            Handle::Dir { .. } | Handle::Restored { .. } => {}
         }
         self.handles.lock().insert(fh, Arc::new(tokio::sync::Mutex::new(h)));
         fh
@@ -830,7 +906,7 @@ impl Fs {
         let key = self.key(&i.path, FileKind::Dir);
         let stream = DirStream::new(self.store.clone(), self.cfg.bucket.clone(), key, ino == ROOT_INO)
             .recording(self.index.clone(), ino);
-        let fh = self.add_handle(Handle::Dir(stream));
+        let fh = self.add_handle(Handle::Dir { ino, stream });
         self.log(JournalRecord::Open { fh, ino, kind: HandleKind::Dir });
         Ok(fh)
     }
@@ -856,7 +932,7 @@ impl Fs {
         let h = self.handle(fh)?;
         let mut guard = h.lock().await;
         self.materialize(&mut guard).await?;
-        let Handle::Dir(stream) = &mut *guard else { return Err(Errno::EBADF) };
+        let Handle::Dir { stream, .. } = &mut *guard else { return Err(Errno::EBADF) };
         let me = self.inode(ino)?;
         let mut out = Vec::new();
         if offset == 0 {
@@ -952,7 +1028,7 @@ impl Fs {
     pub fn releasedir(&self, ino: u64, fh: u64) {
         let Some(h) = self.handles.lock().remove(&fh) else { return };
         self.log(JournalRecord::Close { fh });
-        let complete = matches!(h.try_lock().as_deref(), Ok(Handle::Dir(stream)) if stream.complete());
+        let complete = matches!(h.try_lock().as_deref(), Ok(Handle::Dir { stream, .. }) if stream.complete());
         if complete {
             self.listed.lock().insert(ino, Instant::now());
         }
@@ -1031,7 +1107,7 @@ impl Fs {
         match &mut *g {
             Handle::Read { reader, .. } => reader.read(offset, size).await,
             Handle::Write { writer, .. } => writer.read(offset, size).await,
-            Handle::Dir(_) => Err(Errno::EISDIR),
+            Handle::Dir { .. } => Err(Errno::EISDIR),
             Handle::Restored { .. } => Err(Errno::EIO),
         }
     }
@@ -1375,7 +1451,7 @@ impl Fs {
                 }
                 Handle::Read { reader, .. } => reader.retarget(to.clone()),
                 // A restored handle finds its key from the inode's path when first used.
-                Handle::Dir(_) | Handle::Restored { .. } => {}
+                Handle::Dir { .. } | Handle::Restored { .. } => {}
             }
         }
         Ok(())

@@ -1,7 +1,7 @@
 //! The inode table: stable numbers for (parent, name), cached attributes with expiry,
 //! and a bounded negative cache for names known not to exist.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -47,6 +47,9 @@ pub struct InodeTable {
     max_negative: usize,
     /// Where node ids are recorded for a successor server, when one may take over.
     journal: Option<Arc<dyn StateJournal>>,
+    /// Ids a journal compaction left out (the kernel held none of them): journaled again
+    /// when a lookup hands one out.
+    unjournaled: HashSet<u64>,
 }
 
 impl InodeTable {
@@ -61,6 +64,7 @@ impl InodeTable {
             next: ROOT_INO + 1,
             max_negative,
             journal: None,
+            unjournaled: HashSet::new(),
         }
     }
 
@@ -148,13 +152,42 @@ impl InodeTable {
         ino
     }
 
+    /// The node ids the kernel may still use, as (id, parent, kind, name): those it holds
+    /// lookups on, those open in `open`, and their ancestors (a successor needs the whole
+    /// path). Every other id is marked as left out of the journal, to be journaled again
+    /// if a lookup hands it out. The live state a journal compaction keeps.
+    pub fn live_nodes(&mut self, open: &HashSet<u64>) -> Vec<(u64, u64, FileKind, String)> {
+        let mut keep: HashSet<u64> = HashSet::new();
+        for i in self.by_ino.values() {
+            if i.ino != ROOT_INO && (i.lookups > 0 || open.contains(&i.ino)) {
+                let mut cur = i.ino;
+                while cur != ROOT_INO && keep.insert(cur) {
+                    match self.by_ino.get(&cur) {
+                        Some(n) => cur = n.parent,
+                        None => break,
+                    }
+                }
+            }
+        }
+        self.unjournaled = self.by_ino.keys().copied().filter(|ino| *ino != ROOT_INO && !keep.contains(ino)).collect();
+        keep.iter().filter_map(|ino| self.by_ino.get(ino)).map(|i| (i.ino, i.parent, i.kind, i.name.clone())).collect()
+    }
+
+    fn journal_node(&mut self, ino: u64) {
+        if let (Some(j), Some(i)) = (&self.journal, self.by_ino.get(&ino)) {
+            j.append(&JournalRecord::Node { ino, parent: i.parent, kind: i.kind, name: i.name.clone() });
+        }
+        self.unjournaled.remove(&ino);
+    }
+
     /// Records an inode (new or refreshed) and clears any negative entry for its name.
     pub fn upsert(&mut self, inode: Inode) {
         if let Some(j) = &self.journal {
-            let known = self
-                .by_ino
-                .get(&inode.ino)
-                .is_some_and(|i| i.parent == inode.parent && i.kind == inode.kind && i.name == inode.name);
+            let known = !self.unjournaled.contains(&inode.ino)
+                && self
+                    .by_ino
+                    .get(&inode.ino)
+                    .is_some_and(|i| i.parent == inode.parent && i.kind == inode.kind && i.name == inode.name);
             if !known && inode.ino != ROOT_INO {
                 j.append(&JournalRecord::Node {
                     ino: inode.ino,
@@ -164,6 +197,7 @@ impl InodeTable {
                 });
             }
         }
+        self.unjournaled.remove(&inode.ino);
         self.negative.remove(&(inode.parent, inode.name.clone()));
         let key = (inode.parent, inode.name.clone());
         if let Some(old) = self.by_name.insert(key, inode.ino) {
@@ -212,6 +246,10 @@ impl InodeTable {
 
     /// Counts a kernel lookup.
     pub fn add_lookup(&mut self, ino: u64) {
+        if self.unjournaled.contains(&ino) {
+            // Handed to the kernel again after a compaction left it out.
+            self.journal_node(ino);
+        }
         if let Some(i) = self.by_ino.get_mut(&ino) {
             i.lookups += 1;
         }

@@ -73,7 +73,22 @@ pub enum JournalRecord {
 pub trait StateJournal: Send + Sync {
     /// Appends one record.
     fn append(&self, rec: &JournalRecord);
+
+    /// Whether enough was appended since the last compaction that the live state (node
+    /// ids the server still knows, open handles) should replace the history. Cheap: it
+    /// is asked on hot paths.
+    fn wants_compaction(&self) -> bool {
+        false
+    }
+
+    /// Replaces everything recorded so far by `snapshot`, the complete live state. A
+    /// crash at any point must leave either the old records or the snapshot readable.
+    fn compact(&self, _snapshot: &[JournalRecord]) {}
 }
+
+/// Compaction is due once the records appended since the last one exceed both this and
+/// twice the last snapshot: memory stays within a small multiple of the live state.
+pub const COMPACT_MIN_BYTES: u64 = 4 << 20;
 
 const TAG_NODE: u8 = 1;
 const TAG_OPEN: u8 = 2;
@@ -255,14 +270,32 @@ pub fn decode_all(bytes: &[u8]) -> (Vec<JournalRecord>, usize) {
     (out, at)
 }
 
-/// A journal that only remembers, for tests and for servers that need no successor.
-#[derive(Debug, Default)]
+/// A journal in memory, for tests and for servers that need no successor.
+#[derive(Debug)]
 pub struct MemoryJournal {
     bytes: parking_lot::Mutex<Vec<u8>>,
+    /// Bytes appended since the last compaction, and the threshold for the next.
+    since: std::sync::atomic::AtomicU64,
+    threshold: std::sync::atomic::AtomicU64,
+}
+
+impl Default for MemoryJournal {
+    fn default() -> Self {
+        Self::with_threshold(COMPACT_MIN_BYTES)
+    }
 }
 
 impl MemoryJournal {
-    /// Everything appended so far, encoded.
+    /// A journal that wants compaction after `bytes` appended (tests use small ones).
+    pub fn with_threshold(bytes: u64) -> Self {
+        MemoryJournal {
+            bytes: parking_lot::Mutex::new(Vec::new()),
+            since: std::sync::atomic::AtomicU64::new(0),
+            threshold: std::sync::atomic::AtomicU64::new(bytes),
+        }
+    }
+
+    /// Everything recorded, encoded.
     pub fn bytes(&self) -> Vec<u8> {
         self.bytes.lock().clone()
     }
@@ -270,7 +303,23 @@ impl MemoryJournal {
 
 impl StateJournal for MemoryJournal {
     fn append(&self, rec: &JournalRecord) {
-        self.bytes.lock().extend_from_slice(&encode(rec));
+        let b = encode(rec);
+        self.since.fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.bytes.lock().extend_from_slice(&b);
+    }
+
+    fn wants_compaction(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.since.load(Relaxed) > self.threshold.load(Relaxed)
+    }
+
+    fn compact(&self, snapshot: &[JournalRecord]) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let bytes: Vec<u8> = snapshot.iter().flat_map(encode).collect();
+        let min = self.threshold.load(Relaxed).min(COMPACT_MIN_BYTES);
+        self.threshold.store((2 * bytes.len() as u64).max(min), Relaxed);
+        self.since.store(0, Relaxed);
+        *self.bytes.lock() = bytes;
     }
 }
 

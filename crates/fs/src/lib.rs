@@ -37,6 +37,6 @@ pub use error::{Errno, FsResult};
 pub use foreign_options::{translate_foreign, Translated};
 pub use fs::{Caller, Drained, Fs, FsConfig, Restored, SetAttr, StatFs};
 pub use inode::ROOT_INO;
-pub use journal::{decode_all, encode, HandleKind, JournalRecord, MemoryJournal, StateJournal};
+pub use journal::{decode_all, encode, HandleKind, JournalRecord, MemoryJournal, StateJournal, COMPACT_MIN_BYTES};
 pub use options::{MountOptions, OptionError};
 pub use write::StreamState;

@@ -49,6 +49,12 @@ impl OpenFiles {
         }
     }
 
+    /// The inode handle `fh` is open on, and whether it writes (a slow scan: for the
+    /// rare handle that is busy while the journal is compacted).
+    pub(crate) fn ino_of(&self, fh: u64) -> Option<(u64, bool)> {
+        self.map.lock().iter().find(|(_, f)| f.handles.contains(&fh)).map(|(ino, f)| (*ino, f.writers > 0))
+    }
+
     /// The handles open on `ino`, oldest first.
     pub(crate) fn handles_of(&self, ino: u64) -> Vec<u64> {
         self.map.lock().get(&ino).map(|f| f.handles.clone()).unwrap_or_default()

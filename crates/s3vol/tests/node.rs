@@ -854,6 +854,55 @@ async fn stage_errors_are_clear_and_quick() {
     assert_eq!(e.code(), Code::FailedPrecondition);
 }
 
+/// The Alibaba OSS driver's static PV as its docs show it: the handle is the PV name, the
+/// keys come only as `nodePublishSecretRef` (that driver mounts at publish). Kubelet stages
+/// it with no secret at all; s3vol waits for the first publish and mounts with its keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oss_pv_with_only_a_publish_secret_mounts_at_publish() {
+    if !can_mount() {
+        return;
+    }
+    let (srv, dir) = env().await;
+    srv.backend.create_bucket("oss-data");
+    srv.backend.put("oss-data", "app/config.json", b"{}", &[]);
+    srv.backend.put("oss-data", "other-app/secret.txt", b"not this pod's", &[]);
+    let plugin = Plugin::start(dir.path(), "http://127.0.0.1:1", "1");
+    let (mut node, _) = plugin.clients().await;
+    let ctx: HashMap<String, String> = [
+        ("bucket", "oss-data"),
+        ("url", srv.endpoint().as_str()),
+        ("path", "/app"),
+        ("otherOpts", "-o max_stat_cache_size=0 -o allow_other -o use_cache=/dev/shm"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let publish_secret: HashMap<String, String> =
+        [("akId", ACCESS_KEY), ("akSecret", SECRET_KEY)].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let staging = dir.path().join("globalmount");
+    node.node_stage_volume(stage_req("pv-oss", &staging, ctx.clone(), HashMap::new()))
+        .await
+        .expect("stage without a secret (nodeStageSecretRef absent)");
+    node.node_stage_volume(stage_req("pv-oss", &staging, ctx.clone(), HashMap::new())).await.expect("idempotent");
+    let (t1, t2) = (dir.path().join("pods/a/vol"), dir.path().join("pods/b/vol"));
+    let mut req = publish_req("pv-oss", &staging, &t1, false, publish_secret.clone());
+    req.volume_context = ctx.clone();
+    node.node_publish_volume(req.clone()).await.expect("publish with the publish secret");
+    node.node_publish_volume(req).await.expect("publish is idempotent");
+    let mut req = publish_req("pv-oss", &staging, &t2, false, publish_secret.clone());
+    req.volume_context = ctx;
+    node.node_publish_volume(req).await.unwrap();
+    assert_eq!(std::fs::read(t1.join("config.json")).unwrap(), b"{}");
+    std::fs::write(t2.join("written.txt"), b"by pod b").unwrap();
+    assert_eq!(srv.backend.get("oss-data", "app/written.txt").unwrap(), &b"by pod b"[..]);
+    assert!(!t1.join("secret.txt").exists() && !t1.join("other-app").exists(), "only the PV's path is visible");
+    for t in [&t1, &t2] {
+        unpublish(&mut node, "pv-oss", t).await;
+    }
+    unstage(&mut node, "pv-oss", &staging).await;
+    assert!(mounted_under(dir.path()).is_empty(), "{:?}", mounted_under(dir.path()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_pvs_of_other_drivers_mount_with_only_the_driver_changed() {
     if !can_mount() {

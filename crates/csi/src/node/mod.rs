@@ -188,7 +188,7 @@ impl NodeService {
     /// connection and credentials back, so that it can be replaced later without a
     /// remount, and repairs those whose server died.
     pub async fn recover(&self) {
-        for rec in self.inner.registry.all() {
+        for rec in self.inner.registry.all().into_iter().filter(|r| !r.deferred) {
             let vid = rec.volume_id.clone();
             let sock = self.inner.registry.socket(&vid);
             let taken = tokio::task::spawn_blocking(move || {
@@ -301,6 +301,10 @@ impl NodeService {
     pub async fn check_and_repair(&self, volume_id: &str) {
         let Ok(_guard) = self.inner.inflight.claim(volume_id) else { return };
         let Some(rec) = self.inner.registry.load(volume_id) else { return };
+        if rec.deferred {
+            // Not mounted yet: nothing to check until its first publish.
+            return;
+        }
         let vid = volume_id.to_string();
         let me = self.clone();
         let healthy = tokio::task::spawn_blocking(move || {
@@ -529,27 +533,25 @@ impl NodeService {
                 )));
             }
         }
-        // Reachability, with the store's own error, before anything is mounted.
-        let store = self.inner.factory.connect(&spec.endpoint, secret.credentials.clone()).await?;
-        let probe = ListRequest { prefix: spec.prefix.clone(), max_keys: Some(1), ..Default::default() };
-        match tokio::time::timeout(REACHABILITY_TIMEOUT, store.list(&spec.bucket, &probe)).await {
-            Err(_) => {
-                return Err(CsiError::Unavailable(format!(
-                    "{} did not answer within {REACHABILITY_TIMEOUT:?}",
-                    store.describe()
-                )))
-            }
-            Ok(Err(e)) if e.kind == s3vol_store::ErrorKind::NoSuchBucket => {
-                return Err(CsiError::NotFound(format!(
-                    "bucket {:?} does not exist on {}",
-                    spec.bucket,
-                    store.describe()
-                )))
-            }
-            Ok(Err(e)) => return Err(e.into()),
-            Ok(Ok(_)) => {}
-        }
         std::fs::create_dir_all(&staging).map_err(|e| io_err("create staging path", &staging, e))?;
+        if secret.credentials.is_none() {
+            // No keys at stage: the volume's keys may come with its publish (the Alibaba
+            // OSS driver's PVs have only a nodePublishSecretRef), so the mount waits for it.
+            let rec = VolumeRecord {
+                volume_id: r.volume_id.clone(),
+                staging_path: staging,
+                fingerprint,
+                config,
+                targets: Vec::new(),
+                pid: 0,
+                static_credentials: false,
+                deferred: true,
+            };
+            self.inner.registry.save(&rec).map_err(|e| CsiError::Internal(e.to_string()))?;
+            tracing::info!(volume_id = %r.volume_id, "volume staged without keys; it is mounted at its first publish, with the publish secret or the default credential chain");
+            return Ok(());
+        }
+        self.check_reachable(&spec.endpoint, secret.credentials.clone(), &spec.bucket, &spec.prefix).await?;
         let creds: Option<WireCredentials> = secret.credentials.map(Into::into);
         let pid = self
             .start_server(&r.volume_id, &staging, ServeConfig { credentials: creds.clone(), ..config.clone() })
@@ -564,9 +566,56 @@ impl NodeService {
             targets: Vec::new(),
             pid,
             static_credentials: creds.is_some(),
+            deferred: false,
         };
         self.inner.registry.save(&rec).map_err(|e| CsiError::Internal(e.to_string()))?;
         tracing::info!(volume_id = %r.volume_id, pid, "volume staged");
+        Ok(())
+    }
+
+    /// Lists the volume's prefix once, so that a wrong endpoint, bucket or key fails with
+    /// the store's own words before anything is mounted.
+    async fn check_reachable(
+        &self,
+        endpoint: &crate::volume::Endpoint,
+        creds: Option<s3vol_store::StaticCredentials>,
+        bucket: &str,
+        prefix: &str,
+    ) -> CsiResult<()> {
+        let store = self.inner.factory.connect(endpoint, creds).await?;
+        let probe = ListRequest { prefix: prefix.to_string(), max_keys: Some(1), ..Default::default() };
+        match tokio::time::timeout(REACHABILITY_TIMEOUT, store.list(bucket, &probe)).await {
+            Err(_) => Err(CsiError::Unavailable(format!(
+                "{} did not answer within {REACHABILITY_TIMEOUT:?}",
+                store.describe()
+            ))),
+            Ok(Err(e)) if e.kind == s3vol_store::ErrorKind::NoSuchBucket => {
+                Err(CsiError::NotFound(format!("bucket {bucket:?} does not exist on {}", store.describe())))
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
+    /// The first publish of a volume staged without keys: mounts it now, with the keys of
+    /// this publish's secret (or the default chain when it has none).
+    async fn mount_deferred(&self, rec: &mut VolumeRecord, secret: &SecretValues) -> CsiResult<()> {
+        let c = &rec.config;
+        let endpoint = crate::volume::Endpoint {
+            url: c.endpoint.clone(),
+            region: Some(c.region.clone()),
+            addressing: c.addressing.parse().map_err(|e: String| CsiError::Internal(e))?,
+        };
+        self.check_reachable(&endpoint, secret.credentials.clone(), &c.bucket, &c.prefix).await?;
+        let creds: Option<WireCredentials> = secret.credentials.clone().map(Into::into);
+        let config = ServeConfig { credentials: creds.clone(), ..rec.config.clone() };
+        rec.pid = self.start_server(&rec.volume_id, &rec.staging_path, config).await?;
+        rec.deferred = false;
+        rec.static_credentials = creds.is_some();
+        self.inner.creds.lock().insert(rec.volume_id.clone(), creds.clone());
+        self.inner.registry.save_credentials(&rec.volume_id, creds.as_ref());
+        self.inner.registry.save(rec).map_err(|e| CsiError::Internal(e.to_string()))?;
+        tracing::info!(volume_id = %rec.volume_id, pid = rec.pid, with_keys = creds.is_some(), "volume mounted at its first publish");
         Ok(())
     }
 
@@ -634,8 +683,11 @@ impl NodeService {
                 r.staging_target_path
             )));
         }
-        // Credential rotation (requiresRepublish): new keys go to the running server.
         let secret = SecretValues::from_map(&r.secrets)?;
+        if rec.deferred {
+            self.mount_deferred(&mut rec, &secret).await?;
+        }
+        // Credential rotation (requiresRepublish): new keys go to the running server.
         if let Some(new) = secret.credentials.map(WireCredentials::from) {
             let current = self.inner.creds.lock().get(&r.volume_id).cloned().flatten();
             if current.as_ref() != Some(&new) {

@@ -36,6 +36,10 @@ pub struct VolumeRecord {
     /// started without them cannot work.
     #[serde(default)]
     pub static_credentials: bool,
+    /// Staged without keys: recorded, not mounted; the first publish mounts it with its
+    /// own secret (the Alibaba OSS driver's PVs carry keys only in nodePublishSecretRef).
+    #[serde(default)]
+    pub deferred: bool,
 }
 
 /// The state directory.
