@@ -123,7 +123,19 @@ async fn identity_reports_name_capabilities_and_readiness() {
     let probe = h.id.probe(pb::ProbeRequest {}).await.unwrap().into_inner();
     assert_eq!(probe.ready, Some(true));
     let c = h.ctl.controller_get_capabilities(pb::ControllerGetCapabilitiesRequest {}).await.unwrap().into_inner();
-    assert_eq!(c.capabilities.len(), 3);
+    use pb::controller_service_capability::rpc::Type;
+    let mut got: Vec<i32> = c
+        .capabilities
+        .iter()
+        .filter_map(|c| match &c.r#type {
+            Some(pb::controller_service_capability::Type::Rpc(r)) => Some(r.r#type),
+            _ => None,
+        })
+        .collect();
+    got.sort_unstable();
+    let mut want = vec![Type::CreateDeleteVolume as i32, Type::ExpandVolume as i32, Type::SingleNodeMultiWriter as i32];
+    want.sort_unstable();
+    assert_eq!(got, want, "the controller advertises exactly what it implements");
 }
 
 #[tokio::test]

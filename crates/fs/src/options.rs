@@ -17,8 +17,11 @@ pub struct MountOptions {
     pub uid: Option<u32>,
     /// Group reported for every file and directory; `None` = the stored gid (else 0).
     pub gid: Option<u32>,
-    /// Bits cleared from every mode (applied after file_mode/dir_mode).
+    /// Bits cleared from `file_mode`/`dir_mode`; when given explicitly (`umask=`), from
+    /// every mode, stored ones included (a mount-wide lock-down, as s3fs/ossfs mean it).
     pub umask: u32,
+    /// Whether `umask` was given explicitly (and so masks stored modes too).
+    pub umask_all: bool,
     /// Mode of files without mode metadata.
     pub file_mode: u32,
     /// Mode of directories without mode metadata.
@@ -66,6 +69,7 @@ impl Default for MountOptions {
             uid: None,
             gid: None,
             umask: 0o022,
+            umask_all: false,
             file_mode: 0o644,
             dir_mode: 0o755,
             allow_other: false,
@@ -143,10 +147,16 @@ impl MountOptions {
             match name {
                 "uid" => o.uid = Some(number(name, need()?)?),
                 "gid" => o.gid = Some(number(name, need()?)?),
-                "umask" => o.umask = octal(name, need()?)?,
+                "umask" => {
+                    o.umask = octal(name, need()?)?;
+                    o.umask_all = true;
+                }
                 "file_mode" => o.file_mode = octal(name, need()?)?,
                 "dir_mode" => o.dir_mode = octal(name, need()?)?,
-                "mp_umask" => o.umask = octal(name, need()?)?,
+                "mp_umask" => {
+                    o.umask = octal(name, need()?)?;
+                    o.umask_all = true;
+                }
                 "allow_other" => o.allow_other = flag(name, value)?,
                 "ro" => o.read_only = flag(name, value)?,
                 "stat_cache_ttl" => o.stat_cache_ttl = Duration::from_secs_f64(number::<f64>(name, need()?)?.max(0.0)),
@@ -197,14 +207,24 @@ impl MountOptions {
         Ok(o)
     }
 
-    /// Mode of a file given stored metadata (if any), after the umask.
+    /// Mode of a file: the mode stored on it (set by chmod or another tool), else
+    /// `file_mode`, less the umask. The default umask shapes defaults only, so a mode the
+    /// user set reads back as set; an explicit `umask=` masks every mode.
     pub fn file_perm(&self, stored: Option<u32>) -> u32 {
-        stored.unwrap_or(self.file_mode) & 0o7777 & !self.umask
+        self.perm(stored, self.file_mode)
     }
 
-    /// Mode of a directory given stored metadata (if any), after the umask.
+    /// Mode of a directory, as [`MountOptions::file_perm`] with `dir_mode`.
     pub fn dir_perm(&self, stored: Option<u32>) -> u32 {
-        stored.unwrap_or(self.dir_mode) & 0o7777 & !self.umask
+        self.perm(stored, self.dir_mode)
+    }
+
+    fn perm(&self, stored: Option<u32>, default: u32) -> u32 {
+        match stored {
+            Some(m) if !self.umask_all => m & 0o7777,
+            Some(m) => m & 0o7777 & !self.umask,
+            None => default & 0o7777 & !self.umask,
+        }
     }
 }
 
@@ -240,6 +260,14 @@ mod tests {
     fn permissions_apply_umask() {
         let o = MountOptions::parse(&["umask=027", "file_mode=0666"]).unwrap();
         assert_eq!(o.file_perm(None), 0o640);
+        assert_eq!(o.dir_perm(None), 0o750);
+        // An explicit umask locks the whole mount down, stored modes included.
         assert_eq!(o.dir_perm(Some(0o777)), 0o750);
+        // The default umask shapes defaults only: a mode someone set (chmod 0222, 0777)
+        // reads back as set (pjdfstest chmod/00).
+        let d = MountOptions::default();
+        assert_eq!((d.file_perm(None), d.dir_perm(None)), (0o644, 0o755));
+        assert_eq!(d.file_perm(Some(0o222)), 0o222);
+        assert_eq!(d.dir_perm(Some(0o777)), 0o777);
     }
 }

@@ -48,3 +48,46 @@ fn csi_server_replaces_a_stale_socket_and_stops_cleanly_on_sigterm() {
     assert!(status.success(), "{status:?}");
     assert!(!sock.exists(), "socket removed on shutdown");
 }
+
+/// A new user's first try: no keys anywhere. The error is one short line that says what
+/// to set, not the SDK's nested debug structures.
+#[test]
+fn mount_without_credentials_says_what_to_set_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["mount", "s3://some-bucket/data"])
+        .arg(dir.path())
+        .args(["--endpoint", "http://127.0.0.1:9"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", dir.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", dir.path().join("none"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("none"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no credentials found") && err.contains("AWS_ACCESS_KEY_ID"), "{err}");
+    let longest = err.lines().map(str::len).max().unwrap_or(0);
+    assert!(err.lines().count() <= 2 && longest < 400, "not one clear line: {err}");
+}
+
+/// A bad option is refused before anything touches the network or the mount point, by
+/// name, with a failing exit status (no root needed).
+#[test]
+fn a_bogus_mount_option_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["mount", "s3://bkt"])
+        .arg(dir.path())
+        .args(["--endpoint", "http://127.0.0.1:9", "-o", "bogus_option=1"])
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "exit status {:?}", out.status);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bogus_option"), "{err}");
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains(&dir.path().display().to_string()), "mounted despite the error");
+}

@@ -18,8 +18,7 @@ struct Env {
 fn can_mount() -> bool {
     let ok = nix::unistd::geteuid().is_root() && Path::new("/dev/fuse").exists();
     if !ok {
-        assert!(std::env::var("CI").is_err(), "CI must run these tests as root with /dev/fuse");
-        eprintln!("skipping FUSE mount tests: needs root and /dev/fuse");
+        s3vol_testkit::skip_or_fail("FUSE mount tests need root and /dev/fuse");
     }
     ok
 }
@@ -205,11 +204,11 @@ print("ok")
 
 #[test]
 fn git_works_in_the_mount() {
-    if !can_mount() || Command::new("git").arg("--version").output().is_err() {
-        assert!(
-            std::env::var("CI").is_err() || Command::new("git").arg("--version").output().is_ok(),
-            "git needed in CI"
-        );
+    if !can_mount() {
+        return;
+    }
+    if Command::new("git").arg("--version").output().is_err() {
+        s3vol_testkit::skip_or_fail("git is not installed");
         return;
     }
     let e = env();
@@ -356,8 +355,6 @@ fn mount_failures_are_one_clear_line() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let err = run("s3://bkt", ACCESS_KEY, Some(format!("http://127.0.0.1:{port}")));
     assert!(err.contains("unreachable"), "{err}");
-    let out = Command::new(BIN).args(["mount", "s3://bkt", "/tmp", "-o", "bogus_option=1"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("bogus_option"));
     assert!(!is_mounted(dir.path()));
 }
 
@@ -451,8 +448,7 @@ fn posix_suite_as_a_non_root_user() {
 #[test]
 fn core_cases_against_moto() {
     let Ok(endpoint) = std::env::var("S3VOL_MOTO_ENDPOINT") else {
-        assert!(std::env::var("CI").is_err(), "CI must set S3VOL_MOTO_ENDPOINT");
-        eprintln!("S3VOL_MOTO_ENDPOINT unset: moto mount cases not run (outside CI)");
+        s3vol_testkit::skip_or_fail("the moto mount cases need S3VOL_MOTO_ENDPOINT (moto_server)");
         return;
     };
     if !can_mount() {

@@ -20,8 +20,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_s3vol");
 fn can_mount() -> bool {
     let ok = nix::unistd::geteuid().is_root() && Path::new("/dev/fuse").exists();
     if !ok {
-        assert!(std::env::var("CI").is_err(), "CI must run these tests as root with /dev/fuse");
-        eprintln!("skipping node tests: needs root and /dev/fuse");
+        s3vol_testkit::skip_or_fail("node tests need root and /dev/fuse");
     }
     ok
 }
@@ -249,7 +248,28 @@ async fn stage_publish_twice_write_read_unpublish_unstage() {
     let info = node.node_get_info(pb::NodeGetInfoRequest {}).await.unwrap().into_inner();
     assert_eq!(info.node_id, "node-1");
     let caps = node.node_get_capabilities(pb::NodeGetCapabilitiesRequest {}).await.unwrap().into_inner();
-    assert_eq!(caps.capabilities.len(), 5);
+    use pb::node_service_capability::rpc::Type;
+    let mut got: Vec<i32> = caps
+        .capabilities
+        .iter()
+        .filter_map(|c| match &c.r#type {
+            Some(pb::node_service_capability::Type::Rpc(r)) => Some(r.r#type),
+            _ => None,
+        })
+        .collect();
+    got.sort_unstable();
+    let mut want: Vec<i32> = [
+        Type::StageUnstageVolume,
+        Type::GetVolumeStats,
+        Type::VolumeCondition,
+        Type::VolumeMountGroup,
+        Type::SingleNodeMultiWriter,
+    ]
+    .iter()
+    .map(|t| *t as i32)
+    .collect();
+    want.sort_unstable();
+    assert_eq!(got, want, "the node advertises exactly what it implements");
 
     let vol = create_volume(&mut ctl, "pvc-node").await;
     let staging = dir.path().join("staging");
@@ -345,6 +365,22 @@ async fn a_k8s_csi_s3_pv_in_a_shared_bucket_sees_only_its_prefix() {
     unstage(&mut node, handle, &staging).await;
 }
 
+/// A dynamic volume created, staged and published to one pod, as kubelet does it.
+async fn stage_and_publish(
+    node: &mut NodeClient<Channel>,
+    ctl: &mut ControllerClient<Channel>,
+    dir: &Path,
+    name: &str,
+) -> (pb::Volume, PathBuf, PathBuf) {
+    let vol = create_volume(ctl, name).await;
+    let staging = dir.join("staging");
+    let target = dir.join("pods/p1/vol");
+    let sec = secrets(ACCESS_KEY, SECRET_KEY);
+    node.node_stage_volume(stage_req(&vol.volume_id, &staging, vol.volume_context.clone(), sec)).await.unwrap();
+    node.node_publish_volume(publish_req(&vol.volume_id, &staging, &target, false, HashMap::new())).await.unwrap();
+    (vol, staging, target)
+}
+
 const POD_PROBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/pod/probe.py");
 
 /// Prints a scenario's numbers and keeps them in `target/tmp/node-scenarios.txt`, which
@@ -393,12 +429,7 @@ async fn a_killed_server_is_replaced_on_the_same_connection_under_a_private_name
     let (srv, dir) = env().await;
     let plugin = Plugin::start(dir.path(), &srv.endpoint(), "1");
     let (mut node, mut ctl) = plugin.clients().await;
-    let vol = create_volume(&mut ctl, "pvc-crash").await;
-    let staging = dir.path().join("staging");
-    let target = dir.path().join("pods/p1/vol");
-    let sec = secrets(ACCESS_KEY, SECRET_KEY);
-    node.node_stage_volume(stage_req(&vol.volume_id, &staging, vol.volume_context.clone(), sec)).await.unwrap();
-    node.node_publish_volume(publish_req(&vol.volume_id, &staging, &target, false, HashMap::new())).await.unwrap();
+    let (vol, staging, target) = stage_and_publish(&mut node, &mut ctl, dir.path(), "pvc-crash").await;
     let mounts_before = mounted_under(dir.path());
 
     let (pod, out) = start_pod(&target, 6.0);
@@ -443,12 +474,7 @@ async fn a_restarted_plugin_takes_connection_and_credentials_back_from_the_serve
     let (srv, dir) = env().await;
     let mut plugin = Plugin::start_with(dir.path(), &srv.endpoint(), "1", false);
     let (mut node, mut ctl) = plugin.clients().await;
-    let vol = create_volume(&mut ctl, "pvc-takeback").await;
-    let staging = dir.path().join("staging");
-    let target = dir.path().join("pod/vol");
-    let sec = secrets(ACCESS_KEY, SECRET_KEY);
-    node.node_stage_volume(stage_req(&vol.volume_id, &staging, vol.volume_context.clone(), sec)).await.unwrap();
-    node.node_publish_volume(publish_req(&vol.volume_id, &staging, &target, false, HashMap::new())).await.unwrap();
+    let (vol, staging, target) = stage_and_publish(&mut node, &mut ctl, dir.path(), "pvc-takeback").await;
     assert!(std::fs::read_dir(dir.path().join("secrets")).unwrap().next().is_none(), "no keys kept on disk");
     plugin.restart();
     let (mut node, _) = plugin.clients().await;
@@ -488,12 +514,7 @@ async fn plugin_and_server_both_killed_falls_back_to_a_remount_and_says_so() {
     let (srv, dir) = env().await;
     let mut plugin = Plugin::start(dir.path(), &srv.endpoint(), "1");
     let (mut node, mut ctl) = plugin.clients().await;
-    let vol = create_volume(&mut ctl, "pvc-both").await;
-    let staging = dir.path().join("staging");
-    let target = dir.path().join("pod/vol");
-    let sec = secrets(ACCESS_KEY, SECRET_KEY);
-    node.node_stage_volume(stage_req(&vol.volume_id, &staging, vol.volume_context.clone(), sec)).await.unwrap();
-    node.node_publish_volume(publish_req(&vol.volume_id, &staging, &target, false, HashMap::new())).await.unwrap();
+    let (vol, staging, target) = stage_and_publish(&mut node, &mut ctl, dir.path(), "pvc-both").await;
     std::fs::write(target.join("before.txt"), b"x").unwrap();
     plugin.kill9();
     let pid = server_pid(dir.path(), &vol.volume_id);
@@ -537,12 +558,7 @@ async fn a_rolling_upgrade_hands_the_volume_over_with_zero_failed_operations() {
     let (srv, dir) = env().await;
     let mut plugin = Plugin::start(dir.path(), &srv.endpoint(), "1");
     let (mut node, mut ctl) = plugin.clients().await;
-    let vol = create_volume(&mut ctl, "pvc-upgrade").await;
-    let staging = dir.path().join("staging");
-    let target = dir.path().join("pods/p1/vol");
-    let sec = secrets(ACCESS_KEY, SECRET_KEY);
-    node.node_stage_volume(stage_req(&vol.volume_id, &staging, vol.volume_context.clone(), sec)).await.unwrap();
-    node.node_publish_volume(publish_req(&vol.volume_id, &staging, &target, false, HashMap::new())).await.unwrap();
+    let (vol, staging, target) = stage_and_publish(&mut node, &mut ctl, dir.path(), "pvc-upgrade").await;
     let mounts_before = mounted_under(dir.path());
     let local = dir.path().join("big.local");
     assert!(sh(&format!("head -c 268435456 /dev/urandom > {}", local.display())).0);
@@ -646,8 +662,18 @@ async fn mounts_survive_a_killed_plugin_and_heal_a_killed_server() {
         .arg(target.join("log.txt"))
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Kill only once the writer has started, and check it had not finished: the kill
+    // must land in the middle of the writes.
+    let log = target.join("log.txt");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the writer never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     plugin.kill9();
+    // 20 lines "line N\n" are 150 bytes; the size is the writer's own while it writes.
+    let written_at_kill = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    assert!(written_at_kill < 150, "the writer finished before the plugin was killed");
     let status = tokio::task::spawn_blocking(move || {
         let mut w = writer;
         w.wait().unwrap()

@@ -199,12 +199,46 @@ where
             let status = re.raw().status().as_u16();
             classify(what, status, None, format!("unparseable response: {}", DisplayErrorContext(&e)))
         }
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => StoreError::new(
-            ErrorKind::Unavailable,
-            format!("{what}: endpoint unreachable or timed out: {}", DisplayErrorContext(&e)),
-        ),
+        SdkError::DispatchFailure(_) if is_missing_credentials(&e) => {
+            tracing::debug!(error = %DisplayErrorContext(&e), "{what}: the credential chain found no credentials");
+            StoreError::with_code(ErrorKind::AccessDenied, "NoCredentials", format!("{what}: {NO_CREDENTIALS}"))
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => {
+            // The innermost cause ("Connection refused", "dns error") says what to fix;
+            // the SDK's nested detail goes to the debug log.
+            tracing::debug!(error = %DisplayErrorContext(&e), "{what}: request not delivered");
+            StoreError::new(
+                ErrorKind::Unavailable,
+                format!("{what}: endpoint unreachable or timed out: {}", root_cause(&e)),
+            )
+        }
         _ => StoreError::new(ErrorKind::Other, format!("{what}: {}", DisplayErrorContext(&e))),
     }
+}
+
+/// What to do when no credentials were found, in one line.
+const NO_CREDENTIALS: &str = "no credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or a web identity (AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN); for a CSI volume, put accessKeyID/secretAccessKey in its node secret";
+
+/// Whether a request failed because the credential chain found nothing (the SDK reports
+/// that as a dispatch failure, with the provider's error somewhere in the source chain).
+fn is_missing_credentials(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<aws_credential_types::provider::error::CredentialsError>().is_some() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The innermost error of a chain, as one line.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
 }
 
 fn classify(what: impl std::fmt::Display, status: u16, code: Option<String>, msg: String) -> StoreError {

@@ -173,11 +173,7 @@ async fn s3_store_against_test_server() {
 #[tokio::test]
 async fn s3_store_against_moto() {
     let Ok(endpoint) = std::env::var("S3VOL_MOTO_ENDPOINT") else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must set S3VOL_MOTO_ENDPOINT (moto_server) for the second S3 implementation"
-        );
-        eprintln!("S3VOL_MOTO_ENDPOINT unset: moto scenarios not run (outside CI)");
+        s3vol_testkit::skip_or_fail("the moto scenarios need S3VOL_MOTO_ENDPOINT (moto_server)");
         return;
     };
     let s = s3_store(&endpoint, "testing", "testing").await;

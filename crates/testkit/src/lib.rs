@@ -9,14 +9,17 @@
 //! - `backend`: [`Backend`], the S3 semantics (objects, `dir/` markers, ranges, paging, multipart).
 //! - `control`: [`Control`], keys, faults and counters shared by the server and the test.
 //! - `server`: [`TestS3`], the listener and connection loop.
+//! - `skip`: [`skip_or_fail`], tests that cannot run here fail unless told otherwise.
 
 mod backend;
 mod control;
 mod server;
+mod skip;
 
 pub use backend::Backend;
 pub use control::{Control, Fault};
 pub use server::TestS3;
+pub use skip::skip_or_fail;
 
 /// Access key every [`TestS3`] accepts from the start.
 pub const ACCESS_KEY: &str = "testkey";

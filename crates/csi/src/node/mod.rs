@@ -534,41 +534,33 @@ impl NodeService {
             }
         }
         std::fs::create_dir_all(&staging).map_err(|e| io_err("create staging path", &staging, e))?;
+        let mut rec = VolumeRecord {
+            volume_id: r.volume_id.clone(),
+            staging_path: staging,
+            fingerprint,
+            config,
+            targets: Vec::new(),
+            pid: 0,
+            static_credentials: false,
+            deferred: false,
+        };
         if secret.credentials.is_none() {
             // No keys at stage: the volume's keys may come with its publish (the Alibaba
             // OSS driver's PVs have only a nodePublishSecretRef), so the mount waits for it.
-            let rec = VolumeRecord {
-                volume_id: r.volume_id.clone(),
-                staging_path: staging,
-                fingerprint,
-                config,
-                targets: Vec::new(),
-                pid: 0,
-                static_credentials: false,
-                deferred: true,
-            };
+            rec.deferred = true;
             self.inner.registry.save(&rec).map_err(|e| CsiError::Internal(e.to_string()))?;
             tracing::info!(volume_id = %r.volume_id, "volume staged without keys; it is mounted at its first publish, with the publish secret or the default credential chain");
             return Ok(());
         }
         self.check_reachable(&spec.endpoint, secret.credentials.clone(), &spec.bucket, &spec.prefix).await?;
         let creds: Option<WireCredentials> = secret.credentials.map(Into::into);
-        let pid = self
-            .start_server(&r.volume_id, &staging, ServeConfig { credentials: creds.clone(), ..config.clone() })
-            .await?;
+        let config = ServeConfig { credentials: creds.clone(), ..rec.config.clone() };
+        rec.pid = self.start_server(&r.volume_id, &rec.staging_path, config).await?;
+        rec.static_credentials = creds.is_some();
         self.inner.creds.lock().insert(r.volume_id.clone(), creds.clone());
         self.inner.registry.save_credentials(&r.volume_id, creds.as_ref());
-        let rec = VolumeRecord {
-            volume_id: r.volume_id.clone(),
-            staging_path: staging,
-            fingerprint,
-            config,
-            targets: Vec::new(),
-            pid,
-            static_credentials: creds.is_some(),
-            deferred: false,
-        };
         self.inner.registry.save(&rec).map_err(|e| CsiError::Internal(e.to_string()))?;
+        let pid = rec.pid;
         tracing::info!(volume_id = %r.volume_id, pid, "volume staged");
         Ok(())
     }
