@@ -278,7 +278,7 @@ impl Fs {
         }
         // Handles first, then the table under its lock: a node id handed out meanwhile
         // is journaled after the snapshot, so nothing is missed.
-        let handles: Vec<(u64, SharedHandle)> = self.handles.lock().iter().map(|(fh, h)| (*fh, h.clone())).collect();
+        let handles = self.all_handles();
         let mut snapshot = Vec::new();
         for (fh, h) in handles {
             match h.try_lock().as_deref() {
@@ -415,7 +415,7 @@ impl Fs {
     /// content uploads it now. Call once no request is running any more; the server
     /// must serve nothing afterwards.
     pub async fn drain(&self) -> FsResult<Drained> {
-        let handles: Vec<(u64, SharedHandle)> = self.handles.lock().iter().map(|(fh, h)| (*fh, h.clone())).collect();
+        let handles = self.all_handles();
         let mut out = Drained::default();
         for (fh, h) in handles {
             let mut g = h.lock().await;
@@ -886,6 +886,11 @@ impl Fs {
         }
         self.handles.lock().insert(fh, Arc::new(tokio::sync::Mutex::new(h)));
         fh
+    }
+
+    /// Every open handle with its number (taken out of the map's lock).
+    fn all_handles(&self) -> Vec<(u64, SharedHandle)> {
+        self.handles.lock().iter().map(|(fh, h)| (*fh, h.clone())).collect()
     }
 
     /// The handles open on `ino` (only that file's: waiting on them never waits on

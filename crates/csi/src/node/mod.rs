@@ -163,6 +163,13 @@ fn process_alive(pid: u32) -> bool {
     pid != 0 && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.windows(11).any(|w| w == b"fuse-server"))
 }
 
+/// SIGKILL to a FUSE server (the held connection survives it).
+fn kill_server(pid: u32) {
+    if pid != 0 {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 impl NodeService {
     /// A node service; call [`NodeService::recover`] once and
     /// [`NodeService::spawn_health_loop`] to keep mounts healthy.
@@ -343,8 +350,7 @@ impl NodeService {
     async fn repair(&self, volume_id: &str) -> CsiResult<&'static str> {
         let mut rec = self.inner.registry.load(volume_id).ok_or_else(|| CsiError::NotFound(volume_id.to_string()))?;
         if process_alive(rec.pid) {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(rec.pid as i32), nix::sys::signal::Signal::SIGKILL);
+            kill_server(rec.pid);
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
             while process_alive(rec.pid) && std::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -368,10 +374,7 @@ impl NodeService {
                 }
                 Ok((pid, _)) => {
                     tracing::warn!(volume_id, "this kernel cannot resend requests (FUSE_NOTIFY_RESEND needs Linux 6.9+): aborting the connection and mounting again");
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
+                    kill_server(pid);
                 }
                 Err(e) => {
                     tracing::warn!(volume_id, error = %e, "a new server could not take over the live connection: aborting it and mounting again");
@@ -446,17 +449,14 @@ impl NodeService {
         })
         .await
         .map_err(|e| CsiError::Internal(e.to_string()))?;
-        let kill = || {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
-        };
         match resp {
             Ok(r) if r.ok => Ok((pid, r.resend)),
             Ok(r) => {
-                kill();
+                kill_server(pid);
                 Err(CsiError::Internal(format!("FUSE server refused the volume: {}", r.error.unwrap_or_default())))
             }
             Err(e) => {
-                kill();
+                kill_server(pid);
                 Err(CsiError::Internal(format!("handing the mount to the FUSE server: {e}")))
             }
         }
