@@ -165,6 +165,7 @@ impl Controller for ControllerService {
         };
         let _guard = self.inflight.claim(&r.volume_id)?;
         let cap = self.provisioner.expand(&r.volume_id, capacity(Some(range)), &r.secrets).await?;
-        Ok(Response::new(pb::ControllerExpandVolumeResponse { capacity_bytes: cap, node_expansion_required: false }))
+        // The node pushes the new size to the running mount (df, hard quotas).
+        Ok(Response::new(pb::ControllerExpandVolumeResponse { capacity_bytes: cap, node_expansion_required: true }))
     }
 }

@@ -152,7 +152,9 @@ impl Provisioner {
         Ok((self.factory.connect(&ep, creds).await?, ep))
     }
 
-    async fn read_marker(store: &dyn ObjectStore, bucket: &str, prefix: &str) -> CsiResult<Option<Marker>> {
+    /// The ownership marker of the volume at `bucket`/`prefix`, if it is one we created
+    /// (it records the current capacity, expansions included).
+    pub async fn read_marker(store: &dyn ObjectStore, bucket: &str, prefix: &str) -> CsiResult<Option<Marker>> {
         match store.get_object(bucket, &marker_key(prefix), None).await {
             Ok(resp) => {
                 let body = collect_body(resp.body).await?;

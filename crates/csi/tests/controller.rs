@@ -194,7 +194,7 @@ async fn prefix_volume_full_cycle() {
     let r = h.ctl.validate_volume_capabilities(req).await.unwrap().into_inner();
     assert!(r.confirmed.is_none() && r.message.contains("block"), "{r:?}");
 
-    // Expand: recorded, never shrinks, no node step.
+    // Expand: recorded, never shrinks; the node step pushes the size to running mounts.
     let req = pb::ControllerExpandVolumeRequest {
         volume_id: v.volume_id.clone(),
         capacity_range: Some(pb::CapacityRange { required_bytes: 3 * GI, limit_bytes: 0 }),
@@ -202,7 +202,7 @@ async fn prefix_volume_full_cycle() {
         ..Default::default()
     };
     let r = h.ctl.controller_expand_volume(req.clone()).await.unwrap().into_inner();
-    assert_eq!((r.capacity_bytes, r.node_expansion_required), (3 * GI, false));
+    assert_eq!((r.capacity_bytes, r.node_expansion_required), (3 * GI, true));
     let marker =
         String::from_utf8(h.srv.backend.get("shared", "vols/pvc-1/.s3vol-volume.json").unwrap().to_vec()).unwrap();
     assert!(marker.contains(&(3 * GI).to_string()), "{marker}");

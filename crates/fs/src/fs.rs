@@ -172,6 +172,8 @@ pub struct Fs {
     /// Handle records are appended under it shared, a compaction takes it alone: no
     /// record can fall between the snapshot and the history it replaces.
     journal_gate: parking_lot::RwLock<()>,
+    /// The volume's capacity in bytes (0: none), changed in place by an expansion.
+    capacity: AtomicU64,
 }
 
 /// What [`Fs::restore`] rebuilt from a predecessor's journal.
@@ -234,6 +236,7 @@ impl Fs {
             cache_dir: o.cache_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("s3vol-cache")),
             cache_limit: o.cache_size,
         };
+        let cfg_capacity = cfg.capacity.unwrap_or(0);
         Fs {
             store,
             table: Mutex::new(InodeTable::new(root, o.max_stat_cache_size)),
@@ -247,7 +250,19 @@ impl Fs {
             cfg,
             journal: None,
             journal_gate: parking_lot::RwLock::new(()),
+            capacity: AtomicU64::new(cfg_capacity),
         }
+    }
+
+    /// The volume was expanded: statfs reports `bytes` from now on, and a hard quota
+    /// allows writes up to it. No remount.
+    pub fn set_capacity(&self, bytes: u64) {
+        self.capacity.store(bytes, Ordering::Relaxed);
+        tracing::info!(bytes, "volume capacity changed");
+    }
+
+    fn capacity(&self) -> Option<u64> {
+        Some(self.capacity.load(Ordering::Relaxed)).filter(|c| *c > 0)
     }
 
     /// Records node ids and handles in `journal` from now on, so that a successor server
@@ -1509,7 +1524,7 @@ impl Fs {
         if !self.cfg.hard_quota || to <= from {
             return Ok(());
         }
-        let (Some(cap), Some(used)) = (self.cfg.capacity, *self.usage.lock()) else { return Ok(()) };
+        let (Some(cap), Some(used)) = (self.capacity(), *self.usage.lock()) else { return Ok(()) };
         if used + (to - from) > cap {
             return Err(Errno::ENOSPC);
         }
@@ -1519,7 +1534,7 @@ impl Fs {
     /// statfs: the volume capacity (or 1 PiB), never garbage.
     pub fn statfs(&self) -> StatFs {
         let bsize = 4096u64;
-        let cap = self.cfg.capacity.unwrap_or(1 << 50);
+        let cap = self.capacity().unwrap_or(1 << 50);
         let total = cap / bsize;
         let free = cap.saturating_sub(self.usage.lock().unwrap_or(0)) / bsize;
         StatFs {

@@ -84,6 +84,13 @@ pub fn run(args: FuseServerArgs) -> anyhow::Result<()> {
         };
         let result: Result<(), String> = match req {
             ControlRequest::Ping => Ok(()),
+            ControlRequest::SetCapacity { bytes } => match state.lock().fs.as_ref() {
+                Some(fs) => {
+                    fs.set_capacity(bytes);
+                    Ok(())
+                }
+                None => Err("not serving a volume".to_string()),
+            },
             ControlRequest::Drain => {
                 let res = drain(&rt, &state);
                 if res.is_ok() {

@@ -47,13 +47,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         StoreKind::File(p) => format!("s3vol:{}", p.display()),
         StoreKind::S3 => format!("s3vol:{}/{}", loc.bucket, loc.prefix),
     };
-    let fd = match s3vol_fuse::mount_fuse(&args.mountpoint, &fsname, opts.allow_other, opts.read_only) {
-        Ok(fd) => fd,
-        Err(e) => {
-            report(ready, &e.to_string());
-            bail!("{e}");
-        }
-    };
+    let (allow_other, read_only) = (opts.allow_other, opts.read_only);
     let fs = Arc::new(Fs::new(
         store,
         FsConfig {
@@ -64,6 +58,24 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             hard_quota: args.hard_quota,
         },
     ));
+    if args.hard_quota {
+        // A hard quota needs the bytes already stored; without them nothing is enforced.
+        match rt.block_on(fs.measure_usage()) {
+            Ok(used) => tracing::info!(used, capacity = ?args.capacity, "hard quota: usage measured"),
+            Err(e) => {
+                let msg = format!("measuring the usage of {} for --hard-quota failed (errno {})", args.source, e.0);
+                report(ready, &msg);
+                bail!("{msg}");
+            }
+        }
+    }
+    let fd = match s3vol_fuse::mount_fuse(&args.mountpoint, &fsname, allow_other, read_only) {
+        Ok(fd) => fd,
+        Err(e) => {
+            report(ready, &e.to_string());
+            bail!("{e}");
+        }
+    };
     tracing::info!(source = %args.source, mountpoint = %args.mountpoint.display(), "mounted");
     report(ready, "");
     let mp = args.mountpoint.clone();
@@ -147,6 +159,9 @@ fn spawn_background(args: &MountArgs) -> anyhow::Result<()> {
     }
     if let Some(c) = args.capacity {
         cmd.arg("--capacity").arg(c.to_string());
+    }
+    if args.hard_quota {
+        cmd.arg("--hard-quota");
     }
     if let Some(m) = args.metrics_addr {
         cmd.arg("--metrics-addr").arg(m.to_string());

@@ -202,6 +202,43 @@ print("ok")
     assert_eq!(e.srv.backend.pending_uploads(), 0);
 }
 
+/// `s3vol mount --capacity N --hard-quota`, foreground and background: what is already
+/// stored counts, writes past the capacity fail with ENOSPC, df shows the capacity.
+#[test]
+fn hard_quota_of_a_standalone_mount_is_enforced() {
+    if !can_mount() {
+        return;
+    }
+    let e = env();
+    e.srv.backend.put("bkt", "q/existing", &[7u8; 15_000], &[]);
+    for background in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let mut c = mount_cmd(&e, "s3://bkt/q", &mnt, &[]);
+        c.args(["--capacity", "20000", "--hard-quota"]);
+        let mut child = None;
+        if background {
+            assert!(c.status().unwrap().success(), "background mount");
+        } else {
+            child = Some(c.arg("--foreground").stdout(Stdio::null()).spawn().unwrap());
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !is_mounted(&mnt) {
+                assert!(Instant::now() < deadline, "mount did not appear");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let m = Mount { mnt: mnt.clone(), child, _dir: dir };
+        let err = std::fs::write(mnt.join("more"), vec![1u8; 10_000]).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "background={background}: {err}");
+        std::fs::write(mnt.join("small"), vec![1u8; 4_000]).expect("within the capacity");
+        let s = nix::sys::statvfs::statvfs(&mnt).unwrap();
+        assert_eq!(s.blocks() * s.fragment_size(), 20_000 / 4096 * 4096, "df shows the capacity");
+        std::fs::remove_file(mnt.join("small")).unwrap();
+        drop(m);
+    }
+}
+
 #[test]
 fn git_works_in_the_mount() {
     if !can_mount() {

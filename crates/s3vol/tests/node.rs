@@ -264,6 +264,7 @@ async fn stage_publish_twice_write_read_unpublish_unstage() {
         Type::VolumeCondition,
         Type::VolumeMountGroup,
         Type::SingleNodeMultiWriter,
+        Type::ExpandVolume,
     ]
     .iter()
     .map(|t| *t as i32)
@@ -1090,6 +1091,84 @@ async fn sanity_style_argument_checks() {
 }
 
 /// `quota: hard` volumes refuse writes past their capacity with ENOSPC.
+/// Expansion as the sidecars and kubelet do it: ControllerExpandVolume, then (because it
+/// answers node_expansion_required) NodeExpandVolume on the published path. `df` in the
+/// pod shows the new size and the hard quota follows it, without a remount; a server that
+/// replaces a crashed one, and a stage on a fresh node, keep the new size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expansion_reaches_the_mount_without_a_remount() {
+    if !can_mount() {
+        return;
+    }
+    let (srv, dir) = env().await;
+    let plugin = Plugin::start(dir.path(), &srv.endpoint(), "1");
+    let (mut node, mut ctl) = plugin.clients().await;
+    let req = pb::CreateVolumeRequest {
+        name: "pvc-grow".into(),
+        capacity_range: Some(pb::CapacityRange { required_bytes: 1 << 20, limit_bytes: 0 }),
+        volume_capabilities: vec![cap(volume_capability::access_mode::Mode::MultiNodeMultiWriter).unwrap()],
+        parameters: [("bucket".to_string(), "shared".to_string()), ("quota".to_string(), "hard".to_string())].into(),
+        secrets: secrets(ACCESS_KEY, SECRET_KEY),
+        ..Default::default()
+    };
+    let vol = ctl.create_volume(req).await.unwrap().into_inner().volume.unwrap();
+    let staging = dir.path().join("staging");
+    let target = dir.path().join("pods/p1/vol");
+    let sec = secrets(ACCESS_KEY, SECRET_KEY);
+    node.node_stage_volume(stage_req(&vol.volume_id, &staging, vol.volume_context.clone(), sec.clone())).await.unwrap();
+    node.node_publish_volume(publish_req(&vol.volume_id, &staging, &target, false, HashMap::new())).await.unwrap();
+    let df = |p: &Path| {
+        let s = nix::sys::statvfs::statvfs(p).unwrap();
+        s.blocks() * s.fragment_size()
+    };
+    assert_eq!(df(&target), 1 << 20);
+    let err = std::fs::write(target.join("big"), vec![1u8; 3 << 20]).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+
+    let grown = ctl
+        .controller_expand_volume(pb::ControllerExpandVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            capacity_range: Some(pb::CapacityRange { required_bytes: 8 << 20, limit_bytes: 0 }),
+            secrets: secrets(ACCESS_KEY, SECRET_KEY),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(grown.node_expansion_required, "kubelet calls NodeExpandVolume only when asked to");
+    let resp = node
+        .node_expand_volume(pb::NodeExpandVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            volume_path: target.display().to_string(),
+            capacity_range: Some(pb::CapacityRange { required_bytes: 8 << 20, limit_bytes: 0 }),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: cap(volume_capability::access_mode::Mode::MultiNodeMultiWriter),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.capacity_bytes, 8 << 20);
+    assert_eq!(df(&target), 8 << 20, "df in the pod shows the new size");
+    std::fs::write(target.join("big"), vec![1u8; 3 << 20]).expect("the hard quota follows the new size");
+
+    // A successor server (after a crash) starts with the new size.
+    let old = server_pid(dir.path(), &vol.volume_id);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while server_pid(dir.path(), &vol.volume_id) == old || !sh(&format!("stat -f {}", target.display())).0 {
+        assert!(Instant::now() < deadline, "server not replaced");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(df(&target), 8 << 20, "the replacement server forgot the expansion");
+    // A stage on another node (fresh state) reads the expanded size from the volume's marker.
+    unpublish(&mut node, &vol.volume_id, &target).await;
+    unstage(&mut node, &vol.volume_id, &staging).await;
+    node.node_stage_volume(stage_req(&vol.volume_id, &staging, vol.volume_context.clone(), sec)).await.unwrap();
+    assert_eq!(df(&staging), 8 << 20, "a new stage uses the size the PV was expanded to");
+    unstage(&mut node, &vol.volume_id, &staging).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hard_quota_volume_fails_writes_past_capacity() {
     if !can_mount() {

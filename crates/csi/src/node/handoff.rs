@@ -105,6 +105,11 @@ pub enum ControlRequest {
     /// finish those running, hand over streaming uploads and upload other pending
     /// content through the journal, answer, and exit.
     Drain,
+    /// The volume was expanded: report (and, with a hard quota, allow) this many bytes.
+    SetCapacity {
+        /// New capacity in bytes.
+        bytes: u64,
+    },
     /// Liveness check.
     Ping,
     /// Exit now.

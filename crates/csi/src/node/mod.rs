@@ -552,7 +552,18 @@ impl NodeService {
             tracing::info!(volume_id = %r.volume_id, "volume staged without keys; it is mounted at its first publish, with the publish secret or the default credential chain");
             return Ok(());
         }
-        self.check_reachable(&spec.endpoint, secret.credentials.clone(), &spec.bucket, &spec.prefix).await?;
+        let store =
+            self.check_reachable(&spec.endpoint, secret.credentials.clone(), &spec.bucket, &spec.prefix).await?;
+        if crate::volume::VolumeId::parse(&r.volume_id).is_some() {
+            // Our own volume: its marker has the capacity as last expanded (the PV's
+            // attributes keep the size it was created with).
+            let marker = crate::provision::Provisioner::read_marker(store.as_ref(), &spec.bucket, &spec.prefix).await;
+            if let Ok(Some(m)) = marker {
+                if m.capacity > 0 && rec.config.capacity.is_none_or(|c| (m.capacity as u64) > c) {
+                    rec.config.capacity = Some(m.capacity as u64);
+                }
+            }
+        }
         let creds: Option<WireCredentials> = secret.credentials.map(Into::into);
         let config = ServeConfig { credentials: creds.clone(), ..rec.config.clone() };
         rec.pid = self.start_server(&r.volume_id, &rec.staging_path, config).await?;
@@ -573,7 +584,7 @@ impl NodeService {
         creds: Option<s3vol_store::StaticCredentials>,
         bucket: &str,
         prefix: &str,
-    ) -> CsiResult<()> {
+    ) -> CsiResult<Arc<dyn s3vol_store::ObjectStore>> {
         let store = self.inner.factory.connect(endpoint, creds).await?;
         let probe = ListRequest { prefix: prefix.to_string(), max_keys: Some(1), ..Default::default() };
         match tokio::time::timeout(REACHABILITY_TIMEOUT, store.list(bucket, &probe)).await {
@@ -585,7 +596,7 @@ impl NodeService {
                 Err(CsiError::NotFound(format!("bucket {bucket:?} does not exist on {}", store.describe())))
             }
             Ok(Err(e)) => Err(e.into()),
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => Ok(store),
         }
     }
 
@@ -755,6 +766,54 @@ impl NodeService {
         Ok(())
     }
 
+    /// NodeExpandVolume: the controller recorded a new capacity; the running server
+    /// reports it (statfs, `df` in the pods) and a hard quota allows up to it, with no
+    /// remount. Kept in the volume's record, so a replacement server starts with it.
+    async fn expand(&self, r: pb::NodeExpandVolumeRequest) -> CsiResult<pb::NodeExpandVolumeResponse> {
+        if r.volume_id.is_empty() {
+            return Err(CsiError::invalid("volume_id is required"));
+        }
+        if r.volume_path.is_empty() {
+            return Err(CsiError::invalid("volume_path is required"));
+        }
+        let _guard = self.inner.inflight.claim(&r.volume_id)?;
+        let mut rec = self
+            .inner
+            .registry
+            .load(&r.volume_id)
+            .ok_or_else(|| CsiError::NotFound(format!("volume {:?} is not staged on this node", r.volume_id)))?;
+        if !Path::new(&r.volume_path).exists() {
+            return Err(CsiError::NotFound(format!("volume path {} does not exist", r.volume_path)));
+        }
+        // capacity_range is optional: without one there is nothing to change.
+        let bytes = match r.capacity_range {
+            Some(range) if range.required_bytes > 0 => range.required_bytes,
+            Some(range) if range.limit_bytes > 0 => range.limit_bytes,
+            Some(range) if range.required_bytes < 0 || range.limit_bytes < 0 => {
+                return Err(CsiError::invalid(format!(
+                    "capacity_range {{ required_bytes: {}, limit_bytes: {} }} is negative",
+                    range.required_bytes, range.limit_bytes
+                )))
+            }
+            _ => return Ok(pb::NodeExpandVolumeResponse { capacity_bytes: rec.config.capacity.unwrap_or(0) as i64 }),
+        };
+        if !rec.deferred {
+            let sock = self.inner.registry.socket(&r.volume_id);
+            let req = ControlRequest::SetCapacity { bytes: bytes as u64 };
+            let resp = tokio::task::spawn_blocking(move || handoff::call(&sock, &req, &[], CONTROL_TIMEOUT))
+                .await
+                .map_err(|e| CsiError::Internal(e.to_string()))?
+                .map_err(|e| CsiError::Unavailable(format!("telling the FUSE server the new capacity: {e}")))?;
+            if !resp.ok {
+                return Err(CsiError::Internal(format!("new capacity: {}", resp.error.unwrap_or_default())));
+            }
+        }
+        rec.config.capacity = Some(bytes as u64);
+        self.inner.registry.save(&rec).map_err(|e| CsiError::Internal(e.to_string()))?;
+        tracing::info!(volume_id = %r.volume_id, bytes, "volume expanded on this node");
+        Ok(pb::NodeExpandVolumeResponse { capacity_bytes: bytes })
+    }
+
     fn stats(&self, r: pb::NodeGetVolumeStatsRequest) -> CsiResult<pb::NodeGetVolumeStatsResponse> {
         if r.volume_id.is_empty() {
             return Err(CsiError::invalid("volume_id is required"));
@@ -870,6 +929,13 @@ impl Node for NodeService {
         Ok(Response::new(resp))
     }
 
+    async fn node_expand_volume(
+        &self,
+        req: Request<pb::NodeExpandVolumeRequest>,
+    ) -> Result<Response<pb::NodeExpandVolumeResponse>, Status> {
+        Ok(Response::new(self.expand(req.into_inner()).await?))
+    }
+
     async fn node_get_capabilities(
         &self,
         _req: Request<pb::NodeGetCapabilitiesRequest>,
@@ -882,6 +948,7 @@ impl Node for NodeService {
                 node_cap(Type::VolumeCondition),
                 node_cap(Type::VolumeMountGroup),
                 node_cap(Type::SingleNodeMultiWriter),
+                node_cap(Type::ExpandVolume),
             ],
         }))
     }
