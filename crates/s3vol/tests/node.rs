@@ -28,6 +28,8 @@ fn can_mount() -> bool {
 struct Plugin {
     /// The binary the plugin runs (a copy stands for a new image).
     bin: PathBuf,
+    /// `RUST_LOG` of the plugin (and so of its servers).
+    log: &'static str,
     dir: PathBuf,
     sock: PathBuf,
     child: Option<Child>,
@@ -55,6 +57,7 @@ impl Plugin {
         }
         let mut p = Plugin {
             bin: PathBuf::from(BIN),
+            log: "info",
             dir: dir.to_path_buf(),
             sock: dir.join("csi.sock"),
             child: None,
@@ -77,7 +80,7 @@ impl Plugin {
             .arg(self.dir.join("secrets"))
             .arg("--default-endpoint")
             .arg(&self.endpoint)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", self.log)
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("plugin.log")).unwrap())
             .spawn()
             .unwrap();
@@ -792,6 +795,106 @@ async fn unstage_with_dead_server_and_missing_target_twice() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(!status.success());
+}
+
+/// Secrets go over the control socket and into the tmpfs, nowhere else: a full stage →
+/// publish → rotate → plugin restart (keys handed back by the server) → server crash and
+/// takeover → unstage, with every log at debug level, leaves no key in any log, any file
+/// outside the tmpfs, or the argv and environment of any process. The sockets and the
+/// state dir admit root only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_appear_in_no_log_argv_environment_or_file() {
+    if !can_mount() {
+        return;
+    }
+    let (srv, dir) = env().await;
+    let (ak1, sk1, ak2, sk2) = ("AKIDFIRST7Q2W", "sEcReT-first-6d1f0c9a", "AKIDROTATED9Z", "sEcReT-rotated-71ab");
+    srv.control.add_key(ak1, sk1);
+    srv.control.add_key(ak2, sk2);
+    let mut plugin = Plugin::start(dir.path(), &srv.endpoint(), "1");
+    plugin.log = "debug";
+    plugin.restart();
+    let (mut node, mut ctl) = plugin.clients().await;
+    let vol = create_volume(&mut ctl, "pvc-secrets").await;
+    let staging = dir.path().join("staging");
+    let target = dir.path().join("pods/p1/vol");
+    node.node_stage_volume(stage_req(&vol.volume_id, &staging, vol.volume_context.clone(), secrets(ak1, sk1)))
+        .await
+        .unwrap();
+    node.node_publish_volume(publish_req(&vol.volume_id, &staging, &target, false, secrets(ak1, sk1))).await.unwrap();
+    std::fs::write(target.join("a"), b"1").unwrap();
+    node.node_publish_volume(publish_req(&vol.volume_id, &staging, &target, false, secrets(ak2, sk2))).await.unwrap();
+    srv.control.revoke_key(ak1);
+    plugin.restart();
+    let (mut node, _) = plugin.clients().await;
+    let old = server_pid(dir.path(), &vol.volume_id);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while server_pid(dir.path(), &vol.volume_id) == old {
+        assert!(Instant::now() < deadline, "server not replaced");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(target.join("b"), b"2").unwrap();
+    assert_eq!(
+        srv.backend.get("shared", "pvc-secrets/b").unwrap(),
+        &b"2"[..],
+        "the successor signs with the rotated keys"
+    );
+
+    // Every s3vol process: argv and environment.
+    let mut seen = String::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let p = e.path();
+        let cmd = std::fs::read(p.join("cmdline")).unwrap_or_default();
+        if cmd.windows(5).any(|w| w == b"s3vol") {
+            seen.push_str(&String::from_utf8_lossy(&cmd));
+            seen.push_str(&String::from_utf8_lossy(&std::fs::read(p.join("environ")).unwrap_or_default()));
+        }
+    }
+    // The sockets and the state dir admit root only.
+    use std::os::unix::fs::PermissionsExt;
+    let sock =
+        dir.path().join("state/volumes").read_dir().unwrap().next().unwrap().unwrap().path().join("control.sock");
+    assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(dir.path().join("state")).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(dir.path().join("secrets")).unwrap().permissions().mode() & 0o777, 0o700);
+    let script = format!(
+        "import socket; s=socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.connect({:?})",
+        sock.display().to_string()
+    );
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "nobody connected to a control socket");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PermissionError"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every file under the test dir but the tmpfs: logs (plugin and servers), records.
+    // Before unstage, which removes the volume's state (its server log with it).
+    let (_, files) = sh(&format!(
+        "find {} -path {} -prune -o -type f -print",
+        dir.path().display(),
+        dir.path().join("secrets").display()
+    ));
+    let mut scanned = 0;
+    for f in files.lines() {
+        if let Ok(bytes) = std::fs::read(f) {
+            seen.push_str(&String::from_utf8_lossy(&bytes));
+            scanned += 1;
+        }
+    }
+    unpublish(&mut node, &vol.volume_id, &target).await;
+    unstage(&mut node, &vol.volume_id, &staging).await;
+    plugin.kill9();
+    seen.push_str(&std::fs::read_to_string(dir.path().join("plugin.log")).unwrap());
+    assert!(scanned >= 3 && seen.contains("DEBUG"), "logs at debug level were scanned ({scanned} files)");
+    for secret in [ak1, sk1, ak2, sk2] {
+        let at = seen.find(secret).map(|i| seen[i.saturating_sub(300)..(i + 100).min(seen.len())].to_string());
+        assert!(at.is_none(), "{secret} leaked into a log, a file or a process: ...{}...", at.unwrap_or_default());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
