@@ -16,6 +16,40 @@ pub const S_IFREG: u32 = 0o100000;
 /// Symbolic link type bits.
 pub const S_IFLNK: u32 = 0o120000;
 
+/// A node that holds no data: the kernel serves it (a FIFO's pipe, a socket's
+/// connections, a device's driver); the store keeps only the node, as an empty object
+/// with the type in its `mode` header and the device number in `rdev`, as s3fs does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecialKind {
+    /// Named pipe (mkfifo).
+    Fifo,
+    /// Unix socket (bind).
+    Socket,
+    /// Character device (mknod c).
+    CharDevice,
+    /// Block device (mknod b).
+    BlockDevice,
+}
+
+impl SpecialKind {
+    /// The `st_mode` type bits.
+    pub fn type_bits(self) -> u32 {
+        match self {
+            SpecialKind::Fifo => 0o010000,
+            SpecialKind::CharDevice => 0o020000,
+            SpecialKind::BlockDevice => 0o060000,
+            SpecialKind::Socket => 0o140000,
+        }
+    }
+
+    /// The kind a mode's type bits name, if a special one.
+    pub fn from_mode(mode: u32) -> Option<Self> {
+        [SpecialKind::Fifo, SpecialKind::Socket, SpecialKind::CharDevice, SpecialKind::BlockDevice]
+            .into_iter()
+            .find(|k| mode & S_IFMT == k.type_bits())
+    }
+}
+
 /// What an inode is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
@@ -25,6 +59,8 @@ pub enum FileKind {
     Dir,
     /// Symbolic link (an object holding the target, with S_IFLNK in its mode).
     Symlink,
+    /// FIFO, socket or device node (an empty object with the type in its mode).
+    Special(SpecialKind),
 }
 
 /// Attributes as the kernel sees them.
@@ -44,6 +80,8 @@ pub struct Attr {
     pub uid: u32,
     /// Group.
     pub gid: u32,
+    /// Device number of a device node (0 otherwise).
+    pub rdev: u32,
 }
 
 /// Ownership and mode as stored (or to be stored) on an object.
@@ -57,6 +95,8 @@ pub struct StoredMeta {
     pub gid: Option<u32>,
     /// Modification time, if recorded (seconds since the epoch).
     pub mtime: Option<SystemTime>,
+    /// Device number of a device node, if recorded.
+    pub rdev: Option<u32>,
 }
 
 impl StoredMeta {
@@ -72,6 +112,7 @@ impl StoredMeta {
                 .and_then(|v| v.trim().parse::<f64>().ok())
                 .filter(|s| s.is_finite() && *s >= 0.0)
                 .map(|s| UNIX_EPOCH + Duration::from_secs_f64(s)),
+            rdev: num("rdev").map(|v| v as u32),
         }
     }
 
@@ -91,14 +132,18 @@ impl StoredMeta {
             let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
             m.insert("mtime".into(), secs.to_string());
         }
+        if let Some(v) = self.rdev {
+            m.insert("rdev".into(), v.to_string());
+        }
         m
     }
 
     /// The kind an object with this metadata has (a directory comes from its key, not here).
     pub fn object_kind(&self) -> FileKind {
-        match self.mode.map(|m| m & S_IFMT) {
-            Some(S_IFLNK) => FileKind::Symlink,
-            _ => FileKind::File,
+        match self.mode {
+            Some(m) if m & S_IFMT == S_IFLNK => FileKind::Symlink,
+            Some(m) => SpecialKind::from_mode(m).map_or(FileKind::File, FileKind::Special),
+            None => FileKind::File,
         }
     }
 
@@ -107,7 +152,7 @@ impl StoredMeta {
         let stored_perm = self.mode.map(|m| m & 0o7777);
         let perm = match kind {
             FileKind::Dir => opts.dir_perm(stored_perm),
-            FileKind::File => opts.file_perm(stored_perm),
+            FileKind::File | FileKind::Special(_) => opts.file_perm(stored_perm),
             FileKind::Symlink => 0o777,
         };
         Attr {
@@ -118,6 +163,7 @@ impl StoredMeta {
             perm,
             uid: opts.uid.or(self.uid).unwrap_or(0),
             gid: opts.gid.or(self.gid).unwrap_or(0),
+            rdev: self.rdev.unwrap_or(0),
         }
     }
 }
@@ -140,6 +186,13 @@ mod tests {
         assert_eq!(StoredMeta::from_metadata(&s.to_metadata()), s);
         let link = StoredMeta { mode: Some(S_IFLNK | 0o777), ..Default::default() };
         assert_eq!(link.object_kind(), FileKind::Symlink);
+        // s3fs's special files: mode 4480 is a FIFO with 0600, rdev kept.
+        let m: BTreeMap<String, String> =
+            [("mode", "4480"), ("rdev", "259")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let fifo = StoredMeta::from_metadata(&m);
+        assert_eq!(fifo.object_kind(), FileKind::Special(SpecialKind::Fifo));
+        assert_eq!(fifo.attr(9, fifo.object_kind(), 0, UNIX_EPOCH, &MountOptions::default()).rdev, 259);
+        assert_eq!(StoredMeta::from_metadata(&fifo.to_metadata()), fifo);
     }
 
     #[test]

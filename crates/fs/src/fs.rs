@@ -9,7 +9,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use s3vol_store::{collect_body, ErrorKind, ListRequest, ObjectStore, PutOptions};
 
-use crate::attr::{Attr, FileKind, StoredMeta, S_IFDIR, S_IFLNK, S_IFREG};
+use crate::attr::{Attr, FileKind, SpecialKind, StoredMeta, S_IFDIR, S_IFLNK, S_IFREG};
 use crate::dir::{DirEntry, DirStream, VOLUME_MARKER};
 use crate::dir_index::DirIndex;
 use crate::error::{store_errno, Errno, FsResult};
@@ -814,6 +814,7 @@ impl Fs {
             FileKind::Dir => S_IFDIR,
             FileKind::File => S_IFREG,
             FileKind::Symlink => S_IFLNK,
+            FileKind::Special(k) => k.type_bits(),
         };
         let mut stored = i.stored;
         if let Some(m) = set.mode {
@@ -1103,6 +1104,7 @@ impl Fs {
             uid: Some(caller.uid),
             gid: Some(caller.gid),
             mtime: Some(SystemTime::now()),
+            rdev: None,
         };
         let inode = self.make_inode(
             &p,
@@ -1233,8 +1235,18 @@ impl Fs {
         self.new_entry(parent, name, FileKind::Dir, S_IFDIR | (mode & 0o7777), caller, Bytes::new()).await
     }
 
-    /// Creates a directory marker or a symlink object (not a regular file: those stream
-    /// through a writer), refusing a name that exists.
+    /// mknod of a FIFO, a socket or a device node: an empty object with the type in its
+    /// mode and the device number in `rdev` (as s3fs stores them); the kernel serves the
+    /// node itself. Regular files go through [`Fs::create`].
+    pub async fn mknod(&self, parent: u64, name: &str, mode: u32, rdev: u32, caller: Caller) -> FsResult<Attr> {
+        let kind = SpecialKind::from_mode(mode).ok_or(Errno::EINVAL)?;
+        let rdev = matches!(kind, SpecialKind::CharDevice | SpecialKind::BlockDevice).then_some(rdev);
+        let mode = kind.type_bits() | (mode & 0o7777);
+        self.new_entry_with(parent, name, FileKind::Special(kind), mode, caller, Bytes::new(), rdev).await
+    }
+
+    /// Creates a directory marker, a symlink object or a special node (not a regular
+    /// file: those stream through a writer), refusing a name that exists.
     async fn new_entry(
         &self,
         parent: u64,
@@ -1244,6 +1256,20 @@ impl Fs {
         caller: Caller,
         body: Bytes,
     ) -> FsResult<Attr> {
+        self.new_entry_with(parent, name, kind, mode, caller, body, None).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn new_entry_with(
+        &self,
+        parent: u64,
+        name: &str,
+        kind: FileKind,
+        mode: u32,
+        caller: Caller,
+        body: Bytes,
+        rdev: Option<u32>,
+    ) -> FsResult<Attr> {
         self.writable()?;
         check_name(name)?;
         let p = self.dir_inode(parent)?;
@@ -1251,7 +1277,8 @@ impl Fs {
             return Err(Errno::EEXIST);
         }
         let now = SystemTime::now();
-        let stored = StoredMeta { mode: Some(mode), uid: Some(caller.uid), gid: Some(caller.gid), mtime: Some(now) };
+        let stored =
+            StoredMeta { mode: Some(mode), uid: Some(caller.uid), gid: Some(caller.gid), mtime: Some(now), rdev };
         let found = Found { kind, size: body.len() as u64, mtime: now, stored, has_marker: kind == FileKind::Dir };
         let inode = self.make_inode(&p, name, found);
         let key = self.key(&inode.path, kind);

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use s3vol_store::CompletedPart;
 
-use crate::attr::FileKind;
+use crate::attr::{FileKind, SpecialKind};
 use crate::write::StreamState;
 
 /// What a handle was opened for.
@@ -101,6 +101,10 @@ fn kind_byte(k: FileKind) -> u8 {
         FileKind::File => 0,
         FileKind::Dir => 1,
         FileKind::Symlink => 2,
+        FileKind::Special(SpecialKind::Fifo) => 3,
+        FileKind::Special(SpecialKind::Socket) => 4,
+        FileKind::Special(SpecialKind::CharDevice) => 5,
+        FileKind::Special(SpecialKind::BlockDevice) => 6,
     }
 }
 
@@ -109,6 +113,10 @@ fn kind_of(b: u8) -> Option<FileKind> {
         0 => FileKind::File,
         1 => FileKind::Dir,
         2 => FileKind::Symlink,
+        3 => FileKind::Special(SpecialKind::Fifo),
+        4 => FileKind::Special(SpecialKind::Socket),
+        5 => FileKind::Special(SpecialKind::CharDevice),
+        6 => FileKind::Special(SpecialKind::BlockDevice),
         _ => return None,
     })
 }

@@ -31,7 +31,7 @@ mod options;
 mod read;
 mod write;
 
-pub use attr::{Attr, FileKind, StoredMeta};
+pub use attr::{Attr, FileKind, SpecialKind, StoredMeta};
 pub use dir::{DirEntry, VOLUME_MARKER};
 pub use error::{Errno, FsResult};
 pub use foreign_options::{translate_foreign, Translated};

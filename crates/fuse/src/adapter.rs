@@ -11,7 +11,7 @@ use fuser::{
     FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
-use s3vol_fs::{Attr, Caller, Errno, FileKind, Fs, SetAttr};
+use s3vol_fs::{Attr, Caller, Errno, FileKind, Fs, SetAttr, SpecialKind};
 
 use crate::drain::DrainControl;
 
@@ -86,12 +86,20 @@ impl FuseAdapter {
     }
 }
 
-fn to_file_attr(a: &Attr) -> FileAttr {
-    let kind = match a.kind {
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
         FileKind::Dir => FileType::Directory,
         FileKind::File => FileType::RegularFile,
         FileKind::Symlink => FileType::Symlink,
-    };
+        FileKind::Special(SpecialKind::Fifo) => FileType::NamedPipe,
+        FileKind::Special(SpecialKind::Socket) => FileType::Socket,
+        FileKind::Special(SpecialKind::CharDevice) => FileType::CharDevice,
+        FileKind::Special(SpecialKind::BlockDevice) => FileType::BlockDevice,
+    }
+}
+
+fn to_file_attr(a: &Attr) -> FileAttr {
+    let kind = file_type(a.kind);
     FileAttr {
         ino: a.ino,
         size: a.size,
@@ -105,7 +113,7 @@ fn to_file_attr(a: &Attr) -> FileAttr {
         nlink: if a.kind == FileKind::Dir { 2 } else { 1 },
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev,
         blksize: 4096,
         flags: 0,
     }
@@ -216,16 +224,22 @@ impl Filesystem for FuseAdapter {
         name: &OsStr,
         mode: u32,
         _umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        if mode & libc::S_IFMT != libc::S_IFREG {
-            reply.error(libc::EOPNOTSUPP);
-            return;
-        }
         let fs = self.fs.clone();
         let name = name_of(name);
         let who = caller(req);
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            // FIFOs, sockets, device nodes: stored as the node alone.
+            self.run(async move {
+                match async { fs.mknod(parent, &name?, mode, rdev, who).await }.await {
+                    Ok(a) => reply.entry(&fs.ttl(), &to_file_attr(&a), 0),
+                    Err(e) => reply.error(e.0),
+                }
+            });
+            return;
+        }
         self.run(async move {
             let res = async {
                 let (attr, fh) = fs.create(parent, &name?, mode, who).await?;
@@ -434,11 +448,7 @@ impl Filesystem for FuseAdapter {
             match fs.readdir(ino, fh, offset.max(0) as u64).await {
                 Ok(entries) => {
                     for (child, next, e) in entries {
-                        let kind = match e.kind {
-                            FileKind::Dir => FileType::Directory,
-                            FileKind::File => FileType::RegularFile,
-                            FileKind::Symlink => FileType::Symlink,
-                        };
+                        let kind = file_type(e.kind);
                         if reply.add(child, next as i64, kind, OsStr::from_bytes(e.name.as_bytes())) {
                             break;
                         }

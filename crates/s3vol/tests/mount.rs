@@ -239,6 +239,41 @@ fn hard_quota_of_a_standalone_mount_is_enforced() {
     }
 }
 
+/// mkfifo, mknod and a bound unix socket: stored as the node alone (an empty object with
+/// the type in its mode, rdev for devices, as s3fs does), served by the kernel, and the
+/// same after a remount.
+#[test]
+fn fifos_sockets_and_device_nodes() {
+    if !can_mount() {
+        return;
+    }
+    let e = env();
+    let script = r#"
+import os, socket, stat, threading
+os.mkfifo("fifo", 0o640)
+os.mknod("chr", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+os.mknod("blk", 0o600 | stat.S_IFBLK, os.makedev(7, 0))
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind("sock"); s.close()
+# The FIFO is a real pipe, served by the kernel.
+t = threading.Thread(target=lambda: open("fifo", "w").write("through the pipe"))
+t.start(); got = open("fifo").read(); t.join()
+assert got == "through the pipe", got
+"#;
+    let m = mount(&e, "s3://bkt/special", &[]);
+    let out = m.sh(&format!("python3 -c '{script}'"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    drop(m);
+    let m = mount(&e, "s3://bkt/special", &[]);
+    let types = m.ok("stat -c '%n %F %a %t:%T' fifo chr blk sock");
+    assert_eq!(
+        types,
+        "fifo fifo 640 0:0\nchr character special file 600 1:3\nblk block special file 600 7:0\nsock socket 755 0:0\n",
+        "after a remount"
+    );
+    let meta = e.srv.backend.metadata("bkt", "special/fifo").expect("the node is an object");
+    assert_eq!(meta.get("mode").map(String::as_str), Some("4512"), "S_IFIFO|0640 as s3fs writes it: {meta:?}");
+}
+
 #[test]
 fn git_works_in_the_mount() {
     if !can_mount() {
