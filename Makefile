@@ -19,10 +19,12 @@ clippy:
 	cargo clippy --workspace --all-targets -- -D warnings
 
 # Every test, with moto started as the second S3 implementation, then the official CSI
-# conformance suite (csi-sanity) and the offline manifest validation.
+# conformance suite (csi-sanity), the POSIX suite (pjdfstest) and the offline manifest
+# validation.
 test:
 	scripts/with-moto.sh cargo test --workspace
 	scripts/with-moto.sh scripts/csi-sanity.sh
+	scripts/with-moto.sh scripts/pjdfstest.sh
 	deploy/validate.sh
 
 check: fmt-check clippy test
