@@ -1232,7 +1232,7 @@ impl Fs {
 
     /// mkdir: writes a `dir/` marker with the directory's mode and owner.
     pub async fn mkdir(&self, parent: u64, name: &str, mode: u32, caller: Caller) -> FsResult<Attr> {
-        self.new_entry(parent, name, FileKind::Dir, S_IFDIR | (mode & 0o7777), caller, Bytes::new()).await
+        self.new_entry(parent, name, FileKind::Dir, S_IFDIR | (mode & 0o7777), caller, Bytes::new(), None).await
     }
 
     /// mknod of a FIFO, a socket or a device node: an empty object with the type in its
@@ -1242,25 +1242,13 @@ impl Fs {
         let kind = SpecialKind::from_mode(mode).ok_or(Errno::EINVAL)?;
         let rdev = matches!(kind, SpecialKind::CharDevice | SpecialKind::BlockDevice).then_some(rdev);
         let mode = kind.type_bits() | (mode & 0o7777);
-        self.new_entry_with(parent, name, FileKind::Special(kind), mode, caller, Bytes::new(), rdev).await
+        self.new_entry(parent, name, FileKind::Special(kind), mode, caller, Bytes::new(), rdev).await
     }
 
     /// Creates a directory marker, a symlink object or a special node (not a regular
     /// file: those stream through a writer), refusing a name that exists.
-    async fn new_entry(
-        &self,
-        parent: u64,
-        name: &str,
-        kind: FileKind,
-        mode: u32,
-        caller: Caller,
-        body: Bytes,
-    ) -> FsResult<Attr> {
-        self.new_entry_with(parent, name, kind, mode, caller, body, None).await
-    }
-
     #[allow(clippy::too_many_arguments)]
-    async fn new_entry_with(
+    async fn new_entry(
         &self,
         parent: u64,
         name: &str,
@@ -1507,7 +1495,7 @@ impl Fs {
     /// symlink: an object holding the target, with S_IFLNK in its mode (as s3fs does).
     pub async fn symlink(&self, parent: u64, name: &str, target: &str, caller: Caller) -> FsResult<Attr> {
         let body = Bytes::copy_from_slice(target.as_bytes());
-        self.new_entry(parent, name, FileKind::Symlink, S_IFLNK | 0o777, caller, body).await
+        self.new_entry(parent, name, FileKind::Symlink, S_IFLNK | 0o777, caller, body, None).await
     }
 
     /// readlink.
