@@ -7,7 +7,7 @@
 #        CLIENTS="s3vol s3fs rclone"  SHARED_BENCH=../shared/bench
 #        S3VOL_BASE_BIN=/path/to/older/s3vol: also runs that binary as client "s3vol-base"
 #        (same options) and prints s3vol / s3vol-base ratios: a regression check in one run
-#        S3VOL_OPTS=part_size=16,upload_concurrency=8,list_attrs,stat_cache_ttl=60  (s3vol's -o
+#        S3VOL_OPTS=part_size=16,upload_concurrency=8,list_attrs,stat_cache_ttl=60  (none: defaults; s3vol's -o
 #        options; the metadata TTL is 60 s where s3fs keeps its stat cache 900 s and rclone its
 #        directory cache 5 min by default)
 # Install the peers once: apt-get install s3fs rclone fuse3;
@@ -25,6 +25,8 @@ if [ -n "${S3VOL_BASE_BIN:-}" ]; then
   case " $CLIENTS " in *" s3vol-base "*) ;; *) CLIENTS="s3vol-base $CLIENTS" ;; esac
 fi
 S3VOL_OPTS=${S3VOL_OPTS:-part_size=16,upload_concurrency=8,list_attrs,stat_cache_ttl=60}
+# S3VOL_OPTS=none: s3vol at its defaults (no -o at all), what users run.
+if [ "$S3VOL_OPTS" = none ]; then S3VOL_O=""; else S3VOL_O="-o $S3VOL_OPTS"; fi
 mkdir -p "$RESULTS"
 
 cargo build --release -p s3vol --manifest-path "$ROOT/Cargo.toml" >&2
@@ -43,9 +45,9 @@ export UNMOUNT_CMD='umount $MNT'
 for c in $CLIENTS; do
   case $c in
     s3vol)
-      cmd="env AWS_ACCESS_KEY_ID=\$AK AWS_SECRET_ACCESS_KEY=\$SK $S3VOL mount s3://\$BUCKET \$MNT --endpoint \$ENDPOINT --foreground -o $S3VOL_OPTS 2>>$RESULTS/s3vol-mount.log" ;;
+      cmd="env AWS_ACCESS_KEY_ID=\$AK AWS_SECRET_ACCESS_KEY=\$SK $S3VOL mount s3://\$BUCKET \$MNT --endpoint \$ENDPOINT --foreground $S3VOL_O 2>>$RESULTS/s3vol-mount.log" ;;
     s3vol-base)
-      cmd="env AWS_ACCESS_KEY_ID=\$AK AWS_SECRET_ACCESS_KEY=\$SK $S3VOL_BASE_BIN mount s3://\$BUCKET \$MNT --endpoint \$ENDPOINT --foreground -o $S3VOL_OPTS 2>>$RESULTS/s3vol-base-mount.log" ;;
+      cmd="env AWS_ACCESS_KEY_ID=\$AK AWS_SECRET_ACCESS_KEY=\$SK $S3VOL_BASE_BIN mount s3://\$BUCKET \$MNT --endpoint \$ENDPOINT --foreground $S3VOL_O 2>>$RESULTS/s3vol-base-mount.log" ;;
     s3fs) command -v s3fs >/dev/null || { echo "bench: s3fs not installed, skipped" >&2; continue; }; cmd=$S3FS_CMD ;;
     rclone) command -v rclone >/dev/null || { echo "bench: rclone not installed, skipped" >&2; continue; }; cmd=$RCLONE_OFF_CMD ;;
     *) echo "bench: unknown client $c" >&2; exit 2 ;;

@@ -745,6 +745,34 @@ mod tests {
         );
     }
 
+    /// The Tencent COS driver's static PV and secret: url/bucket/path/additional_args,
+    /// keys SecretId/SecretKey.
+    #[test]
+    fn cos_static_pv_resolves() {
+        let ctx = map(&[
+            ("url", "http://cos.ap-guangzhou.myqcloud.com"),
+            ("bucket", "data-1250000000"),
+            ("path", "/team/a"),
+            ("additional_args", "-oensure_diskfree=20000 -oallow_other -odbglevel=info"),
+        ]);
+        let secret = SecretValues::from_map(&map(&[("SecretId", "AKIDcos"), ("SecretKey", "cos-secret")])).unwrap();
+        let v = VolumeSpec::resolve("pv-cos", &ctx, &secret).unwrap();
+        assert_eq!((v.bucket.as_str(), v.prefix.as_str()), ("data-1250000000", "team/a/"));
+        assert_eq!(v.endpoint.region.as_deref(), Some("ap-guangzhou"));
+        assert_eq!(v.endpoint.addressing, AddressingStyle::Virtual);
+        assert_eq!(v.mount_options, vec!["allow_other"], "cosfs tuning options ignored, allow_other mapped");
+        assert_eq!(secret.credentials.unwrap().access_key_id, "AKIDcos");
+    }
+
+    /// k8s-csi-s3 with `usePrefix` and a `prefix` parameter: the handle carries the prefix.
+    #[test]
+    fn k8s_csi_s3_use_prefix_pv_resolves() {
+        let ctx =
+            map(&[("bucket", "shared-bucket"), ("usePrefix", "true"), ("prefix", "team-a"), ("mounter", "geesefs")]);
+        let v = VolumeSpec::resolve("shared-bucket/team-a", &ctx, &SecretValues::default()).unwrap();
+        assert_eq!((v.bucket.as_str(), v.prefix.as_str()), ("shared-bucket", "team-a/"));
+    }
+
     #[test]
     fn bucket_names_from_pv_names() {
         assert_eq!(bucket_name_for("pvc-1234_ABC").unwrap(), "pvc-1234-abc");

@@ -29,13 +29,9 @@ enum Meaning {
     Refused(&'static str),
 }
 
-/// Options that name where the data is or which keys open it: refused, never ignored.
-const REFUSED: &[(&str, &str)] = &[
-    ("url", "set the endpoint with the volume attribute `endpoint` (or `url`), not a mount option"),
-    ("endpoint", "set the endpoint with the volume attribute `endpoint`, not a mount option"),
-    ("passwd_file", "put keys in the node-stage Secret (accessKeyID/secretAccessKey)"),
-    ("bucket", "the bucket comes from the volume handle or the `bucket` attribute"),
-];
+/// Options that name where the data is or which keys open it: refused (with the hint
+/// `options.rs` keeps for them), never ignored.
+const REFUSED: &[&str] = &["url", "endpoint", "passwd_file", "bucket"];
 
 /// Flags of geesefs/goofys/rclone that take a value as the next word.
 const TAKES_VALUE: &[&str] = &[
@@ -144,7 +140,10 @@ fn apply(out: &mut Translated, written: &str, meaning: Meaning) -> Result<(), Op
 }
 
 fn refused(name: &str) -> Option<Meaning> {
-    REFUSED.iter().find(|(n, _)| *n == name).map(|(_, why)| Meaning::Refused(why))
+    if !REFUSED.contains(&name) {
+        return None;
+    }
+    crate::options::foreign_hint(name).map(Meaning::Refused)
 }
 
 fn typed(name: &str, value: Option<&str>) -> Meaning {

@@ -392,18 +392,11 @@ impl Fs {
         }
         let max_fh = open.keys().copied().max().unwrap_or(0);
         self.next_fh.fetch_max(max_fh + 1, Ordering::Relaxed);
+        // The records stay in the journal this server appends to, so a successor of
+        // this server reads them again; nothing is written twice.
         for (fh, Open { ino, kind, dirty, stream }) in open {
-            // Journal them again, so a successor of this server still knows them.
-            self.log(JournalRecord::Open { fh, ino, kind });
-            if dirty {
-                self.log(JournalRecord::Dirty { fh, dirty });
-                out.lost_writers += 1;
-            }
-            if let Some(st) = &stream {
-                // Until it is rebuilt, a crash of this server must hand it on as it came.
-                self.log(JournalRecord::Stream { fh, state: (**st).clone() });
-                out.streams += 1;
-            }
+            out.lost_writers += usize::from(dirty);
+            out.streams += usize::from(stream.is_some());
             // Counted as a writer only once rebuilt (until then its attributes are the
             // store's), except a handed-over upload: its object does not exist yet, and
             // the size is the one the application left.

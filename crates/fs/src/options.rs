@@ -96,6 +96,7 @@ const FOREIGN: &[(&str, &str)] = &[
     ("url", "set the endpoint with the volume attribute `endpoint` (or `url`), not a mount option"),
     ("endpoint", "set the endpoint with the volume attribute `endpoint`, not a mount option"),
     ("passwd_file", "put keys in the node-stage Secret (accessKeyID/secretAccessKey)"),
+    ("bucket", "the bucket comes from the volume handle or the `bucket` attribute"),
     ("use_path_request_style", "use the attribute addressingStyle=path (the default)"),
     ("sigv2", "s3vol signs with SigV4 only"),
     ("iam_role", "leave the Secret out to use the default AWS credential chain (IRSA, instance role)"),
@@ -107,6 +108,11 @@ const FOREIGN: &[(&str, &str)] = &[
     ("dir-mode", "use dir_mode"),
     ("file-mode", "use file_mode"),
 ];
+
+/// What to do instead of option `name` of another tool, when s3vol knows it.
+pub(crate) fn foreign_hint(name: &str) -> Option<&'static str> {
+    FOREIGN.iter().find(|(f, _)| *f == name).map(|(_, instead)| *instead)
+}
 
 /// Options accepted for compatibility that change nothing in s3vol.
 const IGNORED: &[&str] = &["rw", "nonempty", "default_permissions", "noatime", "relatime", "_netdev", "auto_unmount"];
@@ -195,8 +201,8 @@ impl MountOptions {
                 n if IGNORED.contains(&n) => {}
                 n => {
                     let bare = n.trim_start_matches('-');
-                    return Err(OptionError(match FOREIGN.iter().find(|(f, _)| *f == bare) {
-                        Some((_, instead)) => format!("mount option {n:?} is not supported by s3vol: {instead}"),
+                    return Err(OptionError(match foreign_hint(bare) {
+                        Some(instead) => format!("mount option {n:?} is not supported by s3vol: {instead}"),
                         None => format!(
                             "unknown mount option {n:?} (supported: uid, gid, umask, file_mode, dir_mode, allow_other, ro, stat_cache_ttl, max_stat_cache_size, list_type, cache_dir, cache_size, read_ahead, part_size, upload_concurrency, storage_class, sse, mime, list_attrs, debug)"
                         ),

@@ -30,6 +30,8 @@ struct Plugin {
     bin: PathBuf,
     /// `RUST_LOG` of the plugin (and so of its servers).
     log: &'static str,
+    /// Extra arguments of `s3vol csi`.
+    extra: Vec<&'static str>,
     dir: PathBuf,
     sock: PathBuf,
     child: Option<Child>,
@@ -58,6 +60,7 @@ impl Plugin {
         let mut p = Plugin {
             bin: PathBuf::from(BIN),
             log: "info",
+            extra: Vec::new(),
             dir: dir.to_path_buf(),
             sock: dir.join("csi.sock"),
             child: None,
@@ -80,6 +83,7 @@ impl Plugin {
             .arg(self.dir.join("secrets"))
             .arg("--default-endpoint")
             .arg(&self.endpoint)
+            .args(&self.extra)
             .env("RUST_LOG", self.log)
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("plugin.log")).unwrap())
             .spawn()
@@ -634,6 +638,32 @@ async fn a_rolling_upgrade_hands_the_volume_over_with_zero_failed_operations() {
     assert_eq!(srv.backend.pending_uploads(), 0);
     assert_eq!(mounted_under(dir.path()), mounts_before);
     let (mut node, _) = plugin.clients().await;
+    unpublish(&mut node, &vol.volume_id, &target).await;
+    unstage(&mut node, &vol.volume_id, &staging).await;
+}
+
+/// `--upgrade-servers never`: a plugin from a new binary leaves the old server serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_servers_never_leaves_running_servers_alone() {
+    if !can_mount() {
+        return;
+    }
+    let (srv, dir) = env().await;
+    let mut plugin = Plugin::start(dir.path(), &srv.endpoint(), "1");
+    let (mut node, mut ctl) = plugin.clients().await;
+    let (vol, staging, target) = stage_and_publish(&mut node, &mut ctl, dir.path(), "pvc-never").await;
+    let old = server_pid(dir.path(), &vol.volume_id);
+    let new_bin = dir.path().join("s3vol-new");
+    std::fs::copy(BIN, &new_bin).unwrap();
+    plugin.kill9();
+    plugin.bin = new_bin;
+    plugin.extra = vec!["--upgrade-servers", "never"];
+    plugin.spawn();
+    let (mut node, _) = plugin.clients().await;
+    // Longer than a rolling handover takes (about 3 s in the rollout test).
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(server_pid(dir.path(), &vol.volume_id), old, "the server was replaced despite --upgrade-servers never");
+    std::fs::write(target.join("still.txt"), b"served by the old server").unwrap();
     unpublish(&mut node, &vol.volume_id, &target).await;
     unstage(&mut node, &vol.volume_id, &staging).await;
 }
