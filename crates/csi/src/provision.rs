@@ -237,6 +237,7 @@ impl Provisioner {
             read_only: false,
             capacity: Some(cap),
             hard_quota: p.hard_quota,
+            server_resources: p.server_resources.clone(),
         };
 
         match Self::read_marker(store.as_ref(), &bucket, &prefix).await? {

@@ -9,6 +9,7 @@ use s3vol_fs::{translate_foreign, MountOptions};
 use s3vol_store::{normalize_prefix, AddressingStyle, StaticCredentials};
 
 use crate::error::{CsiError, CsiResult};
+use crate::node::launcher::ServerResources;
 
 /// Longest volume id the CSI spec lets us return.
 pub const MAX_VOLUME_ID: usize = 128;
@@ -233,6 +234,8 @@ pub struct ProvisionParams {
     pub mount_options: Vec<String>,
     /// Whether capacity is enforced (ENOSPC past it).
     pub hard_quota: bool,
+    /// Limits of the volume's mount pod (`mountPodMemory`, `mountPodCPU`).
+    pub server_resources: ServerResources,
 }
 
 impl ProvisionParams {
@@ -245,6 +248,7 @@ impl ProvisionParams {
             on_delete: OnDelete::Delete,
             mount_options: Vec::new(),
             hard_quota: false,
+            server_resources: ServerResources::default(),
         };
         for (k, v) in params {
             match k.as_str() {
@@ -265,10 +269,12 @@ impl ProvisionParams {
                         o => return Err(CsiError::invalid(format!("parameter quota={o:?}: expected hard or none"))),
                     }
                 }
+                "mountPodMemory" => p.server_resources.memory = Some(validate_memory(v, "parameter mountPodMemory")?),
+                "mountPodCPU" => p.server_resources.cpu = Some(validate_cpu(v, "parameter mountPodCPU")?),
                 k if k.starts_with("csi.storage.k8s.io/") => {}
                 other => {
                     return Err(CsiError::invalid(format!(
-                        "unknown StorageClass parameter {other:?} (known: bucket, prefix, endpoint, region, addressingStyle, onDelete, mountOptions, quota)"
+                        "unknown StorageClass parameter {other:?} (known: bucket, prefix, endpoint, region, addressingStyle, onDelete, mountOptions, quota, mountPodMemory, mountPodCPU)"
                     )))
                 }
             }
@@ -303,6 +309,12 @@ impl ProvisionParams {
             self.mount_options,
             self.hard_quota
         );
+        // Volumes created before mount pods had limits keep their fingerprint.
+        let text = if self.server_resources == ServerResources::default() {
+            text
+        } else {
+            format!("{text}|{:?}", self.server_resources)
+        };
         hex::encode(&Sha256::digest(text.as_bytes())[..16])
     }
 }
@@ -367,6 +379,8 @@ pub struct VolumeSpec {
     pub capacity: Option<i64>,
     /// Writes past the capacity fail with ENOSPC (`quota: hard`).
     pub hard_quota: bool,
+    /// Limits of the volume's mount pod.
+    pub server_resources: ServerResources,
 }
 
 /// Attributes holding option strings of the driver a PV was written for: k8s-csi-s3
@@ -391,6 +405,8 @@ const KNOWN_ATTRIBUTES: &[&str] = &[
     "capacity",
     "mounter",
     "quota",
+    "mountPodMemory",
+    "mountPodCPU",
 ];
 
 impl VolumeSpec {
@@ -463,6 +479,13 @@ impl VolumeSpec {
             Some("hard") => return Err(CsiError::invalid("volume attribute quota=hard needs a capacity attribute")),
             Some(o) => return Err(CsiError::invalid(format!("volume attribute quota={o:?}: expected hard or none"))),
         };
+        let server_resources = ServerResources {
+            memory: ctx
+                .get("mountPodMemory")
+                .map(|v| validate_memory(v, "volume attribute mountPodMemory"))
+                .transpose()?,
+            cpu: ctx.get("mountPodCPU").map(|v| validate_cpu(v, "volume attribute mountPodCPU")).transpose()?,
+        };
         if let Some(m) = ctx.get("mounter") {
             tracing::info!(mounter = %m, "volume attribute mounter is ignored: s3vol always mounts with its own filesystem");
         }
@@ -474,6 +497,7 @@ impl VolumeSpec {
             read_only,
             capacity,
             hard_quota,
+            server_resources,
         })
     }
 
@@ -549,7 +573,38 @@ impl VolumeSpec {
         if self.hard_quota {
             m.insert("quota".into(), "hard".into());
         }
+        if let Some(v) = &self.server_resources.memory {
+            m.insert("mountPodMemory".into(), v.clone());
+        }
+        if let Some(v) = &self.server_resources.cpu {
+            m.insert("mountPodCPU".into(), v.clone());
+        }
         m.into_iter().collect()
+    }
+}
+
+/// Checks a memory quantity for a mount pod (`512Mi`, `1Gi`, `1073741824`).
+fn validate_memory(v: &str, field: &str) -> CsiResult<String> {
+    match parse_capacity(v) {
+        Some(n) if n >= 32 << 20 => Ok(v.trim().to_string()),
+        Some(_) => Err(CsiError::invalid(format!("{field}={v:?} is below 32Mi, too little for a FUSE server"))),
+        None => Err(CsiError::invalid(format!("{field}={v:?} is not a memory quantity such as 512Mi"))),
+    }
+}
+
+/// Checks a CPU quantity for a mount pod (`250m`, `1`, `0.5`).
+fn validate_cpu(v: &str, field: &str) -> CsiResult<String> {
+    let t = v.trim();
+    let num = t.strip_suffix('m').unwrap_or(t);
+    let ok = !num.is_empty()
+        && num.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && num.bytes().filter(|b| *b == b'.').count() <= 1
+        && !(t.ends_with('m') && num.contains('.'))
+        && num.parse::<f64>().is_ok_and(|n| n > 0.0);
+    if ok {
+        Ok(t.to_string())
+    } else {
+        Err(CsiError::invalid(format!("{field}={v:?} is not a CPU quantity such as 250m or 1")))
     }
 }
 

@@ -89,6 +89,29 @@ pub struct CsiArgs {
     /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9810).
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where FUSE servers run: `pods` (one unprivileged mount pod per volume, through the
+    /// Kubernetes API: restarts of the plugin's container touch no server) or `processes`
+    /// (children of the plugin, in its container).
+    #[arg(long, value_enum, env = "S3VOL_SERVERS", default_value = "processes")]
+    pub servers: ServersArg,
+    /// Namespace for mount pods (the plugin's own; from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "s3vol")]
+    pub namespace: String,
+    /// The plugin's own pod, whose image the mount pods use.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Image for mount pods instead of the plugin pod's own.
+    #[arg(long, env = "S3VOL_MOUNT_POD_IMAGE")]
+    pub mount_pod_image: Option<String>,
+}
+
+/// `--servers` values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServersArg {
+    /// Child processes of the node plugin.
+    Processes,
+    /// One mount pod per volume.
+    Pods,
 }
 
 /// `s3vol version` output: version, commit, build profile and target.

@@ -4,14 +4,15 @@ use anyhow::Context;
 use s3vol_csi::connect::DefaultStoreFactory;
 use s3vol_csi::controller::ControllerService;
 use s3vol_csi::identity::IdentityService;
-use s3vol_csi::node::launcher::ProcessLauncher;
+use s3vol_csi::node::launcher::{Launcher, ProcessLauncher};
+use s3vol_csi::node::pod_launcher::PodLauncher;
 use s3vol_csi::node::{NodeConfig, NodeService, UpgradeServers};
 use s3vol_csi::provision::Provisioner;
 use s3vol_csi::server;
 use s3vol_csi::volume::{normalize_endpoint, Endpoint};
 use std::time::Duration;
 
-use crate::cli::{CsiArgs, Mode, UpgradeServersArg};
+use crate::cli::{CsiArgs, Mode, ServersArg, UpgradeServersArg};
 
 /// Runs the CSI driver until SIGTERM or SIGINT.
 pub fn run(args: CsiArgs) -> anyhow::Result<()> {
@@ -51,8 +52,26 @@ async fn serve(args: CsiArgs) -> anyhow::Result<()> {
                 UpgradeServersArg::Never => UpgradeServers::Never,
             },
         };
-        let exe = std::env::current_exe().context("locating the s3vol binary")?;
-        let node = NodeService::new(&cfg, Arc::new(ProcessLauncher::new(exe)), Arc::new(DefaultStoreFactory))
+        let launcher: Arc<dyn Launcher> = match args.servers {
+            ServersArg::Processes => {
+                Arc::new(ProcessLauncher::new(std::env::current_exe().context("locating the s3vol binary")?))
+            }
+            ServersArg::Pods => {
+                let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+                let pods = PodLauncher::discover(
+                    &cfg.node_id,
+                    &args.namespace,
+                    args.pod_name.as_deref(),
+                    args.mount_pod_image.as_deref(),
+                    &filter,
+                )
+                .await
+                .context("--servers=pods")?;
+                tracing::info!(namespace = %args.namespace, "FUSE servers run in mount pods");
+                Arc::new(pods)
+            }
+        };
+        let node = NodeService::new(&cfg, launcher, Arc::new(DefaultStoreFactory))
             .with_context(|| format!("state dir {}", args.state_dir.display()))?;
         node.recover().await;
         node.spawn_health_loop(cfg.health_interval);

@@ -9,15 +9,18 @@
 //! - `backend`: [`Backend`], the S3 semantics (objects, `dir/` markers, ranges, paging, multipart).
 //! - `control`: [`Control`], keys, faults and counters shared by the server and the test.
 //! - `server`: [`TestS3`], the listener and connection loop.
+//! - `kube_api`: [`FakeKubeApi`], a Kubernetes API that knows only Pods, for the mount-pod launcher.
 //! - `skip`: [`skip_or_fail`], tests that cannot run here fail unless told otherwise.
 
 mod backend;
 mod control;
+mod kube_api;
 mod server;
 mod skip;
 
 pub use backend::Backend;
 pub use control::{Control, Fault};
+pub use kube_api::{ApiCall, FakeKubeApi, NoRuntime, PodRuntime};
 pub use server::TestS3;
 pub use skip::skip_or_fail;
 

@@ -9,6 +9,7 @@
 
 pub mod handoff;
 pub mod launcher;
+pub mod pod_launcher;
 pub mod registry;
 
 use std::collections::HashMap;
@@ -30,7 +31,7 @@ use crate::pb::node_server::Node;
 use crate::pb::{self, node_service_capability, volume_capability, NodeServiceCapability};
 use crate::volume::{SecretValues, VolumeSpec};
 use handoff::{ControlRequest, ServeConfig, WireCredentials};
-use launcher::Launcher;
+use launcher::{Launcher, ServerSlot};
 use registry::{Registry, TargetRecord, VolumeRecord};
 
 /// How long a control-socket call may take.
@@ -66,17 +67,6 @@ pub enum UpgradeServers {
 
 /// How long a server may take to drain at a handover.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// Whether process `pid` runs another executable than this process (a server started
-/// by the plugin of an older image).
-fn runs_other_binary(pid: u32) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let id = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
-    match (id("/proc/self/exe"), id(&format!("/proc/{pid}/exe"))) {
-        (Ok(mine), Ok(theirs)) => mine != theirs,
-        _ => false,
-    }
-}
 
 struct Inner {
     node_id: String,
@@ -159,17 +149,6 @@ fn unmount_quietly(path: &Path) -> CsiResult<()> {
     }
 }
 
-fn process_alive(pid: u32) -> bool {
-    pid != 0 && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.windows(11).any(|w| w == b"fuse-server"))
-}
-
-/// SIGKILL to a FUSE server (the held connection survives it).
-fn kill_server(pid: u32) {
-    if pid != 0 {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
-    }
-}
-
 impl NodeService {
     /// A node service; call [`NodeService::recover`] once and
     /// [`NodeService::spawn_health_loop`] to keep mounts healthy.
@@ -191,13 +170,32 @@ impl NodeService {
         })
     }
 
+    /// Where the launcher's server for `rec` listens, and which one it is.
+    fn slot(&self, rec: &VolumeRecord) -> ServerSlot {
+        let dir = self.inner.registry.dir(&rec.volume_id);
+        ServerSlot {
+            volume_id: rec.volume_id.clone(),
+            control: self.inner.launcher.socket_in(&dir),
+            dir,
+            pid: rec.pid,
+            resources: rec.resources.clone(),
+        }
+    }
+
+    /// A volume's control socket.
+    fn socket(&self, volume_id: &str) -> PathBuf {
+        self.inner.launcher.socket_in(&self.inner.registry.dir(volume_id))
+    }
+
     /// Re-adopts the volumes recorded in the state dir: takes each live server's
     /// connection and credentials back, so that it can be replaced later without a
     /// remount, and repairs those whose server died.
     pub async fn recover(&self) {
+        let staged: Vec<String> = self.inner.registry.all().into_iter().map(|r| r.volume_id).collect();
+        self.inner.launcher.remove_others(&staged).await;
         for rec in self.inner.registry.all().into_iter().filter(|r| !r.deferred) {
             let vid = rec.volume_id.clone();
-            let sock = self.inner.registry.socket(&vid);
+            let sock = self.socket(&vid);
             let taken = tokio::task::spawn_blocking(move || {
                 handoff::call_with_fds(&sock, &ControlRequest::TakeOver, &[], Duration::from_secs(5))
             })
@@ -237,7 +235,8 @@ impl NodeService {
                 return;
             }
             for rec in me.inner.registry.all() {
-                if !process_alive(rec.pid) || !runs_other_binary(rec.pid) {
+                let slot = me.slot(&rec);
+                if !me.inner.launcher.alive(&slot).await || !me.inner.launcher.outdated(&slot).await {
                     continue;
                 }
                 match me.handover(&rec.volume_id).await {
@@ -261,9 +260,11 @@ impl NodeService {
                 "volume {volume_id:?}: the node plugin holds no connection to hand over"
             )));
         }
-        let rec = self.inner.registry.load(volume_id).ok_or_else(|| CsiError::NotFound(volume_id.to_string()))?;
+        if self.inner.registry.load(volume_id).is_none() {
+            return Err(CsiError::NotFound(volume_id.to_string()));
+        }
         let started = std::time::Instant::now();
-        let sock = self.inner.registry.socket(volume_id);
+        let sock = self.socket(volume_id);
         let drained =
             tokio::task::spawn_blocking(move || handoff::call(&sock, &ControlRequest::Drain, &[], DRAIN_TIMEOUT)).await;
         match drained {
@@ -277,8 +278,15 @@ impl NodeService {
                 tracing::warn!(volume_id, error = %why, "the server did not drain; replacing it as after a crash");
             }
         }
+        // The drained server exits; wait until it no longer serves (a mount pod's
+        // container may be restarted idle by the kubelet meanwhile).
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while process_alive(rec.pid) && std::time::Instant::now() < deadline {
+        loop {
+            let (me, vid) = (self.clone(), volume_id.to_string());
+            let serving = tokio::task::spawn_blocking(move || me.ping(&vid)).await.unwrap_or(false);
+            if !serving || std::time::Instant::now() > deadline {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let how = self.repair(volume_id).await?;
@@ -300,7 +308,7 @@ impl NodeService {
     }
 
     fn ping(&self, volume_id: &str) -> bool {
-        let sock = self.inner.registry.socket(volume_id);
+        let sock = self.socket(volume_id);
         handoff::call(&sock, &ControlRequest::Ping, &[], Duration::from_secs(2)).is_ok_and(|r| r.ok && r.serving)
     }
 
@@ -349,12 +357,9 @@ impl NodeService {
     /// only their own bind (private propagation) then need a restart. Returns which.
     async fn repair(&self, volume_id: &str) -> CsiResult<&'static str> {
         let mut rec = self.inner.registry.load(volume_id).ok_or_else(|| CsiError::NotFound(volume_id.to_string()))?;
-        if process_alive(rec.pid) {
-            kill_server(rec.pid);
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while process_alive(rec.pid) && std::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+        let slot = self.slot(&rec);
+        if self.inner.launcher.alive(&slot).await {
+            self.inner.launcher.stop(&slot).await;
         }
         let creds = self.inner.creds.lock().get(volume_id).cloned().flatten();
         if creds.is_none() && rec.static_credentials {
@@ -366,7 +371,7 @@ impl NodeService {
         let config = ServeConfig { credentials: creds, ..rec.config.clone() };
         let held = self.inner.conns.lock().get(volume_id).map(Conn::dup);
         match held {
-            Some(Ok(conn)) => match self.serve(volume_id, &conn, config.clone(), true).await {
+            Some(Ok(conn)) => match self.serve(&rec, &conn, config.clone(), true).await {
                 Ok((pid, Some(resend))) if resend == "resent" => {
                     rec.pid = pid;
                     self.inner.registry.save(&rec).map_err(|e| CsiError::Internal(e.to_string()))?;
@@ -374,7 +379,7 @@ impl NodeService {
                 }
                 Ok((pid, _)) => {
                     tracing::warn!(volume_id, "this kernel cannot resend requests (FUSE_NOTIFY_RESEND needs Linux 6.9+): aborting the connection and mounting again");
-                    kill_server(pid);
+                    self.inner.launcher.stop(&ServerSlot { pid, ..self.slot(&rec) }).await;
                 }
                 Err(e) => {
                     tracing::warn!(volume_id, error = %e, "a new server could not take over the live connection: aborting it and mounting again");
@@ -392,7 +397,7 @@ impl NodeService {
             let _ = nix::mount::umount2(&t.path, nix::mount::MntFlags::MNT_DETACH);
         }
         let _ = nix::mount::umount2(&rec.staging_path, nix::mount::MntFlags::MNT_DETACH);
-        rec.pid = self.start_server(volume_id, &rec.staging_path, config).await?;
+        rec.pid = self.start_server(&rec, config).await?;
         for t in &rec.targets {
             std::fs::create_dir_all(&t.path).map_err(|e| io_err("create target", &t.path, e))?;
             s3vol_mount::bind_mount(&rec.staging_path, &t.path, t.read_only)
@@ -404,7 +409,8 @@ impl NodeService {
 
     /// mount(2) at `staging`, start a server, hand it the connection, a new journal and
     /// the config; the plugin keeps the connection.
-    async fn start_server(&self, volume_id: &str, staging: &Path, config: ServeConfig) -> CsiResult<u32> {
+    async fn start_server(&self, rec: &VolumeRecord, config: ServeConfig) -> CsiResult<u32> {
+        let (volume_id, staging) = (rec.volume_id.as_str(), rec.staging_path.as_path());
         let opts = MountOptions::parse(&config.options).map_err(|e| CsiError::invalid(e.to_string()))?;
         let fsname = format!("s3vol:{}/{}", config.bucket, config.prefix);
         let fuse = s3vol_mount::mount_fuse(staging, &fsname, true, opts.read_only)
@@ -413,7 +419,7 @@ impl NodeService {
             .map(|journal| Conn { fuse, journal })
             .map_err(|e| CsiError::Internal(format!("creating the state journal: {e}")));
         let served = match conn {
-            Ok(conn) => self.serve(volume_id, &conn, config, false).await.map(|(pid, _)| (pid, conn)),
+            Ok(conn) => self.serve(rec, &conn, config, false).await.map(|(pid, _)| (pid, conn)),
             Err(e) => Err(e),
         };
         match served {
@@ -432,16 +438,16 @@ impl NodeService {
     /// server served). Returns its pid and what became of unanswered requests.
     async fn serve(
         &self,
-        volume_id: &str,
+        rec: &VolumeRecord,
         conn: &Conn,
         config: ServeConfig,
         resume: bool,
     ) -> CsiResult<(u32, Option<String>)> {
-        let sock = self.inner.registry.socket(volume_id);
-        let log = self.inner.registry.log(volume_id);
-        let dir = self.inner.registry.dir(volume_id);
-        std::fs::create_dir_all(&dir).map_err(|e| io_err("state dir", &dir, e))?;
-        let pid = self.inner.launcher.launch(&sock, &log).await?;
+        let slot = self.slot(rec);
+        std::fs::create_dir_all(&slot.dir).map_err(|e| io_err("state dir", &slot.dir, e))?;
+        let pid = self.inner.launcher.launch(&slot).await?;
+        let slot = ServerSlot { pid, ..slot };
+        let sock = slot.control.clone();
         let req = ControlRequest::Serve { config, resume };
         let sent = conn.dup().map_err(|e| CsiError::Internal(format!("duplicating the connection: {e}")))?;
         let resp = tokio::task::spawn_blocking(move || {
@@ -452,11 +458,11 @@ impl NodeService {
         match resp {
             Ok(r) if r.ok => Ok((pid, r.resend)),
             Ok(r) => {
-                kill_server(pid);
+                self.inner.launcher.stop(&slot).await;
                 Err(CsiError::Internal(format!("FUSE server refused the volume: {}", r.error.unwrap_or_default())))
             }
             Err(e) => {
-                kill_server(pid);
+                self.inner.launcher.stop(&slot).await;
                 Err(CsiError::Internal(format!("handing the mount to the FUSE server: {e}")))
             }
         }
@@ -543,6 +549,7 @@ impl NodeService {
             pid: 0,
             static_credentials: false,
             deferred: false,
+            resources: spec.server_resources.clone(),
         };
         if secret.credentials.is_none() {
             // No keys at stage: the volume's keys may come with its publish (the Alibaba
@@ -566,7 +573,7 @@ impl NodeService {
         }
         let creds: Option<WireCredentials> = secret.credentials.map(Into::into);
         let config = ServeConfig { credentials: creds.clone(), ..rec.config.clone() };
-        rec.pid = self.start_server(&r.volume_id, &rec.staging_path, config).await?;
+        rec.pid = self.start_server(&rec, config).await?;
         rec.static_credentials = creds.is_some();
         self.inner.creds.lock().insert(r.volume_id.clone(), creds.clone());
         self.inner.registry.save_credentials(&r.volume_id, creds.as_ref());
@@ -612,7 +619,7 @@ impl NodeService {
         self.check_reachable(&endpoint, secret.credentials.clone(), &c.bucket, &c.prefix).await?;
         let creds: Option<WireCredentials> = secret.credentials.clone().map(Into::into);
         let config = ServeConfig { credentials: creds.clone(), ..rec.config.clone() };
-        rec.pid = self.start_server(&rec.volume_id, &rec.staging_path, config).await?;
+        rec.pid = self.start_server(rec, config).await?;
         rec.deferred = false;
         rec.static_credentials = creds.is_some();
         self.inner.creds.lock().insert(rec.volume_id.clone(), creds.clone());
@@ -634,20 +641,18 @@ impl NodeService {
         let rec = self.inner.registry.load(&r.volume_id);
         unmount_quietly(&staging)?;
         if let Some(rec) = rec {
-            let sock = self.inner.registry.socket(&r.volume_id);
+            let sock = self.socket(&r.volume_id);
             let _ = tokio::task::spawn_blocking(move || {
                 handoff::call(&sock, &ControlRequest::Shutdown, &[], Duration::from_secs(2))
             })
             .await;
-            if process_alive(rec.pid) {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                if process_alive(rec.pid) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(rec.pid as i32),
-                        nix::sys::signal::Signal::SIGTERM,
-                    );
-                }
+            let slot = self.slot(&rec);
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while self.inner.launcher.alive(&slot).await && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            // A server that did not exit by itself is stopped; a mount pod is deleted.
+            self.inner.launcher.stop(&slot).await;
         }
         self.inner.registry.remove(&r.volume_id);
         self.inner.conns.lock().remove(&r.volume_id);
@@ -694,7 +699,7 @@ impl NodeService {
         if let Some(new) = secret.credentials.map(WireCredentials::from) {
             let current = self.inner.creds.lock().get(&r.volume_id).cloned().flatten();
             if current.as_ref() != Some(&new) {
-                let sock = self.inner.registry.socket(&r.volume_id);
+                let sock = self.socket(&r.volume_id);
                 let req = ControlRequest::Rotate { credentials: new.clone() };
                 let resp = tokio::task::spawn_blocking(move || handoff::call(&sock, &req, &[], CONTROL_TIMEOUT))
                     .await
@@ -798,7 +803,7 @@ impl NodeService {
             _ => return Ok(pb::NodeExpandVolumeResponse { capacity_bytes: rec.config.capacity.unwrap_or(0) as i64 }),
         };
         if !rec.deferred {
-            let sock = self.inner.registry.socket(&r.volume_id);
+            let sock = self.socket(&r.volume_id);
             let req = ControlRequest::SetCapacity { bytes: bytes as u64 };
             let resp = tokio::task::spawn_blocking(move || handoff::call(&sock, &req, &[], CONTROL_TIMEOUT))
                 .await

@@ -40,6 +40,9 @@ pub struct VolumeRecord {
     /// own secret (the Alibaba OSS driver's PVs carry keys only in nodePublishSecretRef).
     #[serde(default)]
     pub deferred: bool,
+    /// Limits for the volume's server (enforced by mount pods).
+    #[serde(default)]
+    pub resources: super::launcher::ServerResources,
 }
 
 /// The state directory.
@@ -85,16 +88,6 @@ impl Registry {
     /// The per-volume directory.
     pub fn dir(&self, volume_id: &str) -> PathBuf {
         self.root.join("volumes").join(Self::key(volume_id))
-    }
-
-    /// The FUSE server's control socket.
-    pub fn socket(&self, volume_id: &str) -> PathBuf {
-        self.dir(volume_id).join("control.sock")
-    }
-
-    /// The FUSE server's log.
-    pub fn log(&self, volume_id: &str) -> PathBuf {
-        self.dir(volume_id).join("server.log")
     }
 
     /// Saves a record (atomically).
