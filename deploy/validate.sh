@@ -19,11 +19,11 @@ for k in $(find deploy -name kustomization.yaml | sort); do
   kubernetes-validate --strict --quiet -k "$K8S_VERSION" "$out/$name.yaml"
   count=$((count + 1))
 done
-python3 - "$out/deploy_kubernetes_overlays_default.yaml" "$out/deploy_kubernetes_overlays_credential-rotation.yaml" <<'PY'
+python3 - "$out/deploy_kubernetes_overlays_default.yaml" "$out/deploy_kubernetes_overlays_credential-rotation.yaml" "$out/deploy_kubernetes_overlays_in-container-servers.yaml" <<'PY'
 import sys, yaml
 def load(p):
     return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(open(p)) if d}
-base, rot = load(sys.argv[1]), load(sys.argv[2])
+base, rot, inproc = load(sys.argv[1]), load(sys.argv[2]), load(sys.argv[3])
 drv = base[("CSIDriver", "s3vol.csi.io")]["spec"]
 assert drv["attachRequired"] is False and drv["podInfoOnMount"] is True and drv["fsGroupPolicy"] == "None", drv
 rdrv = rot[("CSIDriver", "s3vol.csi.io")]["spec"]
@@ -44,8 +44,27 @@ for r in role["rules"]:
     assert "*" not in r["verbs"] and "*" not in r["resources"], r
     if "secrets" in r["resources"]:
         assert r["verbs"] == ["get"], r
-assert not any(k[0] in ("ClusterRole", "Role") and "node" in k[1] for k in base), "the node plugin has no roles"
+# The node plugin: a namespaced Role for mount pods only (no secrets, no cluster scope).
+assert not any(k[0] == "ClusterRole" and "node" in k[1] for k in base), "the node plugin has no cluster role"
+node_role = base[("Role", "s3vol-node-mount-pods")]
+assert node_role["metadata"]["namespace"] == "s3vol", node_role
+assert node_role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]}], node_role
+binding = base[("RoleBinding", "s3vol-node-mount-pods")]
+assert binding["subjects"][0]["name"] == "s3vol-node" and binding["roleRef"]["name"] == "s3vol-node-mount-pods"
+env = {e["name"]: e for e in main["env"]}
+assert env["S3VOL_SERVERS"]["value"] == "pods", env
+assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+assert ds["automountServiceAccountToken"] is True
+state = next(v for v in ds["volumes"] if v["name"] == "state-dir")["hostPath"]["path"]
+assert any(m["mountPath"] == state for m in main["volumeMounts"]), "mount pods need the state dir at its host path"
+# The in-container-servers overlay: processes, no API access at all.
+ids = inproc[("DaemonSet", "s3vol-node")]["spec"]["template"]["spec"]
+imain = next(c for c in ids["containers"] if c["name"] == "s3vol")
+assert {e["name"]: e.get("value") for e in imain["env"]}["S3VOL_SERVERS"] == "processes"
+assert ids["automountServiceAccountToken"] is False
+assert not any(k[0] in ("Role", "RoleBinding", "ClusterRole") and "node" in k[1] for k in inproc), "no node roles"
 assert ("Service", "s3vol-controller-metrics") in base and ("Service", "s3vol-node-metrics") in base
-print("deploy checks: CSIDriver, DaemonSet, controller and RBAC as designed")
+print("deploy checks: CSIDriver, DaemonSet, mount-pod RBAC, controller and the in-container-servers overlay as designed")
 PY
 echo "validate: $count kustomizations rendered and valid against Kubernetes $K8S_VERSION"

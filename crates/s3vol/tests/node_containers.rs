@@ -81,6 +81,18 @@ fn harness_ready() -> Option<()> {
     Some(())
 }
 
+/// The node plugin's DaemonSet as deployed (YAML read with Python's yaml, which the
+/// manifest checks use too).
+fn node_manifest() -> Value {
+    let out = Command::new("python3")
+        .args(["-c", "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))"])
+        .arg(format!("{REPO}/deploy/kubernetes/base/node.yaml"))
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "reading node.yaml: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Docker units for a Kubernetes memory quantity (`256Mi` → `256m`).
 fn docker_memory(q: &str) -> String {
     let q = q.trim();
@@ -182,7 +194,6 @@ struct Node {
     api: FakeKubeApi,
     plugin: String,
     servers: &'static str,
-    endpoint: String,
 }
 
 fn sh_ok(script: &str) {
@@ -191,7 +202,7 @@ fn sh_ok(script: &str) {
 }
 
 impl Node {
-    async fn start(endpoint: &str, servers: &'static str) -> Node {
+    async fn start(servers: &'static str) -> Node {
         let id = format!("{}-{}", std::process::id() % 10_000, rand_suffix());
         let root = PathBuf::from(format!("/tmp/s3vol-node-{id}"));
         let kubelet = root.join("kubelet");
@@ -205,18 +216,7 @@ impl Node {
         let runtime = Arc::new(DockerRuntime { run_id: id.clone() });
         let api = FakeKubeApi::start(runtime).await.unwrap();
         std::fs::write(root.join("kubeconfig"), api.kubeconfig()).unwrap();
-        let node = Node {
-            plugin: format!("s3vol-node-{id}"),
-            id,
-            root,
-            kubelet,
-            state,
-            secrets,
-            csi,
-            api,
-            servers,
-            endpoint: endpoint.to_string(),
-        };
+        let node = Node { plugin: format!("s3vol-node-{id}"), id, root, kubelet, state, secrets, csi, api, servers };
         node.run_plugin(IMAGE);
         node
     }
@@ -225,76 +225,104 @@ impl Node {
         format!("node-{}", self.id)
     }
 
-    /// `docker run` of the node plugin as node.yaml describes it (capabilities instead
-    /// of `privileged`, which this sandbox refuses), and the Pod object the API holds
-    /// for it (its image is what mount pods run).
+    /// `docker run` of the node plugin from `deploy/kubernetes/base/node.yaml` itself: its
+    /// arguments, environment (downward API values filled in), user, memory limit and
+    /// hostPath volumes. Deviations, each because this is not a real node: `privileged`
+    /// becomes CAP_SYS_ADMIN with /dev/fuse and no seccomp/AppArmor profile (this sandbox
+    /// refuses `--privileged`); host paths live under this node's directory, the kubelet
+    /// and state dirs at their host path inside too (as on a node, where they are equal);
+    /// metrics on an ephemeral port; health checks every second; `S3VOL_SERVERS` as the
+    /// scenario says (the in-container-servers overlay sets `processes`). The sidecars
+    /// (registrar, liveness probe) do not run. The API holds the plugin's Pod object,
+    /// whose image is what mount pods run.
     fn run_plugin(&self, image: &str) {
         self.api.insert(json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": self.plugin, "namespace": NAMESPACE, "labels": {"app.kubernetes.io/name": "s3vol-node"}},
             "spec": {"nodeName": self.node_name(), "containers": [{"name": "s3vol", "image": image}]}}));
         let _ = std::fs::remove_file(self.csi.join("csi.sock"));
-        let (k, st, se, c, kc) = (
-            self.kubelet.display().to_string(),
-            self.state.display().to_string(),
-            self.secrets.display().to_string(),
-            self.csi.display().to_string(),
-            self.root.join("kubeconfig").display().to_string(),
-        );
-        let label = format!("s3vol-harness={}", self.id);
-        let node_arg = format!("--node-id={}", self.node_name());
-        let state_arg = format!("--state-dir={st}");
-        let servers_arg = format!("--servers={}", self.servers);
-        let endpoint_arg = format!("--default-endpoint={}", self.endpoint);
-        docker_ok(&[
-            "run",
-            "-d",
-            "--name",
-            &self.plugin,
-            "--label",
-            &label,
-            "--network",
-            "host",
-            "--user",
-            "0:0",
-            "--cap-add",
-            "SYS_ADMIN",
-            "--device",
-            "/dev/fuse",
-            "--security-opt",
-            "apparmor=unconfined",
-            "--security-opt",
-            "seccomp=unconfined",
-            "--memory",
-            "2g",
-            "-v",
-            &format!("{c}:/csi"),
-            "-v",
-            &format!("{k}:{k}:rshared"),
-            "-v",
-            &format!("{st}:{st}"),
-            "-v",
-            &format!("{se}:/run/s3vol"),
-            "-v",
-            &format!("{kc}:/etc/s3vol/kubeconfig:ro"),
-            "-e",
-            "KUBECONFIG=/etc/s3vol/kubeconfig",
-            "-e",
-            &format!("POD_NAME={}", self.plugin),
-            "-e",
-            &format!("POD_NAMESPACE={NAMESPACE}"),
-            "-e",
-            "RUST_LOG=info",
-            image,
-            "csi",
-            "--mode=node",
-            "--endpoint=unix:///csi/csi.sock",
-            &node_arg,
-            &state_arg,
-            "--secrets-dir=/run/s3vol",
-            &servers_arg,
-            "--health-interval=1",
-            &endpoint_arg,
-        ]);
+        let ds = node_manifest();
+        let spec = &ds["spec"]["template"]["spec"];
+        let c = spec["containers"].as_array().unwrap().iter().find(|c| c["name"] == "s3vol").unwrap();
+        let mut a: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), self.plugin.clone()];
+        a.extend(["--label".into(), format!("s3vol-harness={}", self.id), "--network".into(), "host".into()]);
+        let sc = &c["securityContext"];
+        if let Some(uid) = sc["runAsUser"].as_u64() {
+            a.extend(["--user".into(), format!("{uid}:{uid}")]);
+        }
+        if sc["privileged"] == true {
+            for o in ["--cap-add=SYS_ADMIN", "--security-opt=apparmor=unconfined", "--security-opt=seccomp=unconfined"]
+            {
+                a.push(o.into());
+            }
+        }
+        if let Some(m) = c["resources"]["limits"]["memory"].as_str() {
+            a.extend(["--memory".into(), docker_memory(m)]);
+        }
+        let host = |v: &str| -> Option<(String, bool)> {
+            let (k, st, se, csi) = (&self.kubelet, &self.state, &self.secrets, &self.csi);
+            Some(match v {
+                "/var/lib/kubelet" => (format!("{0}:{0}", k.display()), true),
+                "/var/lib/s3vol" => (format!("{0}:{0}", st.display()), false),
+                "/run/s3vol" => (format!("{}:/run/s3vol", se.display()), false),
+                "/var/lib/kubelet/plugins/s3vol.csi.io" => (format!("{}:/csi", csi.display()), false),
+                _ => return None,
+            })
+        };
+        for m in c["volumeMounts"].as_array().unwrap() {
+            let vol = spec["volumes"].as_array().unwrap().iter().find(|v| v["name"] == m["name"]).unwrap();
+            let path = vol["hostPath"]["path"].as_str().unwrap();
+            if path == "/dev/fuse" {
+                a.extend(["--device".into(), "/dev/fuse".into()]);
+                continue;
+            }
+            let Some((bind, is_kubelet)) = host(path) else {
+                panic!("node.yaml mounts {path}: the harness does not know it")
+            };
+            let mount_path = m["mountPath"].as_str().unwrap();
+            assert!(
+                bind.ends_with(&format!(":{mount_path}")) || is_kubelet || path == "/var/lib/s3vol",
+                "{path} is mounted at {mount_path}"
+            );
+            if path == "/var/lib/s3vol" || is_kubelet {
+                assert_eq!(mount_path, path, "node.yaml must mount {path} at its host path");
+            }
+            let prop = match m["mountPropagation"].as_str() {
+                Some("Bidirectional") => ":rshared",
+                Some("HostToContainer") => ":rslave",
+                _ => "",
+            };
+            a.extend(["-v".into(), format!("{bind}{prop}")]);
+        }
+        a.extend(["-v".into(), format!("{}:/etc/s3vol/kubeconfig:ro", self.root.join("kubeconfig").display())]);
+        a.extend(["-e".into(), "KUBECONFIG=/etc/s3vol/kubeconfig".into()]);
+        for e in c["env"].as_array().unwrap() {
+            let name = e["name"].as_str().unwrap();
+            let value = match (e["value"].as_str(), e["valueFrom"]["fieldRef"]["fieldPath"].as_str()) {
+                _ if name == "S3VOL_SERVERS" => self.servers.to_string(),
+                (Some(v), _) => v.to_string(),
+                (None, Some("spec.nodeName")) => self.node_name(),
+                (None, Some("metadata.name")) => self.plugin.clone(),
+                (None, Some("metadata.namespace")) => NAMESPACE.into(),
+                other => panic!("env {name}: {other:?} unknown to the harness"),
+            };
+            a.extend(["-e".into(), format!("{name}={value}")]);
+        }
+        a.push(image.into());
+        for arg in c["args"].as_array().unwrap() {
+            let arg = arg.as_str().unwrap();
+            a.push(if arg == "--node-id=$(NODE_NAME)" {
+                format!("--node-id={}", self.node_name())
+            } else if arg == "--state-dir=/var/lib/s3vol" {
+                format!("--state-dir={}", self.state.display())
+            } else if arg.starts_with("--metrics-addr=") {
+                "--metrics-addr=127.0.0.1:0".into()
+            } else {
+                arg.to_string()
+            });
+        }
+        a.push("--health-interval=1".into());
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        docker_ok(&refs);
     }
 
     /// Waits until the plugin answers NodeGetInfo; returns how long that took.
@@ -592,7 +620,8 @@ async fn s3() -> TestS3 {
 }
 
 /// DaemonSet rollout stand-ins with servers in mount pods: `docker restart` of the
-/// plugin container, then the plugin replaced by a container of a newer image (which
+/// plugin container, `docker kill` of it (what an OOM kill or a failed liveness probe
+/// does) and a new start, then the plugin replaced by a container of a newer image (which
 /// moves every mount pod to it), while two application containers (one through a
 /// subPath) read and write. Zero failed operations, no ENOTCONN.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -601,7 +630,7 @@ async fn plugin_container_restart_and_rollout_leave_app_containers_working() {
         return;
     }
     let srv = s3().await;
-    let node = Node::start(&srv.endpoint(), "pods").await;
+    let node = Node::start("pods").await;
     let (mut c, _) = node.wait_ready().await;
     let vol = pv("pv-rollout", &srv.endpoint());
     node.stage(&mut c, &vol).await;
@@ -619,6 +648,15 @@ async fn plugin_container_restart_and_rollout_leave_app_containers_working() {
     docker_ok(&["restart", &node.plugin]);
     let (_, ready) = node.wait_ready().await;
     let restart_took = t.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Liveness failure or OOM: the container is killed outright (SIGKILL to every
+    // process in it) and the kubelet starts it again.
+    let t = Instant::now();
+    docker_ok(&["kill", &node.plugin]);
+    docker_ok(&["start", &node.plugin]);
+    node.wait_ready().await;
+    let kill_took = t.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // Rollout: the DaemonSet's pod is replaced by one of a newer image.
@@ -642,10 +680,10 @@ async fn plugin_container_restart_and_rollout_leave_app_containers_working() {
 
     let (r1, r2) = tokio::task::spawn_blocking(move || (app1.report(), app2.report())).await.unwrap();
     report(&format!(
-        "containers, plugin container restart + rollout to a new image (servers in mount pods): app A {} probes {} failed ENOTCONN {} slowest {} s; app B (subPath) {} probes {} failed ENOTCONN {} slowest {} s; plugin back in {:.1} s (answering after {:.1} s), rollout done in {:.1} s",
+        "containers, plugin container restart, kill -9 (as OOM/liveness) and rollout to a new image (servers in mount pods): app A {} probes {} failed ENOTCONN {} slowest {} s; app B (subPath) {} probes {} failed ENOTCONN {} slowest {} s; plugin back in {:.1} s (answering after {:.1} s), back after kill -9 in {:.1} s, rollout done in {:.1} s",
         r1["probes"], failed(&r1), r1["enotconn"], r1["slowest_probe_s"],
         r2["probes"], failed(&r2), r2["enotconn"], r2["slowest_probe_s"],
-        restart_took.as_secs_f64(), ready.as_secs_f64(), rollout_took.as_secs_f64()
+        restart_took.as_secs_f64(), ready.as_secs_f64(), kill_took.as_secs_f64(), rollout_took.as_secs_f64()
     ));
     for r in [&r1, &r2] {
         assert_eq!(failed(r), 0, "{r}");
@@ -676,7 +714,7 @@ async fn with_servers_in_the_plugin_container_a_restart_breaks_app_containers() 
         return;
     }
     let srv = s3().await;
-    let node = Node::start(&srv.endpoint(), "processes").await;
+    let node = Node::start("processes").await;
     let (mut c, _) = node.wait_ready().await;
     let vol = pv("pv-processes", &srv.endpoint());
     node.stage(&mut c, &vol).await;
@@ -712,7 +750,7 @@ async fn a_killed_mount_pod_is_restarted_and_app_containers_see_a_pause() {
         return;
     }
     let srv = s3().await;
-    let node = Node::start(&srv.endpoint(), "pods").await;
+    let node = Node::start("pods").await;
     let (mut c, _) = node.wait_ready().await;
     let vol = pv("pv-podkill", &srv.endpoint());
     node.stage(&mut c, &vol).await;
@@ -747,7 +785,7 @@ async fn a_pod_deleted_while_its_server_is_dead_terminates_and_the_next_pod_work
         return;
     }
     let srv = s3().await;
-    let node = Node::start(&srv.endpoint(), "pods").await;
+    let node = Node::start("pods").await;
     let (mut c, _) = node.wait_ready().await;
     let vol = pv("pv-terminating", &srv.endpoint());
     node.stage(&mut c, &vol).await;
@@ -785,7 +823,7 @@ async fn after_a_node_reboot_nothing_is_stale_and_new_publishes_work() {
         return;
     }
     let srv = s3().await;
-    let node = Node::start(&srv.endpoint(), "pods").await;
+    let node = Node::start("pods").await;
     let (mut c, _) = node.wait_ready().await;
     let vol = pv("pv-reboot", &srv.endpoint());
     node.stage(&mut c, &vol).await;
