@@ -674,6 +674,35 @@ mod tests {
         assert!(!dbg.contains("SECRETVALUE") && !dbg.contains("AKIDVALUE"), "{dbg}");
         let e = SecretValues::from_map(&map(&[("accessKeyID", "A")])).unwrap_err();
         assert!(e.to_string().contains("secretAccessKey"));
+        // Temporary keys: the session token travels with them (k8s-csi-s3 and OSS names).
+        for token in ["sessionToken", "securityToken"] {
+            let s =
+                SecretValues::from_map(&map(&[("accessKeyID", "A"), ("secretAccessKey", "S"), (token, "T")])).unwrap();
+            assert_eq!(s.credentials.unwrap().session_token.as_deref(), Some("T"), "{token}");
+        }
+    }
+
+    #[test]
+    fn mount_pod_resources_are_checked_quantities() {
+        let p = ProvisionParams::parse(&map(&[("mountPodMemory", "512Mi"), ("mountPodCPU", "250m")])).unwrap();
+        assert_eq!(p.server_resources.memory.as_deref(), Some("512Mi"));
+        assert_eq!(p.server_resources.cpu.as_deref(), Some("250m"));
+        for (k, v, says) in [
+            ("mountPodMemory", "lots", "memory quantity"),
+            ("mountPodMemory", "16Mi", "below 32Mi"),
+            ("mountPodCPU", "fast", "CPU quantity"),
+            ("mountPodCPU", "0.5m", "CPU quantity"),
+        ] {
+            let e = ProvisionParams::parse(&map(&[(k, v)])).unwrap_err();
+            assert!(e.to_string().contains(v) && e.to_string().contains(says), "{k}={v}: {e}");
+        }
+        // Volumes made before these parameters existed keep their fingerprint.
+        let plain = ProvisionParams::parse(&map(&[("bucket", "bkt")])).unwrap();
+        let sized = ProvisionParams::parse(&map(&[("bucket", "bkt"), ("mountPodMemory", "1Gi")])).unwrap();
+        assert_eq!(plain.fingerprint(), "c1c4e1df3def4836e053a7791c798283", "as computed before mount pods existed");
+        assert_ne!(plain.fingerprint(), sized.fingerprint());
+        let spec = VolumeSpec::resolve("bkt/p", &map(&[("mountPodCPU", "1")]), &SecretValues::default()).unwrap();
+        assert_eq!(spec.server_resources.cpu.as_deref(), Some("1"));
     }
 
     #[test]

@@ -250,6 +250,22 @@ mod tests {
     }
 
     #[test]
+    fn fstab_and_fuse_options_are_accepted_and_change_nothing() {
+        let o =
+            MountOptions::parse(&["rw,nonempty,default_permissions,noatime,relatime,_netdev,auto_unmount"]).unwrap();
+        assert_eq!(o, MountOptions::default());
+    }
+
+    #[test]
+    fn tuning_options_take_their_units() {
+        let o = MountOptions::parse(&["read_ahead=8", "storage_class=STANDARD_IA", "cache_size=100"]).unwrap();
+        assert_eq!(o.read_ahead, 8 * MIB);
+        assert_eq!(o.storage_class.as_deref(), Some("STANDARD_IA"));
+        assert!(MountOptions::parse(&["read_ahead=lots"]).unwrap_err().0.contains("read_ahead"));
+        assert!(MountOptions::parse(&["storage_class"]).is_err(), "storage_class needs a value");
+    }
+
+    #[test]
     fn refuses_unknown_and_foreign_options_by_name() {
         let e = MountOptions::parse(&["uid=1", "bogus=3"]).unwrap_err();
         assert!(e.0.contains("\"bogus\""), "{e}");

@@ -40,6 +40,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             return Err(e);
         }
     }
+    let fs_store = store.describe();
     let counting = Arc::new(CountingStore::new(store, args.source.clone()));
     let counts = counting.counts();
     let store: Arc<dyn ObjectStore> = counting;
@@ -76,7 +77,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             bail!("{e}");
         }
     };
-    tracing::info!(source = %args.source, mountpoint = %args.mountpoint.display(), "mounted");
+    tracing::info!(source = %args.source, mountpoint = %args.mountpoint.display(), store = %fs_store, "mounted");
     report(ready, "");
     let mp = args.mountpoint.clone();
     rt.spawn(async move {

@@ -437,8 +437,17 @@ fn background_mount_returns_when_ready_and_exits_on_unmount() {
     }
     let e = env();
     let dir = tempfile::tempdir().unwrap();
-    let status = mount_cmd(&e, "s3://bkt/bg", dir.path(), &[]).status().unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let status = mount_cmd(&e, "s3://bkt/bg", dir.path(), &[])
+        .args(["--region", "eu-central-1", "--addressing-style", "path", "--log-file"])
+        .arg(log.path())
+        .env("RUST_LOG", "info")
+        .status()
+        .unwrap();
     assert!(status.success());
+    // The background process logs to --log-file, naming where it signs and sends requests.
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    assert!(text.contains("mounted") && text.contains("region eu-central-1, path addressing"), "{text}");
     assert!(is_mounted(dir.path()), "mounted when the command returns");
     std::fs::write(dir.path().join("f"), b"bg").unwrap();
     assert_eq!(e.srv.backend.get("bkt", "bg/f").unwrap(), &b"bg"[..]);

@@ -58,13 +58,14 @@ impl LocalRuntime {
         // The pod's own mount namespace with its hostPath volumes bound in (which, as in
         // a real pod, reaches a directory whose parents the pod's user cannot enter),
         // then the container's process as the pod's user.
-        let mut script = String::from("set -e; ");
+        // The binary is opened before the mounts: an emptyDir on /tmp may hide its path.
+        let mut script = format!("set -e; exec 3<'{BIN}'; ");
         for (m, h) in &mounts {
             script.push_str(&format!("mkdir -p '{m}'; mount --bind '{h}' '{m}'; "));
         }
-        script.push_str(&format!("exec setpriv --reuid {uid} --regid {uid} --clear-groups \"$@\""));
+        script.push_str(&format!("exec setpriv --reuid {uid} --regid {uid} --clear-groups /proc/self/fd/3 \"$@\""));
         Command::new("unshare")
-            .args(["-m", "--propagation", "private", "sh", "-c", &script, "sh", BIN])
+            .args(["-m", "--propagation", "private", "sh", "-c", &script, "sh"])
             .args(&args)
             .env_clear()
             .env("RUST_LOG", "info")
@@ -148,11 +149,16 @@ fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
 }
 
 fn start_plugin(dir: &Path, endpoint: &str, api: &FakeKubeApi) -> Plugin {
+    start_plugin_with(dir, endpoint, api, &[])
+}
+
+fn start_plugin_with(dir: &Path, endpoint: &str, api: &FakeKubeApi, more: &[&str]) -> Plugin {
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
     let mut plugin = Plugin::configure(dir, endpoint, "1", true);
     plugin.extra = ["--servers", "pods", "--pod-name", "s3vol-node-x1", "--namespace", "s3vol"]
         .iter()
+        .chain(more)
         .map(|s| s.to_string())
         .collect();
     plugin.envs = vec![("KUBECONFIG".into(), kubeconfig.display().to_string())];
@@ -316,4 +322,27 @@ async fn a_restarted_plugin_deletes_mount_pods_of_volumes_it_no_longer_has() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(names(), vec!["s3vol-mount-other-node".to_string()]);
+}
+
+/// `--mount-pod-image` pins the mount pods' image instead of the plugin pod's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_pod_image_flag_pins_the_image() {
+    if !can_mount() {
+        return;
+    }
+    let (srv, dir) = env().await;
+    let runtime = Arc::new(LocalRuntime { log_dir: dir.path().to_path_buf(), running: Mutex::new(HashMap::new()) });
+    let api = FakeKubeApi::start(runtime.clone()).await.unwrap();
+    api.insert(own_pod("s3vol:v1"));
+    let plugin =
+        start_plugin_with(dir.path(), &srv.endpoint(), &api, &["--mount-pod-image", "registry.example/s3vol:pinned"]);
+    let (mut node, _) = plugin.clients().await;
+    let staging = dir.path().join("staging");
+    let req = stage_req("shared/pv-pinned", &staging, HashMap::new(), secrets(ACCESS_KEY, SECRET_KEY));
+    node.node_stage_volume(req).await.unwrap();
+    let pods = mount_pods(&api);
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0]["spec"]["containers"][0]["image"], "registry.example/s3vol:pinned");
+    unstage(&mut node, "shared/pv-pinned", &staging).await;
+    assert!(mount_pods(&api).is_empty());
 }

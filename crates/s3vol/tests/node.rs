@@ -1068,3 +1068,60 @@ async fn hard_quota_volume_fails_writes_past_capacity() {
     unpublish(&mut node, &vol.volume_id, &target).await;
     unstage(&mut node, &vol.volume_id, &staging).await;
 }
+
+/// The plugin's own flags as a user sets them: `--driver-name` is what GetPluginInfo
+/// reports, `--default-region` signs volumes that name no region, `--metrics-addr`
+/// serves the per-call CSI metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_name_default_region_and_csi_metrics() {
+    if !can_mount() {
+        return;
+    }
+    let (srv, dir) = env().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut plugin = Plugin::configure(dir.path(), &srv.endpoint(), "5", true);
+    plugin.extra = vec![
+        "--driver-name".into(),
+        "other.csi.example.com".into(),
+        "--default-region".into(),
+        "eu-west-3".into(),
+        "--metrics-addr".into(),
+        format!("127.0.0.1:{port}"),
+    ];
+    plugin.spawn();
+    let (mut node, _) = plugin.clients().await;
+    let path = plugin.sock.clone();
+    let ch = tonic::transport::Endpoint::try_from("http://[::]:50051")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .unwrap();
+    let mut identity = s3vol_csi::pb::identity_client::IdentityClient::new(ch);
+    let info = identity.get_plugin_info(pb::GetPluginInfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.name, "other.csi.example.com");
+
+    let staging = dir.path().join("staging");
+    let req = stage_req("shared/pv-region", &staging, HashMap::new(), secrets(ACCESS_KEY, SECRET_KEY));
+    node.node_stage_volume(req).await.unwrap();
+    let state = dir.path().join("state/volumes");
+    let rec = std::fs::read_dir(&state).unwrap().next().unwrap().unwrap().path().join("record.json");
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(rec).unwrap()).unwrap();
+    assert_eq!(rec["config"]["region"], "eu-west-3", "{rec}");
+    unstage(&mut node, "shared/pv-region", &staging).await;
+
+    let text = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(text.contains("s3vol_csi_calls_total{method=\"NodeStageVolume\",code=\"0\"} 1"), "{text}");
+    assert!(text.contains("s3vol_csi_call_seconds_count{method=\"GetPluginInfo\"} 1"), "{text}");
+}

@@ -377,7 +377,7 @@ impl Node {
         let req = pb::NodeStageVolumeRequest {
             volume_id: pv.handle.clone(),
             staging_target_path: staging.display().to_string(),
-            volume_capability: Some(mount_cap()),
+            volume_capability: Some(mount_cap(pv.fs_group)),
             secrets: secrets(ACCESS_KEY, SECRET_KEY),
             volume_context: pv.attributes.clone(),
             ..Default::default()
@@ -408,7 +408,7 @@ impl Node {
             volume_id: pv.handle.clone(),
             staging_target_path: self.staging(&pv.handle).display().to_string(),
             target_path: target.display().to_string(),
-            volume_capability: Some(mount_cap()),
+            volume_capability: Some(mount_cap(pv.fs_group)),
             volume_context: ctx,
             ..Default::default()
         };
@@ -451,6 +451,24 @@ impl Node {
     /// runtime's default private propagation (`host_to_container`: rslave), running the
     /// probe in `dir` (relative to the volume) for `seconds`. Returns once it is ready.
     fn start_app(&self, name: &str, source: &Path, dir: &str, seconds: f64, host_to_container: bool) -> App {
+        self.start_app_as(name, source, dir, seconds, host_to_container, None)
+    }
+
+    /// As `start_app`, as user `uid` with the pod's fsGroup `gid` as a supplementary
+    /// group (what a pod with runAsUser and fsGroup gets).
+    fn start_app_as(
+        &self,
+        name: &str,
+        source: &Path,
+        dir: &str,
+        seconds: f64,
+        host_to_container: bool,
+        user: Option<(u32, u32)>,
+    ) -> App {
+        let user_args: Vec<String> = match user {
+            Some((uid, gid)) => vec!["--user".into(), format!("{uid}:{uid}"), "--group-add".into(), gid.to_string()],
+            None => Vec::new(),
+        };
         let container = format!("app-{}-{name}", self.id);
         let label = format!("s3vol-harness={}", self.id);
         let bind = format!("{}:/data{}", source.display(), if host_to_container { ":rslave" } else { "" });
@@ -458,6 +476,7 @@ impl Node {
         let workdir = format!("/data/{dir}");
         let mut child = Command::new("docker")
             .args(["run", "--rm", "--name", &container, "--label", &label, "--network", "host", "-v", &bind])
+            .args(&user_args)
             .args(["-v", &probe_dir, BASE_IMAGE, "python3", "/probe/probe.py", &workdir, &seconds.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -549,9 +568,14 @@ fn rand_suffix() -> u32 {
     (h.finish() % 100_000) as u32
 }
 
-fn mount_cap() -> pb::VolumeCapability {
+/// The capability kubelet sends; `fs_group` is the pod's fsGroup, passed because the
+/// driver has VOLUME_MOUNT_GROUP.
+fn mount_cap(fs_group: Option<u32>) -> pb::VolumeCapability {
     pb::VolumeCapability {
-        access_type: Some(volume_capability::AccessType::Mount(Default::default())),
+        access_type: Some(volume_capability::AccessType::Mount(volume_capability::MountVolume {
+            volume_mount_group: fs_group.map(|g| g.to_string()).unwrap_or_default(),
+            ..Default::default()
+        })),
         access_mode: Some(volume_capability::AccessMode {
             mode: volume_capability::access_mode::Mode::MultiNodeMultiWriter as i32,
         }),
@@ -582,6 +606,8 @@ where
 
 /// A static PV of ours: a prefix of the shared bucket, keys in a nodeStageSecretRef.
 struct Pv {
+    /// fsGroup of the pods using it.
+    fs_group: Option<u32>,
     name: String,
     handle: String,
     attributes: HashMap<String, String>,
@@ -589,6 +615,7 @@ struct Pv {
 
 fn pv(name: &str, endpoint: &str) -> Pv {
     Pv {
+        fs_group: None,
         name: name.to_string(),
         handle: format!("shared/{name}"),
         attributes: [("endpoint".to_string(), endpoint.to_string())].into(),
@@ -620,8 +647,7 @@ async fn s3() -> TestS3 {
 }
 
 /// DaemonSet rollout stand-ins with servers in mount pods: `docker restart` of the
-/// plugin container, `docker kill` of it (what an OOM kill or a failed liveness probe
-/// does) and a new start, then the plugin replaced by a container of a newer image (which
+/// plugin container, an OOM kill of it by its memory limit and a new start, then the plugin replaced by a container of a newer image (which
 /// moves every mount pod to it), while two application containers (one through a
 /// subPath) read and write. Zero failed operations, no ENOTCONN.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -650,10 +676,16 @@ async fn plugin_container_restart_and_rollout_leave_app_containers_working() {
     let restart_took = t.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    // Liveness failure or OOM: the container is killed outright (SIGKILL to every
-    // process in it) and the kubelet starts it again.
+    // OOM: something in the plugin's container grows past the container's memory limit
+    // (2Gi, from node.yaml) and the kernel kills the plugin (made the likeliest victim,
+    // as the container's main process is under a group OOM kill); the container dies
+    // with every process in it and the kubelet starts it again.
     let t = Instant::now();
-    docker_ok(&["kill", &node.plugin]);
+    let pid = docker_ok(&["inspect", "-f", "{{.State.Pid}}", &node.plugin]);
+    std::fs::write(format!("/proc/{}/oom_score_adj", pid.trim()), "1000").unwrap();
+    let _ = docker(&["exec", &node.plugin, "python3", "-c", "b = bytearray(3 << 30)"]);
+    let oom = docker_ok(&["inspect", "-f", "{{.State.OOMKilled}} {{.State.Running}}", &node.plugin]);
+    assert_eq!(oom.trim(), "true false", "the plugin container was not OOM-killed");
     docker_ok(&["start", &node.plugin]);
     node.wait_ready().await;
     let kill_took = t.elapsed();
@@ -676,11 +708,16 @@ async fn plugin_container_restart_and_rollout_leave_app_containers_working() {
     let rollout_took = t.elapsed();
     let log = node.plugin_log_all();
     assert!(log.contains("handed over to a new server"), "no handover:\n{log}");
+    // node.yaml says --log-format=json: every line the plugin logs is one JSON object.
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["fields"]["message"].is_string(), "{line}");
+    }
     eprintln!("{log}");
 
     let (r1, r2) = tokio::task::spawn_blocking(move || (app1.report(), app2.report())).await.unwrap();
     report(&format!(
-        "containers, plugin container restart, kill -9 (as OOM/liveness) and rollout to a new image (servers in mount pods): app A {} probes {} failed ENOTCONN {} slowest {} s; app B (subPath) {} probes {} failed ENOTCONN {} slowest {} s; plugin back in {:.1} s (answering after {:.1} s), back after kill -9 in {:.1} s, rollout done in {:.1} s",
+        "containers, plugin container restart, OOM kill and rollout to a new image (servers in mount pods): app A {} probes {} failed ENOTCONN {} slowest {} s; app B (subPath) {} probes {} failed ENOTCONN {} slowest {} s; plugin back in {:.1} s (answering after {:.1} s), back after its OOM kill in {:.1} s, rollout done in {:.1} s",
         r1["probes"], failed(&r1), r1["enotconn"], r1["slowest_probe_s"],
         r2["probes"], failed(&r2), r2["enotconn"], r2["slowest_probe_s"],
         restart_took.as_secs_f64(), ready.as_secs_f64(), kill_took.as_secs_f64(), rollout_took.as_secs_f64()
@@ -816,7 +853,8 @@ async fn a_pod_deleted_while_its_server_is_dead_terminates_and_the_next_pod_work
 
 /// A node reboot: every container and mount gone, the secrets tmpfs empty; the kubelet
 /// starts the mount pods again and stages the volume again for the pod it reschedules.
-/// Nothing stale: one mount per path, one mount pod, the volume reported healthy.
+/// Nothing stale: one mount per path, one mount pod, the volume reported healthy. The
+/// pods run as uid 1000 with fsGroup 2000 (sent as volume_mount_group, as kubelet does).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_node_reboot_nothing_is_stale_and_new_publishes_work() {
     if harness_ready().is_none() {
@@ -825,7 +863,8 @@ async fn after_a_node_reboot_nothing_is_stale_and_new_publishes_work() {
     let srv = s3().await;
     let node = Node::start("pods").await;
     let (mut c, _) = node.wait_ready().await;
-    let vol = pv("pv-reboot", &srv.endpoint());
+    let mut vol = pv("pv-reboot", &srv.endpoint());
+    vol.fs_group = Some(2000);
     node.stage(&mut c, &vol).await;
     let t1 = node.publish(&mut c, &vol, "pod-a").await;
     std::fs::write(t1.join("before-reboot.txt"), b"still here").unwrap();
@@ -839,7 +878,8 @@ async fn after_a_node_reboot_nothing_is_stale_and_new_publishes_work() {
     let t2 = node.publish(&mut c, &vol, "pod-b").await;
     let took = t.elapsed();
     assert_eq!(std::fs::read(t2.join("before-reboot.txt")).unwrap(), b"still here");
-    let app = node.start_app("b", &t2, "", 1.0, false);
+    // The pod runs as a non-root user with fsGroup 2000: it writes through its group.
+    let app = node.start_app_as("b", &t2, "", 1.0, false, Some((1000, 2000)));
     let r = tokio::task::spawn_blocking(move || app.report()).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await; // a health-check round
     let stats = c
@@ -853,7 +893,7 @@ async fn after_a_node_reboot_nothing_is_stale_and_new_publishes_work() {
         .into_inner();
     let condition = stats.volume_condition.unwrap_or_default();
     report(&format!(
-        "containers, node reboot: back and published again in {:.1} s; app {} probes {} failed; {} FUSE mounts, {} mount pods; volume abnormal: {} {}",
+        "containers, node reboot: back and published again in {:.1} s; app (uid 1000, fsGroup 2000) {} probes {} failed; {} FUSE mounts, {} mount pods; volume abnormal: {} {}",
         took.as_secs_f64(),
         r["probes"],
         failed(&r),

@@ -160,7 +160,14 @@ impl S3Store {
                 b.credentials_provider(SharedCredentialsProvider::new(chain))
             }
         };
-        let describe = format!("s3 {}", cfg.endpoint.as_deref().unwrap_or("(AWS default endpoint)"));
+        // Where requests go and how they are signed: what a person needs to spot a wrong
+        // region or addressing style in an error.
+        let describe = format!(
+            "s3 {} (region {}, {} addressing)",
+            cfg.endpoint.as_deref().unwrap_or("(AWS default endpoint)"),
+            cfg.region,
+            if cfg.addressing == AddressingStyle::Virtual { "virtual-host" } else { "path" }
+        );
         Ok(S3Store {
             client: Client::from_conf(b.build()),
             describe,

@@ -308,13 +308,10 @@ impl Launcher for PodLauncher {
 
     async fn alive(&self, slot: &ServerSlot) -> bool {
         let c = slot.control.clone();
-        match tokio::task::spawn_blocking(move || ping(&c)).await.ok().flatten() {
-            Some(serving) => serving,
-            // Nothing answers: a hung server still holds the volume while its pod exists.
-            None => {
-                matches!(self.get(&self.pod_name(&slot.volume_id)).await, Ok(Some(p)) if p.metadata.deletion_timestamp.is_none())
-            }
-        }
+        // Only a server that says it serves counts: a silent one is dead, restarting (the
+        // kubelet restarts the container) or hung, and `launch` waits for a restarted
+        // container before it replaces the pod, so a restart is not cut short by a delete.
+        tokio::task::spawn_blocking(move || ping(&c)).await.ok().flatten() == Some(true)
     }
 
     async fn stop(&self, slot: &ServerSlot) {
