@@ -16,4 +16,4 @@ mod table;
 pub use bind::bind_mount;
 pub use connection::{abort_connection, dup_fd, memfd};
 pub use fuse::{mount_fuse, unmount, MountError};
-pub use table::{is_mount_point, mount_health, MountHealth};
+pub use table::{is_mount_point, mount_health, mounted_at, MountHealth, MountedFs};

@@ -18,6 +18,29 @@ pub fn is_mount_point(path: &Path) -> bool {
     info.lines().any(|l| l.split(' ').nth(4).map(unescape).as_deref() == Some(&*want))
 }
 
+/// The filesystem mounted on top at a path: its type (`fuse.s3vol`) and source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountedFs {
+    /// Filesystem type, with the FUSE subtype (`fuse.s3vol`).
+    pub fstype: String,
+    /// Source as mount(8) shows it (`s3vol:bucket/prefix/`).
+    pub source: String,
+}
+
+/// What is mounted at `path` (the last, top-most mount there), if anything.
+pub fn mounted_at(path: &Path) -> Option<MountedFs> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_string_lossy();
+    info.lines()
+        .filter(|l| l.split(' ').nth(4).map(unescape).as_deref() == Some(&*want))
+        .filter_map(|l| {
+            let (_, after) = l.split_once(" - ")?;
+            let mut f = after.split(' ');
+            Some(MountedFs { fstype: f.next()?.to_string(), source: unescape(f.next()?) })
+        })
+        .last()
+}
+
 /// /proc/self/mountinfo escapes spaces and a few other bytes as octal.
 fn unescape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -54,6 +77,13 @@ pub fn mount_health(path: &Path) -> MountHealth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_is_mounted_at_root_has_a_type() {
+        let root = mounted_at(Path::new("/")).expect("/ is mounted");
+        assert!(!root.fstype.is_empty() && !root.fstype.contains(' '), "{root:?}");
+        assert_eq!(mounted_at(&std::env::temp_dir().join("surely-not-a-mount-point-xyz")), None);
+    }
 
     #[test]
     fn root_is_a_mount_point_and_tmpdirs_are_not() {

@@ -20,6 +20,7 @@ const READY_FD_ENV: &str = "S3VOL_READY_FD";
 pub fn run(args: MountArgs) -> anyhow::Result<()> {
     let opts = MountOptions::parse(&args.options).map_err(|e| anyhow::anyhow!("{e}"))?;
     let loc = Location::parse(&args.source).map_err(|e| anyhow::anyhow!("{e}"))?;
+    check_mountpoint(&args.mountpoint)?;
     if !args.foreground {
         return spawn_background(&args);
     }
@@ -141,6 +142,32 @@ async fn prepare(args: &MountArgs, loc: &Location, list_v1: bool) -> anyhow::Res
         bail!("{what}");
     }
     Ok(store)
+}
+
+/// Checks the mount point before anything else: it exists, is a directory, and does not
+/// already hold an s3vol mount (mount(2) would silently stack a second one).
+fn check_mountpoint(mp: &std::path::Path) -> anyhow::Result<()> {
+    let shown = mp.display();
+    let meta = match std::fs::metadata(mp) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("mount point {shown} does not exist (create it: mkdir -p {shown})")
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            bail!("mount point {shown} is a dead FUSE mount (transport endpoint is not connected); clear it with umount -l {shown}")
+        }
+        Err(e) => bail!("mount point {shown}: {e}"),
+    };
+    if !meta.is_dir() {
+        bail!("mount point {shown} is not a directory");
+    }
+    let full = std::fs::canonicalize(mp).unwrap_or_else(|_| mp.to_path_buf());
+    if let Some(m) = s3vol_mount::mounted_at(&full) {
+        if m.fstype == "fuse.s3vol" {
+            bail!("{shown} is already an s3vol mount of {}; unmount it first (umount {shown})", m.source);
+        }
+    }
+    Ok(())
 }
 
 /// Starts `s3vol mount --foreground` detached and waits until it says the mount is ready

@@ -428,6 +428,26 @@ fn mount_failures_are_one_clear_line() {
     let err = run("s3://bkt", ACCESS_KEY, Some(format!("http://127.0.0.1:{port}")));
     assert!(err.contains("unreachable"), "{err}");
     assert!(!is_mounted(dir.path()));
+    // Checked before any request (the endpoint here is unreachable): the bucket's syntax...
+    let err = run("s3://my bucket", ACCESS_KEY, Some(format!("http://127.0.0.1:{port}")));
+    assert!(err.contains("\"my bucket\"") && err.contains("' '") && !err.contains("unreachable"), "{err}");
+    // ... and the mount point: missing, not a directory, already an s3vol mount.
+    let missing = dir.path().join("nope");
+    let out = mount_cmd_at(&format!("http://127.0.0.1:{port}"), "s3://bkt", &missing, &[]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("does not exist") && err.contains("mkdir -p"), "{err}");
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    let out = mount_cmd_at(&format!("http://127.0.0.1:{port}"), "s3://bkt", &file, &[]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is not a directory"), "{err}");
+    let m = mount(&e, "s3://bkt/first", &[]);
+    let out = mount_cmd(&e, "s3://bkt/second", &m.mnt, &[]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("already an s3vol mount of s3vol:bkt/first/"), "{err}");
+    let stacked = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let on_dir = stacked.lines().filter(|l| l.split(' ').nth(4) == Some(&*m.mnt.to_string_lossy())).count();
+    assert_eq!(on_dir, 1, "no second mount stacked on {}", m.mnt.display());
 }
 
 #[test]

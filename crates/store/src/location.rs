@@ -41,6 +41,18 @@ impl Location {
         if bucket.is_empty() {
             return Err(invalid("the bucket is empty"));
         }
+        // What no S3-compatible store accepts (legacy and relaxed names allow upper case
+        // and underscores, so those pass): caught here, before any request.
+        if !(3..=255).contains(&bucket.len()) {
+            return Err(invalid(&format!(
+                "bucket name {bucket:?} must be 3 to 63 characters long (255 for legacy names)"
+            )));
+        }
+        if let Some(c) = bucket.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))) {
+            return Err(invalid(&format!(
+                "bucket name {bucket:?} contains {c:?}; bucket names are lower-case letters, digits, dots and hyphens"
+            )));
+        }
         Ok(Location { kind: StoreKind::S3, bucket: bucket.to_string(), prefix: normalize_prefix(prefix) })
     }
 }
@@ -58,13 +70,29 @@ pub fn normalize_prefix(p: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bucket_names_no_store_accepts_are_refused_by_name() {
+        for (url, says) in [
+            ("s3://my bucket/x", "' '"),
+            ("s3://ab", "3 to 63"),
+            ("s3://bucket:with:colons", "':'"),
+            ("s3://bucket?x", "'?'"),
+        ] {
+            let e = Location::parse(url).unwrap_err();
+            assert!(e.to_string().contains(says), "{url}: {e}");
+        }
+        for ok in ["s3://my-bucket.v2/p", "s3://Legacy_Bucket", "s3://abc"] {
+            assert!(Location::parse(ok).is_ok(), "{ok}");
+        }
+    }
+
     use super::*;
 
     #[test]
     fn parses_s3_and_file_locations() {
-        let l = Location::parse("s3://b/x/y").unwrap();
-        assert_eq!((l.bucket.as_str(), l.prefix.as_str()), ("b", "x/y/"));
-        assert_eq!(Location::parse("s3://b").unwrap().prefix, "");
+        let l = Location::parse("s3://bkt/x/y").unwrap();
+        assert_eq!((l.bucket.as_str(), l.prefix.as_str()), ("bkt", "x/y/"));
+        assert_eq!(Location::parse("s3://bkt").unwrap().prefix, "");
         let f = Location::parse("file:///tmp/d").unwrap();
         assert_eq!(f.kind, StoreKind::File("/tmp/d".into()));
         let err = Location::parse("http://x").unwrap_err();
