@@ -23,6 +23,7 @@ pub mod identity;
 pub mod inflight;
 pub mod metrics_layer;
 pub mod node;
+pub mod pod_identity;
 
 pub mod provision;
 pub mod server;

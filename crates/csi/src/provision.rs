@@ -238,6 +238,7 @@ impl Provisioner {
             capacity: Some(cap),
             hard_quota: p.hard_quota,
             server_resources: p.server_resources.clone(),
+            pod_identity: p.pod_identity.clone(),
         };
 
         match Self::read_marker(store.as_ref(), &bucket, &prefix).await? {

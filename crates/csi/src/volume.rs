@@ -10,6 +10,7 @@ use s3vol_store::{normalize_prefix, AddressingStyle, StaticCredentials};
 
 use crate::error::{CsiError, CsiResult};
 use crate::node::launcher::ServerResources;
+use crate::pod_identity::PodIdentity;
 
 /// Longest volume id the CSI spec lets us return.
 pub const MAX_VOLUME_ID: usize = 128;
@@ -236,6 +237,8 @@ pub struct ProvisionParams {
     pub hard_quota: bool,
     /// Limits of the volume's mount pod (`mountPodMemory`, `mountPodCPU`).
     pub server_resources: ServerResources,
+    /// Keys from the pod's service account (`authenticationSource: pod`).
+    pub pod_identity: Option<PodIdentity>,
 }
 
 impl ProvisionParams {
@@ -249,6 +252,7 @@ impl ProvisionParams {
             mount_options: Vec::new(),
             hard_quota: false,
             server_resources: ServerResources::default(),
+            pod_identity: None,
         };
         for (k, v) in params {
             match k.as_str() {
@@ -271,10 +275,11 @@ impl ProvisionParams {
                 }
                 "mountPodMemory" => p.server_resources.memory = Some(validate_memory(v, "parameter mountPodMemory")?),
                 "mountPodCPU" => p.server_resources.cpu = Some(validate_cpu(v, "parameter mountPodCPU")?),
+                "authenticationSource" | "roleArn" | "stsEndpoint" => {} // below
                 k if k.starts_with("csi.storage.k8s.io/") => {}
                 other => {
                     return Err(CsiError::invalid(format!(
-                        "unknown StorageClass parameter {other:?} (known: bucket, prefix, endpoint, region, addressingStyle, onDelete, mountOptions, quota, mountPodMemory, mountPodCPU)"
+                        "unknown StorageClass parameter {other:?} (known: bucket, prefix, endpoint, region, addressingStyle, onDelete, mountOptions, quota, mountPodMemory, mountPodCPU, authenticationSource, roleArn, stsEndpoint)"
                     )))
                 }
             }
@@ -291,6 +296,7 @@ impl ProvisionParams {
                 }
             }
         }
+        p.pod_identity = PodIdentity::from_attributes(params, p.endpoint.region(), "parameter")?;
         Ok(p)
     }
 
@@ -309,11 +315,15 @@ impl ProvisionParams {
             self.mount_options,
             self.hard_quota
         );
-        // Volumes created before mount pods had limits keep their fingerprint.
+        // Volumes created before mount pods and pod identity keep their fingerprint.
         let text = if self.server_resources == ServerResources::default() {
             text
         } else {
             format!("{text}|{:?}", self.server_resources)
+        };
+        let text = match &self.pod_identity {
+            None => text,
+            Some(p) => format!("{text}|{p:?}"),
         };
         hex::encode(&Sha256::digest(text.as_bytes())[..16])
     }
@@ -381,6 +391,8 @@ pub struct VolumeSpec {
     pub hard_quota: bool,
     /// Limits of the volume's mount pod.
     pub server_resources: ServerResources,
+    /// Keys from the pod's service account instead of a Secret.
+    pub pod_identity: Option<PodIdentity>,
 }
 
 /// Attributes holding option strings of the driver a PV was written for: k8s-csi-s3
@@ -407,6 +419,9 @@ const KNOWN_ATTRIBUTES: &[&str] = &[
     "quota",
     "mountPodMemory",
     "mountPodCPU",
+    "authenticationSource",
+    "roleArn",
+    "stsEndpoint",
 ];
 
 impl VolumeSpec {
@@ -486,6 +501,8 @@ impl VolumeSpec {
                 .transpose()?,
             cpu: ctx.get("mountPodCPU").map(|v| validate_cpu(v, "volume attribute mountPodCPU")).transpose()?,
         };
+        let pod_identity =
+            PodIdentity::from_attributes(ctx, region.as_deref().unwrap_or("us-east-1"), "volume attribute")?;
         if let Some(m) = ctx.get("mounter") {
             tracing::info!(mounter = %m, "volume attribute mounter is ignored: s3vol always mounts with its own filesystem");
         }
@@ -498,6 +515,7 @@ impl VolumeSpec {
             capacity,
             hard_quota,
             server_resources,
+            pod_identity,
         })
     }
 
@@ -578,6 +596,13 @@ impl VolumeSpec {
         }
         if let Some(v) = &self.server_resources.cpu {
             m.insert("mountPodCPU".into(), v.clone());
+        }
+        if let Some(p) = &self.pod_identity {
+            m.insert("authenticationSource".into(), "pod".into());
+            m.insert("roleArn".into(), p.role_arn.clone());
+            if let Some(e) = &p.sts_endpoint {
+                m.insert("stsEndpoint".into(), e.clone());
+            }
         }
         m.into_iter().collect()
     }

@@ -31,14 +31,11 @@ pub struct MountedFs {
 pub fn mounted_at(path: &Path) -> Option<MountedFs> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = path.to_string_lossy();
-    info.lines()
-        .filter(|l| l.split(' ').nth(4).map(unescape).as_deref() == Some(&*want))
-        .filter_map(|l| {
-            let (_, after) = l.split_once(" - ")?;
-            let mut f = after.split(' ');
-            Some(MountedFs { fstype: f.next()?.to_string(), source: unescape(f.next()?) })
-        })
-        .last()
+    info.lines().rev().filter(|l| l.split(' ').nth(4).map(unescape).as_deref() == Some(&*want)).find_map(|l| {
+        let (_, after) = l.split_once(" - ")?;
+        let mut f = after.split(' ');
+        Some(MountedFs { fstype: f.next()?.to_string(), source: unescape(f.next()?) })
+    })
 }
 
 /// /proc/self/mountinfo escapes spaces and a few other bytes as octal.

@@ -1125,3 +1125,102 @@ async fn driver_name_default_region_and_csi_metrics() {
     assert!(text.contains("s3vol_csi_calls_total{method=\"NodeStageVolume\",code=\"0\"} 1"), "{text}");
     assert!(text.contains("s3vol_csi_call_seconds_count{method=\"GetPluginInfo\"} 1"), "{text}");
 }
+
+/// Pod identity as kubelet drives it: a PV with `authenticationSource: pod` and no
+/// secret; each publish carries the pod's service-account token (tokenRequests) and the
+/// pod info (podInfoOnMount). The plugin exchanges the token with STS for temporary keys;
+/// a republish with a fresh token refreshes them in the running server (the first keys can
+/// then be revoked); a pod of another service account cannot share the mount; a token STS
+/// refuses is PERMISSION_DENIED; no token is ever written to a file or a log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_identity_keys_come_from_the_service_account_token_and_refresh_on_republish() {
+    if !can_mount() {
+        return;
+    }
+    let (srv, dir) = env().await;
+    let sts = s3vol_testkit::FakeSts::start(srv.control.clone()).await.unwrap();
+    sts.allow_token("token-one-of-team-a");
+    sts.allow_token("token-two-of-team-a");
+    let plugin = Plugin::start(dir.path(), &srv.endpoint(), "5");
+    let (mut node, _) = plugin.clients().await;
+    let attrs: HashMap<String, String> = [
+        ("authenticationSource", "pod"),
+        ("roleArn", "arn:aws:iam::123456789012:role/app"),
+        ("stsEndpoint", sts.url.as_str()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let vid = "shared/pv-identity";
+    let staging = dir.path().join("staging");
+    node.node_stage_volume(stage_req(vid, &staging, attrs.clone(), HashMap::new())).await.unwrap();
+    let publish = |target: &Path, sa: &str, token: &str| {
+        let mut req = publish_req(vid, &staging, target, false, HashMap::new());
+        req.volume_context = attrs.clone();
+        for (k, v) in [
+            ("csi.storage.k8s.io/pod.name", "app-0"),
+            ("csi.storage.k8s.io/pod.namespace", "team-a"),
+            ("csi.storage.k8s.io/pod.uid", "uid-1"),
+            ("csi.storage.k8s.io/serviceAccount.name", sa),
+            ("csi.storage.k8s.io/ephemeral", "false"),
+        ] {
+            req.volume_context.insert(k.into(), v.into());
+        }
+        req.volume_context.insert(
+            "csi.storage.k8s.io/serviceAccount.tokens".into(),
+            format!(r#"{{"sts.amazonaws.com":{{"token":"{token}","expirationTimestamp":"2030-01-01T00:00:00Z"}}}}"#),
+        );
+        req
+    };
+    let target = dir.path().join("pods/a/vol");
+    node.node_publish_volume(publish(&target, "app", "token-one-of-team-a")).await.unwrap();
+    std::fs::write(target.join("by-pod.txt"), b"written with the pod's keys").unwrap();
+    assert_eq!(srv.backend.get("shared", "pv-identity/by-pod.txt").unwrap(), &b"written with the pod's keys"[..]);
+    let first = sts.exchanges();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].role_arn, "arn:aws:iam::123456789012:role/app");
+    assert!(first[0].session_name.contains("team-a.app"), "{first:?}");
+
+    // kubelet republishes before the token expires: the new keys reach the running server.
+    node.node_publish_volume(publish(&target, "app", "token-two-of-team-a")).await.unwrap();
+    srv.control.revoke_key(&first[0].access_key);
+    std::fs::write(target.join("after-refresh.txt"), b"new keys").unwrap();
+    assert_eq!(srv.backend.get("shared", "pv-identity/after-refresh.txt").unwrap(), &b"new keys"[..]);
+    assert_eq!(sts.exchanges().len(), 2);
+
+    // Another service account on this node does not get this mount (nor its keys).
+    let other = dir.path().join("pods/b/vol");
+    let e = node.node_publish_volume(publish(&other, "intruder", "token-two-of-team-a")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("team-a/app") && e.message().contains("team-a/intruder"), "{}", e.message());
+    assert!(!s3vol_mount::is_mount_point(&other));
+
+    // A token STS refuses.
+    let e = node.node_publish_volume(publish(&target, "app", "forged-token-value")).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("InvalidIdentityToken") || e.message().contains("not valid"), "{}", e.message());
+    assert!(!e.message().contains("forged-token-value"));
+
+    unpublish(&mut node, vid, &target).await;
+    unstage(&mut node, vid, &staging).await;
+    // No token in any file the plugin wrote (state, secrets tmpfs, logs).
+    let mut stack = vec![dir.path().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                let text = String::from_utf8_lossy(&bytes);
+                assert!(
+                    !text.contains("token-one-of-team-a") && !text.contains("token-two-of-team-a"),
+                    "token in {}",
+                    p.display()
+                );
+            }
+        }
+    }
+    let log = std::fs::read_to_string(dir.path().join("plugin.log")).unwrap();
+    assert!(log.contains("service-account token exchanged"), "{log}");
+    assert!(!log.contains("sts-secret"), "a key in the log");
+}

@@ -28,6 +28,7 @@ mod memory;
 mod oss;
 mod s3;
 mod store;
+mod sts;
 mod types;
 
 pub use counting::{CountingStore, RequestCounts};
@@ -39,4 +40,5 @@ pub use location::{normalize_prefix, Location, StoreKind};
 pub use memory::MemoryStore;
 pub use s3::{signs_payload, AddressingStyle, S3Config, S3Store};
 pub use store::{collect_body, BodyStream, GetResponse, ObjectStore};
+pub use sts::{assume_role_with_web_identity, TemporaryCredentials, WebIdentityRequest};
 pub use types::{CompletedPart, ListPage, ListRequest, ListedObject, ObjectMeta, PutOptions};

@@ -240,7 +240,7 @@ fn is_missing_credentials(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// The innermost error of a chain, as one line.
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
     while let Some(next) = cur.source() {
         cur = next;

@@ -10,6 +10,7 @@
 //! - `control`: [`Control`], keys, faults and counters shared by the server and the test.
 //! - `server`: [`TestS3`], the listener and connection loop.
 //! - `kube_api`: [`FakeKubeApi`], a Kubernetes API that knows only Pods, for the mount-pod launcher.
+//! - `sts`: [`FakeSts`], AssumeRoleWithWebIdentity minting keys the server accepts.
 //! - `skip`: [`skip_or_fail`], tests that cannot run here fail unless told otherwise.
 
 mod backend;
@@ -17,12 +18,14 @@ mod control;
 mod kube_api;
 mod server;
 mod skip;
+mod sts;
 
 pub use backend::Backend;
 pub use control::{Control, Fault};
 pub use kube_api::{ApiCall, FakeKubeApi, NoRuntime, PodRuntime};
 pub use server::TestS3;
 pub use skip::skip_or_fail;
+pub use sts::{Exchange, FakeSts};
 
 /// Access key every [`TestS3`] accepts from the start.
 pub const ACCESS_KEY: &str = "testkey";

@@ -29,6 +29,7 @@ use crate::error::{CsiError, CsiResult};
 use crate::inflight::InFlight;
 use crate::pb::node_server::Node;
 use crate::pb::{self, node_service_capability, volume_capability, NodeServiceCapability};
+use crate::pod_identity::PodIdentity;
 use crate::volume::{SecretValues, VolumeSpec};
 use handoff::{ControlRequest, ServeConfig, WireCredentials};
 use launcher::{Launcher, ServerSlot};
@@ -550,7 +551,21 @@ impl NodeService {
             static_credentials: false,
             deferred: false,
             resources: spec.server_resources.clone(),
+            pod_identity: spec.pod_identity.clone(),
+            identity_subject: None,
         };
+        if spec.pod_identity.is_some() {
+            if secret.credentials.is_some() {
+                return Err(CsiError::invalid(
+                    "authenticationSource=pod takes keys from the pod's service account, but the stage secret has keys too: remove the nodeStageSecretRef",
+                ));
+            }
+            // Keys come with the first publish, from the pod's token.
+            rec.deferred = true;
+            self.inner.registry.save(&rec).map_err(|e| CsiError::Internal(e.to_string()))?;
+            tracing::info!(volume_id = %r.volume_id, "pod-identity volume staged; it is mounted at its first publish with keys from the pod's service account");
+            return Ok(());
+        }
         if secret.credentials.is_none() {
             // No keys at stage: the volume's keys may come with its publish (the Alibaba
             // OSS driver's PVs have only a nodePublishSecretRef), so the mount waits for it.
@@ -691,7 +706,22 @@ impl NodeService {
                 r.staging_target_path
             )));
         }
-        let secret = SecretValues::from_map(&r.secrets)?;
+        let mut secret = SecretValues::from_map(&r.secrets)?;
+        if let Some(identity) = rec.pod_identity.clone() {
+            let subject = PodIdentity::subject(&r.volume_context)?;
+            if let Some(mounted_for) = rec.identity_subject.as_ref().filter(|s| **s != subject) {
+                return Err(CsiError::FailedPrecondition(format!(
+                    "volume {:?} is mounted on this node for service account {mounted_for}; a pod running as {subject} cannot share that mount (pod-identity volumes are per service account)",
+                    r.volume_id
+                )));
+            }
+            let token = PodIdentity::token(&r.volume_context)?;
+            secret.credentials = Some(identity.exchange(&subject, &token).await?);
+            if rec.identity_subject.is_none() {
+                rec.identity_subject = Some(subject);
+                self.inner.registry.save(&rec).map_err(|e| CsiError::Internal(e.to_string()))?;
+            }
+        }
         if rec.deferred {
             self.mount_deferred(&mut rec, &secret).await?;
         }

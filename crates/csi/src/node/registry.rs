@@ -43,6 +43,12 @@ pub struct VolumeRecord {
     /// Limits for the volume's server (enforced by mount pods).
     #[serde(default)]
     pub resources: super::launcher::ServerResources,
+    /// Keys come from the pods' service-account tokens (`authenticationSource: pod`).
+    #[serde(default)]
+    pub pod_identity: Option<crate::pod_identity::PodIdentity>,
+    /// The service account (`namespace/name`) the volume is mounted for on this node.
+    #[serde(default)]
+    pub identity_subject: Option<String>,
 }
 
 /// The state directory.
