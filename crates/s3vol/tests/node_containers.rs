@@ -392,6 +392,11 @@ impl Node {
 
     /// NodePublishVolume with the pod-info attributes (the CSIDriver has podInfoOnMount).
     async fn publish(&self, c: &mut NodeClient<Channel>, pv: &Pv, pod: &str) -> PathBuf {
+        self.publish_as(c, pv, pod, false).await
+    }
+
+    /// NodePublishVolume with `readonly` (a pod's `readOnly: true` volume mount).
+    async fn publish_as(&self, c: &mut NodeClient<Channel>, pv: &Pv, pod: &str, readonly: bool) -> PathBuf {
         let target = self.target(pod, &pv.name);
         std::fs::create_dir_all(target.parent().unwrap()).unwrap();
         let mut ctx = pv.attributes.clone();
@@ -410,6 +415,7 @@ impl Node {
             target_path: target.display().to_string(),
             volume_capability: Some(mount_cap(pv.fs_group)),
             volume_context: ctx,
+            readonly,
             ..Default::default()
         };
         retry_like_kubelet("NodePublishVolume", || {
@@ -487,6 +493,13 @@ impl Node {
         out.read_line(&mut line).unwrap();
         assert_eq!(line.trim(), "ready", "app container {name} did not start: {line:?}");
         App { child, out }
+    }
+
+    /// A one-shot application container running `script` with `source` at /data.
+    fn app_exec(&self, source: &Path, script: &str) -> (bool, String) {
+        let label = format!("s3vol-harness={}", self.id);
+        let bind = format!("{}:/data", source.display());
+        docker(&["run", "--rm", "--label", &label, "--network", "host", "-v", &bind, BASE_IMAGE, "sh", "-c", script])
     }
 
     fn mounts_under(&self, dir: &Path) -> Vec<String> {
@@ -808,6 +821,12 @@ async fn a_killed_mount_pod_is_restarted_and_app_containers_see_a_pause() {
     assert_eq!(r["enotconn"], 0, "{r}");
     assert_eq!(r["flushed_writer"], "ok", "{r}");
     assert_eq!(r["unflushed_write"], "EIO", "data only the dead server held is an error, not a silent loss: {r}");
+    // A pod that mounts the volume readOnly: it reads what the killed server's successor
+    // serves, and its writes fail with EROFS.
+    let ro = node.publish_as(&mut c, &vol, "pod-ro", true).await;
+    let (ok, out) = node.app_exec(&ro, "cat /data/flushed.log && touch /data/nope 2>&1; true");
+    assert!(ok && out.contains("before") && out.contains("Read-only file system"), "{out}");
+    node.unpublish(&mut c, &vol, "pod-ro").await;
     node.unpublish(&mut c, &vol, "pod-a").await;
     node.unstage(&mut c, &vol).await;
     assert_eq!(node.fuse_mounts_left(), 0);
