@@ -34,7 +34,7 @@ impl StoreFactory for DefaultStoreFactory {
             std::fs::create_dir_all(path).map_err(|e| {
                 CsiError::FailedPrecondition(format!("endpoint file://{path}: cannot create the directory: {e}"))
             })?;
-            return Ok(Arc::new(FileStore::new(path)));
+            return Ok(counted(Arc::new(FileStore::new(path))));
         }
         let source = match credentials {
             Some(c) => CredentialSource::fixed(c),
@@ -42,6 +42,15 @@ impl StoreFactory for DefaultStoreFactory {
         };
         let mut cfg = S3Config::new(endpoint.url.clone(), endpoint.region(), source);
         cfg.addressing = endpoint.addressing;
-        Ok(Arc::new(S3Store::new(cfg).await?))
+        Ok(counted(Arc::new(S3Store::new(cfg).await?)))
     }
 }
+
+/// The driver's own store calls (provisioning, deletion, reachability checks) are counted
+/// in the `s3vol_store_*` metrics under `volume="csi-driver"`.
+fn counted(store: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
+    Arc::new(s3vol_store::CountingStore::new(store, DRIVER_METRICS_LABEL.to_string()))
+}
+
+/// The `volume` label of the driver's own store calls.
+pub const DRIVER_METRICS_LABEL: &str = "csi-driver";

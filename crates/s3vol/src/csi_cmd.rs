@@ -21,9 +21,6 @@ pub fn run(args: CsiArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: CsiArgs) -> anyhow::Result<()> {
-    if let Some(addr) = args.metrics_addr {
-        crate::metrics::serve(addr)?;
-    }
     let defaults = Endpoint {
         url: args.default_endpoint.as_deref().map(|u| normalize_endpoint(u, "--default-endpoint")).transpose()?,
         region: args.default_region.clone(),
@@ -80,6 +77,17 @@ async fn serve(args: CsiArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    if let Some(addr) = args.metrics_addr {
+        // The node plugin's /metrics also carries every volume's FUSE server metrics.
+        let extra: crate::metrics::ExtraMetrics = match node.clone() {
+            Some(n) => Arc::new(move || {
+                let n = n.clone();
+                Box::pin(async move { n.server_metrics().await })
+            }),
+            None => Arc::new(|| Box::pin(async { Vec::new() })),
+        };
+        crate::metrics::serve_with(addr, extra)?;
+    }
     let ready: s3vol_csi::identity::ReadinessCheck = if node.is_some() {
         let state = args.state_dir.clone();
         Arc::new(move || {

@@ -65,6 +65,8 @@ pub fn run(args: FuseServerArgs) -> anyhow::Result<()> {
     let listener =
         handoff::ControlListener::bind(&args.control).with_context(|| format!("binding {}", args.control.display()))?;
     let state = Arc::new(Mutex::new(State::default()));
+    // The store's request counters, read by the node plugin over the control socket.
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok();
     tracing::info!(control = %args.control.display(), pid = std::process::id(), "FUSE server waiting for a volume");
     loop {
         let conn = match listener.accept() {
@@ -84,6 +86,15 @@ pub fn run(args: FuseServerArgs) -> anyhow::Result<()> {
         };
         let result: Result<(), String> = match req {
             ControlRequest::Ping => Ok(()),
+            ControlRequest::Metrics => {
+                let text = metrics.as_ref().map(|h| {
+                    h.run_upkeep();
+                    h.render()
+                });
+                let resp = ControlResponse { metrics: text, ..response(&state, Ok(())) };
+                let _ = handoff::write_response(&conn, &resp, &[]);
+                continue;
+            }
             ControlRequest::SetCapacity { bytes } => match state.lock().fs.as_ref() {
                 Some(fs) => {
                     fs.set_capacity(bytes);

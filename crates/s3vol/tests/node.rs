@@ -1112,9 +1112,10 @@ async fn driver_name_default_region_and_csi_metrics() {
     let rec = std::fs::read_dir(&state).unwrap().next().unwrap().unwrap().path().join("record.json");
     let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(rec).unwrap()).unwrap();
     assert_eq!(rec["config"]["region"], "eu-west-3", "{rec}");
-    unstage(&mut node, "shared/pv-region", &staging).await;
-
-    let text = {
+    // The volume's FUSE server lists the prefix; its store metrics appear on the plugin's
+    // endpoint, labelled with the volume, in one family with the plugin's own.
+    std::fs::read_dir(&staging).unwrap().for_each(drop);
+    let scrape = || {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
@@ -1122,6 +1123,18 @@ async fn driver_name_default_region_and_csi_metrics() {
         s.read_to_string(&mut out).unwrap();
         out
     };
+    let with_server = scrape();
+    let line = with_server
+        .lines()
+        .find(|l| l.starts_with("s3vol_store_requests_total{") && l.contains("volume=\"shared/pv-region\""))
+        .unwrap_or_else(|| panic!("no server metrics:\n{with_server}"));
+    assert!(line.contains("op=\"ListObjectsV2\""), "{line}");
+    assert_eq!(with_server.matches("# TYPE s3vol_store_requests_total ").count(), 1, "{with_server}");
+    // The plugin's own check at stage is counted too.
+    assert!(with_server.contains("volume=\"csi-driver\""), "{with_server}");
+    unstage(&mut node, "shared/pv-region", &staging).await;
+
+    let text = scrape();
     assert!(text.contains("s3vol_csi_calls_total{method=\"NodeStageVolume\",code=\"0\"} 1"), "{text}");
     assert!(text.contains("s3vol_csi_call_seconds_count{method=\"GetPluginInfo\"} 1"), "{text}");
 }

@@ -93,6 +93,16 @@ fn node_manifest() -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Waits until a killed container has stopped (`docker kill` returns before that), as
+/// the kubelet only restarts a container once it has exited.
+fn wait_stopped(name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while docker(&["inspect", "-f", "{{.State.Running}}", name]).1.trim() != "false" {
+        assert!(Instant::now() < deadline, "{name} still running 30 s after its kill");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Docker units for a Kubernetes memory quantity (`256Mi` → `256m`).
 fn docker_memory(q: &str) -> String {
     let q = q.trim();
@@ -699,6 +709,7 @@ async fn plugin_container_restart_and_rollout_leave_app_containers_working() {
     let _ = docker(&["exec", &node.plugin, "python3", "-c", "b = bytearray(3 << 30)"]);
     let oom = docker_ok(&["inspect", "-f", "{{.State.OOMKilled}} {{.State.Running}}", &node.plugin]);
     assert_eq!(oom.trim(), "true false", "the plugin container was not OOM-killed");
+    wait_stopped(&node.plugin);
     docker_ok(&["start", &node.plugin]);
     node.wait_ready().await;
     let kill_took = t.elapsed();
@@ -810,6 +821,7 @@ async fn a_killed_mount_pod_is_restarted_and_app_containers_see_a_pause() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let t = Instant::now();
     docker_ok(&["kill", &pod]);
+    wait_stopped(&pod);
     docker_ok(&["start", &pod]);
     let restarted = t.elapsed();
     let r = tokio::task::spawn_blocking(move || app.report()).await.unwrap();

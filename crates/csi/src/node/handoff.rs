@@ -110,6 +110,9 @@ pub enum ControlRequest {
         /// New capacity in bytes.
         bytes: u64,
     },
+    /// The server's metrics (per-volume store requests and bytes), Prometheus text, for
+    /// the node plugin's `/metrics`.
+    Metrics,
     /// Liveness check.
     Ping,
     /// Exit now.
@@ -134,6 +137,9 @@ pub struct ControlResponse {
     /// `Serve`): `resent`, or `unsupported` when the kernel cannot resend them.
     #[serde(default)]
     pub resend: Option<String>,
+    /// Prometheus text exposition (answer to `Metrics` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 /// Control channel failures.
@@ -215,6 +221,11 @@ pub fn call_with_fds(
 ) -> Result<(ControlResponse, Vec<OwnedFd>), HandoffError> {
     let name = path.display().to_string();
     let io = |e| HandoffError::Io(name.clone(), e);
+    // A mount pod owns the directory of its socket: a link it put there must not send the
+    // plugin (and the volume's keys) to another server's socket.
+    if std::fs::symlink_metadata(path).is_ok_and(|m| !std::os::unix::fs::FileTypeExt::is_socket(&m.file_type())) {
+        return Err(HandoffError::Protocol(format!("{name} is not a socket (a link or a file); refusing to use it")));
+    }
     let sock = seqpacket().map_err(io)?;
     set_timeouts(&sock, timeout).map_err(io)?;
     socket::connect(sock.as_raw_fd(), &UnixAddr::new(path).map_err(io)?).map_err(io)?;
@@ -268,6 +279,17 @@ pub fn write_response(conn: &OwnedFd, resp: &ControlResponse, fds: &[BorrowedFd<
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_link_in_place_of_the_socket_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("other.sock");
+        let _listener = ControlListener::bind(&real).unwrap();
+        let link = dir.path().join("control.sock");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let e = call(&link, &ControlRequest::Ping, &[], Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().contains("not a socket"), "{e}");
+    }
+
     use super::*;
 
     #[test]

@@ -308,6 +308,22 @@ impl NodeService {
         })
     }
 
+    /// Each serving volume's server metrics (Prometheus text), for the plugin's `/metrics`.
+    /// A server that does not answer within a second is left out of this scrape.
+    pub async fn server_metrics(&self) -> Vec<String> {
+        let socks: Vec<PathBuf> =
+            self.inner.registry.all().into_iter().filter(|r| !r.deferred).map(|r| self.socket(&r.volume_id)).collect();
+        tokio::task::spawn_blocking(move || {
+            socks
+                .iter()
+                .filter_map(|s| handoff::call(s, &ControlRequest::Metrics, &[], Duration::from_secs(1)).ok())
+                .filter_map(|r| r.metrics)
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
+    }
+
     fn ping(&self, volume_id: &str) -> bool {
         let sock = self.socket(volume_id);
         handoff::call(&sock, &ControlRequest::Ping, &[], Duration::from_secs(2)).is_ok_and(|r| r.ok && r.serving)
