@@ -80,7 +80,11 @@ pub fn run(args: FuseServerArgs) -> anyhow::Result<()> {
             Ok(Some(r)) => r,
             Ok(None) => continue,
             Err(e) => {
+                // Answer (a newer plugin asking for something this server does not know
+                // gets a quick "no" instead of waiting for its timeout).
                 tracing::warn!(error = %e, "bad control request");
+                let _ =
+                    handoff::write_response(&conn, &response(&state, Err(format!("unknown or bad request: {e}"))), &[]);
                 continue;
             }
         };

@@ -707,9 +707,10 @@ async fn plugin_container_restart_and_rollout_leave_app_containers_working() {
     let pid = docker_ok(&["inspect", "-f", "{{.State.Pid}}", &node.plugin]);
     std::fs::write(format!("/proc/{}/oom_score_adj", pid.trim()), "1000").unwrap();
     let _ = docker(&["exec", &node.plugin, "python3", "-c", "b = bytearray(3 << 30)"]);
+    // The engine records the container's exit a moment after the exec ends.
+    wait_stopped(&node.plugin);
     let oom = docker_ok(&["inspect", "-f", "{{.State.OOMKilled}} {{.State.Running}}", &node.plugin]);
     assert_eq!(oom.trim(), "true false", "the plugin container was not OOM-killed");
-    wait_stopped(&node.plugin);
     docker_ok(&["start", &node.plugin]);
     node.wait_ready().await;
     let kill_took = t.elapsed();
