@@ -13,9 +13,7 @@ pub enum MountHealth {
 
 /// Whether `path` appears as a mount point in /proc/self/mountinfo.
 pub fn is_mount_point(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    let want = path.to_string_lossy();
-    info.lines().any(|l| l.split(' ').nth(4).map(unescape).as_deref() == Some(&*want))
+    mounted_at(path).is_some()
 }
 
 /// The filesystem mounted on top at a path: its type (`fuse.s3vol`) and source.

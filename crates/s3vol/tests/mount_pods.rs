@@ -126,6 +126,15 @@ fn own_pod(image: &str) -> Value {
            "spec": {"containers": [{"name": "s3vol", "image": image}, {"name": "node-driver-registrar", "image": "registrar"}]}})
 }
 
+/// The API stand-in with pods run by a [`LocalRuntime`], holding the plugin's own Pod
+/// (image `s3vol:v1`).
+async fn cluster(dir: &Path) -> (Arc<LocalRuntime>, FakeKubeApi) {
+    let runtime = Arc::new(LocalRuntime { log_dir: dir.to_path_buf(), running: Mutex::new(HashMap::new()) });
+    let api = FakeKubeApi::start(runtime.clone()).await.unwrap();
+    api.insert(own_pod("s3vol:v1"));
+    (runtime, api)
+}
+
 fn mount_pods(api: &FakeKubeApi) -> Vec<Value> {
     api.pods("app.kubernetes.io/name=s3vol-mount")
 }
@@ -172,9 +181,7 @@ async fn servers_in_mount_pods_survive_crashes_plugin_restarts_and_rollouts() {
         return;
     }
     let (srv, dir) = env().await;
-    let runtime = Arc::new(LocalRuntime { log_dir: dir.path().to_path_buf(), running: Mutex::new(HashMap::new()) });
-    let api = FakeKubeApi::start(runtime.clone()).await.unwrap();
-    api.insert(own_pod("s3vol:v1"));
+    let (runtime, api) = cluster(dir.path()).await;
     let mut plugin = start_plugin(dir.path(), &srv.endpoint(), &api);
     let (mut node, mut ctl) = plugin.clients().await;
 
@@ -331,9 +338,7 @@ async fn mount_pod_image_flag_pins_the_image() {
         return;
     }
     let (srv, dir) = env().await;
-    let runtime = Arc::new(LocalRuntime { log_dir: dir.path().to_path_buf(), running: Mutex::new(HashMap::new()) });
-    let api = FakeKubeApi::start(runtime.clone()).await.unwrap();
-    api.insert(own_pod("s3vol:v1"));
+    let (_runtime, api) = cluster(dir.path()).await;
     let plugin =
         start_plugin_with(dir.path(), &srv.endpoint(), &api, &["--mount-pod-image", "registry.example/s3vol:pinned"]);
     let (mut node, _) = plugin.clients().await;

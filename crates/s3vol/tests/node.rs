@@ -1090,17 +1090,7 @@ async fn driver_name_default_region_and_csi_metrics() {
     ];
     plugin.spawn();
     let (mut node, _) = plugin.clients().await;
-    let path = plugin.sock.clone();
-    let ch = tonic::transport::Endpoint::try_from("http://[::]:50051")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await
-        .unwrap();
+    let ch = unix_channel(&plugin.sock).await.unwrap();
     let mut identity = s3vol_csi::pb::identity_client::IdentityClient::new(ch);
     let info = identity.get_plugin_info(pb::GetPluginInfoRequest {}).await.unwrap().into_inner();
     assert_eq!(info.name, "other.csi.example.com");

@@ -21,7 +21,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::*;
-use hyper_util::rt::TokioIo;
 use s3vol_csi::pb::node_client::NodeClient;
 use s3vol_csi::pb::{self, volume_capability};
 use s3vol_testkit::{FakeKubeApi, PodRuntime, TestS3, ACCESS_KEY, SECRET_KEY};
@@ -351,14 +350,7 @@ impl Node {
     }
 
     async fn try_client(&self) -> Result<NodeClient<Channel>, tonic::transport::Error> {
-        let path = self.csi.join("csi.sock");
-        let ch = tonic::transport::Endpoint::try_from("http://[::]:50051")?
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
-            }))
-            .await?;
-        Ok(NodeClient::new(ch))
+        Ok(NodeClient::new(unix_channel(&self.csi.join("csi.sock")).await?))
     }
 
     fn plugin_log_all(&self) -> String {
@@ -546,9 +538,8 @@ impl Node {
             .collect()
     }
 
-    /// A node reboot: every container and mount gone, the tmpfs emptied; the API keeps
-    /// its Pods, so the kubelet starts the mount pods bound to this node again.
-    fn reboot(&self) {
+    /// Every container of this node and every mount under its directory, innermost first.
+    fn remove_containers_and_mounts(&self) {
         for c in self.containers() {
             let _ = docker(&["rm", "-f", &c]);
         }
@@ -557,6 +548,12 @@ impl Node {
         for m in mounts {
             let _ = Command::new("umount").arg("-l").arg(&m).status();
         }
+    }
+
+    /// A node reboot: every container and mount gone, the tmpfs emptied; the API keeps
+    /// its Pods, so the kubelet starts the mount pods bound to this node again.
+    fn reboot(&self) {
+        self.remove_containers_and_mounts();
         sh_ok(&format!(
             "umount -l {0} 2>/dev/null; mount --bind {0} {0} && mount --make-rshared {0}",
             self.kubelet.display()
@@ -571,14 +568,7 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        for c in self.containers() {
-            let _ = docker(&["rm", "-f", &c]);
-        }
-        let mut mounts = self.mounts_under(&self.root);
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = Command::new("umount").arg("-l").arg(&m).status();
-        }
+        self.remove_containers_and_mounts();
         let _ = Command::new("umount").arg("-l").arg(&self.kubelet).stderr(Stdio::null()).status();
         let _ = std::fs::remove_dir_all(&self.root);
     }

@@ -63,6 +63,11 @@ fn ping(control: &Path) -> Option<bool> {
     handoff::call(control, &ControlRequest::Ping, &[], Duration::from_secs(2)).ok().map(|r| r.serving)
 }
 
+/// The image a mount pod runs (its one container's).
+fn pod_image(pod: &Pod) -> Option<&str> {
+    pod.spec.as_ref()?.containers.first()?.image.as_deref()
+}
+
 /// A value Kubernetes accepts as a label value (at most 63 characters).
 fn label_value(s: &str) -> String {
     let ok = s.len() <= 63
@@ -281,8 +286,7 @@ impl Launcher for PodLauncher {
         Self::prepare_control_dir(slot)?;
         let name = self.pod_name(&slot.volume_id);
         if let Some(pod) = self.get(&name).await? {
-            let image = pod.spec.as_ref().and_then(|s| s.containers.first()).and_then(|c| c.image.clone());
-            let reusable = pod.metadata.deletion_timestamp.is_none() && image.as_deref() == Some(&self.cfg.image);
+            let reusable = pod.metadata.deletion_timestamp.is_none() && pod_image(&pod) == Some(&self.cfg.image);
             if reusable && Self::wait_idle(&slot.control, RESTART_WAIT).await {
                 // The kubelet restarted the pod's container: its new server waits for the volume.
                 tracing::info!(pod = %name, "the mount pod's restarted server takes the volume");
@@ -331,10 +335,7 @@ impl Launcher for PodLauncher {
 
     async fn outdated(&self, slot: &ServerSlot) -> bool {
         match self.get(&self.pod_name(&slot.volume_id)).await {
-            Ok(Some(p)) => {
-                let image = p.spec.as_ref().and_then(|s| s.containers.first()).and_then(|c| c.image.clone());
-                image.as_deref() != Some(&self.cfg.image)
-            }
+            Ok(Some(p)) => pod_image(&p) != Some(&self.cfg.image),
             _ => false,
         }
     }

@@ -121,17 +121,20 @@ impl Plugin {
     }
 
     pub async fn clients(&self) -> (NodeClient<Channel>, ControllerClient<Channel>) {
-        let path = self.sock.clone();
-        let ch = tonic::transport::Endpoint::try_from("http://[::]:50051")
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
-            }))
-            .await
-            .unwrap();
+        let ch = unix_channel(&self.sock).await.unwrap();
         (NodeClient::new(ch.clone()), ControllerClient::new(ch))
     }
+}
+
+/// A gRPC channel to a CSI socket, as kubelet opens one.
+pub async fn unix_channel(sock: &Path) -> Result<Channel, tonic::transport::Error> {
+    let path = sock.to_path_buf();
+    tonic::transport::Endpoint::try_from("http://[::]:50051")?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+        }))
+        .await
 }
 
 impl Drop for Plugin {
