@@ -4,12 +4,14 @@
 #
 # Usage: bench/run.sh            (as root; needs s3s-fs, python3 + boto3; s3fs/rclone optional)
 # Env:   SERVER=s3s-fs|moto  SIZE_MB=1024  RUNS=1 (3 for the published numbers)
-#        CLIENTS="s3vol s3fs rclone"  SHARED_BENCH=../shared/bench
-#        S3VOL_BASE_BIN=/path/to/older/s3vol: also runs that binary as client "s3vol-base"
-#        (same options) and prints s3vol / s3vol-base ratios: a regression check in one run
-#        S3VOL_OPTS=part_size=16,upload_concurrency=8,list_attrs,stat_cache_ttl=60  (none: defaults; s3vol's -o
-#        options; the metadata TTL is 60 s where s3fs keeps its stat cache 900 s and rclone its
-#        directory cache 5 min by default)
+#        CLIENTS="s3vol s3vol-tuned s3fs rclone"  SHARED_BENCH=../shared/bench
+#        s3vol runs at its defaults (no -o: what users run, the headline); s3vol-tuned
+#        with S3VOL_TUNED_OPTS=part_size=16,upload_concurrency=8,list_attrs
+#        S3VOL_BASE_BIN=/path/to/older/s3vol: also runs that binary at its defaults as
+#        client "s3vol-base" and prints s3vol / s3vol-base ratios: a regression check in one run
+#        SKIP="" (phases to leave out: stat ls read write small)
+# Per s3vol client it also prints the store requests of each phase (from the unmount log
+# line), so a change in request counts shows even when timings are noisy.
 # Install the peers once: apt-get install s3fs rclone fuse3;
 #   cargo install s3s-fs --version 0.14.1 --features binary --locked; pip install boto3
 set -euo pipefail
@@ -19,14 +21,13 @@ SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}
 export RUNS=${RUNS:-1} SIZE_MB=${SIZE_MB:-1024}
 export RESULTS=${RESULTS:-/tmp/bench/results-$(date +%Y%m%d-%H%M%S)}
 SERVER=${SERVER:-s3s-fs}
-CLIENTS=${CLIENTS:-"s3vol s3fs rclone"}
+CLIENTS=${CLIENTS:-"s3vol s3vol-tuned s3fs rclone"}
 if [ -n "${S3VOL_BASE_BIN:-}" ]; then
   [ -x "$S3VOL_BASE_BIN" ] || { echo "bench: S3VOL_BASE_BIN=$S3VOL_BASE_BIN is not an executable" >&2; exit 2; }
   case " $CLIENTS " in *" s3vol-base "*) ;; *) CLIENTS="s3vol-base $CLIENTS" ;; esac
 fi
-S3VOL_OPTS=${S3VOL_OPTS:-part_size=16,upload_concurrency=8,list_attrs,stat_cache_ttl=60}
-# S3VOL_OPTS=none: s3vol at its defaults (no -o at all), what users run.
-if [ "$S3VOL_OPTS" = none ]; then S3VOL_O=""; else S3VOL_O="-o $S3VOL_OPTS"; fi
+S3VOL_TUNED_OPTS=${S3VOL_TUNED_OPTS:-part_size=16,upload_concurrency=8,list_attrs}
+export SKIP=${SKIP:-}
 mkdir -p "$RESULTS"
 
 cargo build --release -p s3vol --manifest-path "$ROOT/Cargo.toml" >&2
@@ -45,9 +46,11 @@ export UNMOUNT_CMD='umount $MNT'
 for c in $CLIENTS; do
   case $c in
     s3vol)
-      cmd="env AWS_ACCESS_KEY_ID=\$AK AWS_SECRET_ACCESS_KEY=\$SK $S3VOL mount s3://\$BUCKET \$MNT --endpoint \$ENDPOINT --foreground $S3VOL_O 2>>$RESULTS/s3vol-mount.log" ;;
+      cmd="env AWS_ACCESS_KEY_ID=\$AK AWS_SECRET_ACCESS_KEY=\$SK $S3VOL mount s3://\$BUCKET \$MNT --endpoint \$ENDPOINT --foreground 2>>$RESULTS/s3vol-mount.log" ;;
+    s3vol-tuned)
+      cmd="env AWS_ACCESS_KEY_ID=\$AK AWS_SECRET_ACCESS_KEY=\$SK $S3VOL mount s3://\$BUCKET \$MNT --endpoint \$ENDPOINT --foreground -o $S3VOL_TUNED_OPTS 2>>$RESULTS/s3vol-tuned-mount.log" ;;
     s3vol-base)
-      cmd="env AWS_ACCESS_KEY_ID=\$AK AWS_SECRET_ACCESS_KEY=\$SK $S3VOL_BASE_BIN mount s3://\$BUCKET \$MNT --endpoint \$ENDPOINT --foreground $S3VOL_O 2>>$RESULTS/s3vol-base-mount.log" ;;
+      cmd="env AWS_ACCESS_KEY_ID=\$AK AWS_SECRET_ACCESS_KEY=\$SK $S3VOL_BASE_BIN mount s3://\$BUCKET \$MNT --endpoint \$ENDPOINT --foreground 2>>$RESULTS/s3vol-base-mount.log" ;;
     s3fs) command -v s3fs >/dev/null || { echo "bench: s3fs not installed, skipped" >&2; continue; }; cmd=$S3FS_CMD ;;
     rclone) command -v rclone >/dev/null || { echo "bench: rclone not installed, skipped" >&2; continue; }; cmd=$RCLONE_OFF_CMD ;;
     *) echo "bench: unknown client $c" >&2; exit 2 ;;
@@ -57,7 +60,7 @@ for c in $CLIENTS; do
 done
 
 python3 - "$RESULTS" <<'PY'
-import csv, os, re, sys
+import csv, json, os, re, statistics, sys
 res = sys.argv[1]
 rows = {r[0]: r for r in csv.reader(open(os.path.join(res, "summary.tsv")), delimiter="\t") if r}
 head = rows.pop("client")
@@ -66,7 +69,9 @@ def mibps(label):
     m = re.search(re.escape(label) + r".*?([\d.]+) MiB/s", direct)
     return float(m.group(1)) if m else None
 d_put, d_get = mibps("PUT multipart"), mibps("GET ranged")
-rss = [int(x) for x in re.findall(r"peak_rss_kib=(\d+)", open(os.path.join(res, "s3vol-mount.log")).read())] if os.path.exists(os.path.join(res, "s3vol-mount.log")) else []
+def mount_log(c):
+    p = os.path.join(res, f"{c}-mount.log")
+    return open(p).read() if os.path.exists(p) else ""
 print("\n| metric | " + " | ".join(rows) + " |")
 print("|---|" + "---|" * len(rows))
 for i, name in enumerate(head[1:], 1):
@@ -76,28 +81,58 @@ def val(c, metric):
         return float(rows[c][head.index(metric)])
     except (KeyError, ValueError, IndexError):
         return None
-print("\nratios (same run, same server; targets from issue 6):")
 def r(label, a, b, target):
     if a is None or b in (None, 0):
-        print(f"  {label:48s} n/a")
+        print(f"  {label:52s} n/a")
     else:
-        print(f"  {label:48s} {a / b:6.2f}x   target {target}")
-s = "s3vol"
-print(f"  direct boto3: PUT multipart {d_put} MiB/s, GET ranged {d_get} MiB/s")
-r("read 1 GiB: s3vol / direct ranged GET", val(s, "read_MiBps"), d_get, ">= 0.9")
-r("read 1 GiB: s3vol / s3fs", val(s, "read_MiBps"), val("s3fs", "read_MiBps"), ">= 1.2")
-r("write 1 GiB until in S3: s3vol / direct PUT", val(s, "write_MiBps"), d_put, ">= 0.9")
-r("small files until in S3: s3vol / s3fs", val(s, "small_files_per_s"), val("s3fs", "small_files_per_s"), ">= 15")
-r("small files until in S3: s3vol / rclone", val(s, "small_files_per_s"), val("rclone", "small_files_per_s"), ">= 1.5")
-r("ls -l 10k cold: s3fs time / s3vol time", val("s3fs", "ls_cold_s"), val(s, "ls_cold_s"), "(higher is better)")
-print(f"  {'mount time (s)':48s} {val(s, 'mount_s')}   target <= 0.2")
-print(f"  {'ls -l 10k warm (s)':48s} {val(s, 'ls_warm_s')}   target <= 0.1")
-if rss:
-    print(f"  {'s3vol peak RSS over the run (MiB)':48s} {max(rss) / 1024:.0f}   target <= 256")
+        print(f"  {label:52s} {a / b:6.2f}x   target {target}")
+print(f"\n  direct boto3: PUT multipart {d_put} MiB/s, GET ranged {d_get} MiB/s")
+for s, what in (("s3vol", "at its defaults (issue 15 targets)"), ("s3vol-tuned", "tuned profile")):
+    if s not in rows:
+        continue
+    print(f"\nratios for {s}, {what}; same run, same server:")
+    r("read: s3vol / direct ranged GET", val(s, "read_MiBps"), d_get, ">= 0.9")
+    r("write until in S3: s3vol / direct multipart PUT", val(s, "write_MiBps"), d_put, ">= 0.9")
+    r("small files until in S3: s3vol / s3fs", val(s, "small_files_per_s"), val("s3fs", "small_files_per_s"), ">= 15")
+    r("small files until in S3: s3vol / rclone", val(s, "small_files_per_s"), val("rclone", "small_files_per_s"), ">= 1.5")
+    r("ls -l 10k cold: s3vol time / s3fs time", val(s, "ls_cold_s"), val("s3fs", "ls_cold_s"), "<= 0.7")
+    r("stat cold: s3vol time / s3fs time", val(s, "stat_cold_ms"), val("s3fs", "stat_cold_ms"), "<= 2")
+    print(f"  {'ls -l 10k warm (s)':52s} {val(s, 'ls_warm_s')}   target <= 0.1")
+    print(f"  {'mount time (s)':52s} {val(s, 'mount_s')}   target <= 0.2")
+    rss = [int(x) for x in re.findall(r"peak_rss_kib=(\d+)", mount_log(s))]
+    if rss:
+        print(f"  {'peak RSS over the run (MiB)':52s} {max(rss) / 1024:.0f}   target <= 256")
+
+# Store requests per mount session, in the order the workload mounts (per run: stat,
+# ls cold + warm, read, write + small files; skipped phases have no session).
+skip = os.environ.get("SKIP", "").split()
+phases = []
+if "stat" not in skip:
+    phases.append("stat")
+if "ls" not in skip:
+    phases.append("ls -l cold+warm")
+if "read" not in skip:
+    phases.append("read")
+if not ("write" in skip and "small" in skip):
+    phases.append("write+small")
+for c in rows:
+    if not c.startswith("s3vol"):
+        continue
+    sessions = [json.loads(m) for m in re.findall(r"requests=(\{[^}]*\})", mount_log(c))]
+    if not sessions or not phases:
+        continue
+    print(f"\nstore requests per phase, {c} (median over runs; per op):")
+    for i, ph in enumerate(phases):
+        runs = sessions[i::len(phases)]
+        ops = sorted({op for s in runs for op in s})
+        med = {op: statistics.median(s.get(op, 0) for s in runs) for op in ops}
+        total = statistics.median(sum(s.values()) for s in runs)
+        spread = f" (runs: {', '.join(str(sum(s.values())) for s in runs)})" if len(runs) > 1 else ""
+        print(f"  {ph:18s} total {total:g}{spread}: " + ", ".join(f"{op} {v:g}" for op, v in med.items()))
 if "s3vol-base" in rows:
     print("\nregression check, same run (s3vol / s3vol-base; time metrics inverted, so > 1 is better):")
     for metric in head[1:]:
-        a, b = val(s, metric), val("s3vol-base", metric)
+        a, b = val("s3vol", metric), val("s3vol-base", metric)
         if a is None or b in (None, 0) or a == 0:
             continue
         is_time = metric.endswith(("_s", "_ms")) and not metric.endswith("_per_s")

@@ -13,11 +13,12 @@ use crate::attr::{Attr, FileKind, SpecialKind, StoredMeta, S_IFDIR, S_IFLNK, S_I
 use crate::dir::{DirEntry, DirStream, VOLUME_MARKER};
 use crate::dir_index::DirIndex;
 use crate::error::{store_errno, Errno, FsResult};
-use crate::inode::{Inode, InodeTable, ROOT_INO};
+use crate::inode::{Inode, InodeTable, OPEN_REVALIDATE, ROOT_INO};
 use crate::journal::{decode_all, HandleKind, JournalRecord, StateJournal};
 use crate::mime::content_type_for;
 use crate::open_files::OpenFiles;
 use crate::options::MountOptions;
+use crate::prefetch::AttrPrefetch;
 use crate::read::Reader;
 use crate::write::{StreamState, WriteConfig, Writer};
 
@@ -165,6 +166,8 @@ pub struct Fs {
     usage: Mutex<Option<u64>>,
     /// What listings and this mount's own changes showed each directory to hold.
     index: Arc<DirIndex>,
+    /// Attributes of listed files fetched ahead of the lookups that follow a listing.
+    prefetch: AttrPrefetch,
     next_fh: AtomicU64,
     wcfg: WriteConfig,
     /// Where node ids and handles are recorded for a successor server.
@@ -228,6 +231,7 @@ impl Fs {
             has_marker: true,
             verified: true,
             expires: Instant::now() + std::time::Duration::from_secs(3600 * 24 * 365),
+            checked: Instant::now(),
             lookups: 1,
         };
         let wcfg = WriteConfig {
@@ -237,7 +241,11 @@ impl Fs {
             cache_limit: o.cache_size,
         };
         let cfg_capacity = cfg.capacity.unwrap_or(0);
+        // With list_attrs the listing itself carries the attributes (readdirplus).
+        let prefetch_ttl = if o.list_attrs { std::time::Duration::ZERO } else { o.stat_cache_ttl };
+        let prefetch = AttrPrefetch::new(store.clone(), cfg.bucket.clone(), prefetch_ttl);
         Fs {
+            prefetch,
             store,
             table: Mutex::new(InodeTable::new(root, o.max_stat_cache_size)),
             handles: Mutex::new(HashMap::new()),
@@ -511,6 +519,13 @@ impl Fs {
         }
     }
 
+    /// What this mount now knows `name` in `parent` to be (`None`: absent): recorded in
+    /// the directory index, and any fetch made before the change is dropped.
+    fn note(&self, parent: u64, name: &str, kind: Option<FileKind>) {
+        self.index.record(parent, name, kind);
+        self.prefetch.forget(parent, name);
+    }
+
     fn key(&self, path: &str, kind: FileKind) -> String {
         match (kind, path.is_empty()) {
             (FileKind::Dir, true) => self.cfg.prefix.clone(),
@@ -562,6 +577,7 @@ impl Fs {
             has_marker: found.has_marker,
             verified: true,
             expires: self.expiry(),
+            checked: Instant::now(),
             lookups: 0,
         }
     }
@@ -573,7 +589,12 @@ impl Fs {
         // it): its metadata needs only a HEAD, not the LIST that detects directories.
         if self.index.kind(parent.ino, name) == Some(FileKind::File) {
             let path = Self::child_path(parent, name);
-            match self.store.head_object(&self.cfg.bucket, &self.key(&path, FileKind::File)).await {
+            // Fetched in the background while the directory was read (see AttrPrefetch).
+            let (head, fetched) = match self.prefetch.take(parent.ino, name).await {
+                Some((m, at)) => (Ok(m), Some(at)),
+                None => (self.store.head_object(&self.cfg.bucket, &self.key(&path, FileKind::File)).await, None),
+            };
+            match head {
                 Ok(m) => {
                     let stored = StoredMeta::from_metadata(&m.metadata);
                     let found = Found {
@@ -583,7 +604,13 @@ impl Fs {
                         stored,
                         has_marker: false,
                     };
-                    return Ok(Some(self.make_inode(parent, name, found)));
+                    let mut inode = self.make_inode(parent, name, found);
+                    if let Some(at) = fetched {
+                        // Trusted from when it was fetched, not from now.
+                        inode.checked = at;
+                        inode.expires = at + self.cfg.options.stat_cache_ttl;
+                    }
+                    return Ok(Some(inode));
                 }
                 // Gone or changed since the listing: ask the full question below.
                 Err(e) if e.kind == ErrorKind::NotFound => {}
@@ -663,7 +690,7 @@ impl Fs {
         match self.probe(&p, name).await? {
             Some(inode) => {
                 let attr = inode.attr;
-                self.index.record(parent, name, Some(inode.kind));
+                self.note(parent, name, Some(inode.kind));
                 {
                     let mut t = self.table.lock();
                     t.upsert(inode);
@@ -676,7 +703,7 @@ impl Fs {
                 let ttl = self.cfg.options.stat_cache_ttl;
                 let until = (!ttl.is_zero()).then(|| Instant::now() + ttl);
                 self.table.lock().remove_name(parent, name, until);
-                self.index.record(parent, name, None);
+                self.note(parent, name, None);
                 self.list_in_background(&p, name);
                 Err(Errno::ENOENT)
             }
@@ -733,10 +760,22 @@ impl Fs {
                     cur.has_marker = fresh.has_marker;
                     cur.verified = true;
                     cur.expires = fresh.expires;
+                    cur.checked = fresh.checked;
                 }
                 Ok(attr)
             }
-            _ => Err(Errno::ENOENT),
+            _ => {
+                // The object is gone (or is something else now): the name no longer
+                // leads here. ESTALE makes the kernel walk the path again with a fresh
+                // lookup, so `open(O_CREAT)` creates the file and `stat` says ENOENT.
+                let mut t = self.table.lock();
+                if t.child(i.parent, &i.name) == Some(i.ino) {
+                    t.remove_name(i.parent, &i.name, self.negative_until());
+                    drop(t);
+                    self.note(i.parent, &i.name, None);
+                }
+                Err(Errno::ESTALE)
+            }
         }
     }
 
@@ -747,6 +786,17 @@ impl Fs {
             return Ok(i.attr);
         }
         self.verify(&i).await
+    }
+
+    /// Attributes an `open` may trust: the cached ones while an upload of this mount is
+    /// pending or the store confirmed them within [`OPEN_REVALIDATE`], else the object's
+    /// own (close-to-open: a file another client closed is seen at the next open, however
+    /// long `stat` may cache it).
+    async fn revalidated(&self, i: &Inode) -> FsResult<Attr> {
+        if self.has_writer(i.ino) || i.checked.elapsed() < OPEN_REVALIDATE {
+            return Ok(i.attr);
+        }
+        self.verify(i).await
     }
 
     fn update_attr(&self, ino: u64, f: impl FnOnce(&mut Inode)) -> FsResult<Attr> {
@@ -830,6 +880,7 @@ impl Fs {
                 n.attr.mtime = t;
             }
             n.expires = Instant::now() + self.cfg.options.stat_cache_ttl;
+            n.checked = Instant::now();
         })
     }
 
@@ -960,12 +1011,21 @@ impl Fs {
             ));
         }
         let (first, entries) = stream.entries_from(offset.saturating_sub(2)).await?;
+        let now = Instant::now();
+        let mut stale_files = Vec::new();
         let mut t = self.table.lock();
         for (n, e) in entries.iter().enumerate() {
             let child = t.assign(ino, &e.name, e.kind);
+            if e.kind == FileKind::File && t.get(child).is_none_or(|i| i.expires <= now) {
+                stale_files.push(e.name.clone());
+            }
             out.push((child, first + n as u64 + 3, e.clone()));
         }
         drop(t);
+        for name in stale_files {
+            let key = self.key(&Self::child_path(&me, &name), FileKind::File);
+            self.prefetch.queue(ino, fh, &name, key);
+        }
         Ok(out)
     }
 
@@ -1022,6 +1082,7 @@ impl Fs {
                 has_marker: false,
                 verified: false,
                 expires: if dir { now } else { listing_expiry },
+                checked: now,
                 lookups: 0,
             });
             // The kernel may keep listing attributes as long as getattr would answer with
@@ -1041,6 +1102,7 @@ impl Fs {
     /// Closes a directory handle, remembering when a listing ran to its end.
     pub fn releasedir(&self, ino: u64, fh: u64) {
         let Some(h) = self.handles.lock().remove(&fh) else { return };
+        self.prefetch.cancel(fh);
         self.log(JournalRecord::Close { fh });
         let complete = matches!(h.try_lock().as_deref(), Ok(Handle::Dir { stream, .. }) if stream.complete());
         if complete {
@@ -1067,14 +1129,14 @@ impl Fs {
         let key = self.key(&i.path, FileKind::File);
         if acc == libc::O_RDONLY {
             // Close-to-open: a stale entry is checked against the store before reading.
-            let attr = if self.has_writer(ino) { i.attr } else { self.getattr(ino).await? };
+            let attr = self.revalidated(&i).await?;
             let o = &self.cfg.options;
             let reader = Reader::new(self.store.clone(), self.cfg.bucket.clone(), key, attr.size, o.read_ahead);
             return Ok(self.add_handle(Handle::Read { ino, reader }));
         }
         self.writable()?;
         let put = self.put_options(&i.name, StoredMeta { mtime: Some(SystemTime::now()), ..i.stored });
-        let stored_size = if self.has_writer(ino) { i.attr.size } else { self.getattr(ino).await?.size };
+        let stored_size = self.revalidated(&i).await?.size;
         let writer = if flags & libc::O_TRUNC != 0 {
             self.update_attr(ino, |n| n.attr.size = 0)?;
             Writer::new_stream(self.store.clone(), self.cfg.bucket.clone(), key, put, self.wcfg.clone())
@@ -1109,7 +1171,7 @@ impl Fs {
         let put = self.put_options(name, stored);
         self.table.lock().upsert(inode);
         self.table.lock().add_lookup(attr.ino);
-        self.index.record(parent, name, Some(FileKind::File));
+        self.note(parent, name, Some(FileKind::File));
         let writer = Writer::new_stream(self.store.clone(), self.cfg.bucket.clone(), key, put, self.wcfg.clone());
         Ok((attr, self.add_handle(Handle::Write { ino: attr.ino, writer: Box::new(writer), base: 0 })))
     }
@@ -1172,11 +1234,12 @@ impl Fs {
             let mut place = None;
             self.update_attr(ino, |i| {
                 i.expires = Instant::now() + self.cfg.options.stat_cache_ttl;
+                i.checked = Instant::now();
                 place = Some((i.parent, i.name.clone()));
             })?;
             // The object exists from now on: a listing that ran since the create did not see it.
             if let Some((parent, name)) = place {
-                self.index.record(parent, &name, Some(FileKind::File));
+                self.note(parent, &name, Some(FileKind::File));
             }
         }
         Ok(())
@@ -1265,7 +1328,7 @@ impl Fs {
         let key = self.key(&inode.path, kind);
         let put = PutOptions { content_type: None, ..self.put_options(name, stored) };
         self.store.put_object(&self.cfg.bucket, &key, body, &put).await.map_err(|e| store_errno("create", &e))?;
-        self.index.record(parent, name, Some(kind));
+        self.note(parent, name, Some(kind));
         let attr = inode.attr;
         let mut t = self.table.lock();
         t.upsert(inode);
@@ -1338,7 +1401,7 @@ impl Fs {
         }
         self.charge(-(stored_size as i64));
         self.table.lock().remove_name(parent, name, self.negative_until());
-        self.index.record(parent, name, None);
+        self.note(parent, name, None);
         self.keep_dir(&p).await
     }
 
@@ -1358,7 +1421,7 @@ impl Fs {
         }
         self.store.delete_object(&self.cfg.bucket, &key).await.map_err(|e| store_errno("rmdir", &e))?;
         self.table.lock().remove_name(parent, name, self.negative_until());
-        self.index.record(parent, name, None);
+        self.note(parent, name, None);
         self.keep_dir(&p).await
     }
 
@@ -1427,8 +1490,8 @@ impl Fs {
                 t.rename_subtree(&src.path, &new_path);
             }
         }
-        self.index.record(parent, name, None);
-        self.index.record(newparent, newname, Some(src.kind));
+        self.note(parent, name, None);
+        self.note(newparent, newname, Some(src.kind));
         let moved =
             Inode { parent: newparent, name: newname.to_string(), path: new_path, expires: Instant::now(), ..src };
         self.table.lock().upsert(moved);

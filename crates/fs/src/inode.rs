@@ -34,9 +34,17 @@ pub struct Inode {
     pub verified: bool,
     /// When `attr` stops being trusted.
     pub expires: Instant,
+    /// When the store last confirmed `attr` (or this mount set it): an `open` older than
+    /// [`OPEN_REVALIDATE`] after it asks the store again (close-to-open).
+    pub checked: Instant,
     /// Kernel lookup count.
     pub lookups: u64,
 }
+
+/// How old attributes may be for an `open` to trust them without asking the store:
+/// what another client closed more than this ago is what a new open sees, whatever the
+/// `stat_cache_ttl`.
+pub const OPEN_REVALIDATE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// All inodes of a mount.
 pub struct InodeTable {
@@ -114,6 +122,7 @@ impl InodeTable {
                     has_marker: false,
                     verified: false,
                     expires: now,
+                    checked: now,
                     // The kernel holds at least one reference; forgets count down from here.
                     lookups: 1,
                 },

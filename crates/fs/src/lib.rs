@@ -28,6 +28,7 @@ mod journal;
 mod mime;
 mod open_files;
 mod options;
+mod prefetch;
 mod read;
 mod write;
 

@@ -74,7 +74,7 @@ impl Default for MountOptions {
             dir_mode: 0o755,
             allow_other: false,
             read_only: false,
-            stat_cache_ttl: Duration::from_secs(1),
+            stat_cache_ttl: Duration::from_secs(60),
             max_stat_cache_size: 100_000,
             list_type: 2,
             cache_dir: None,

@@ -438,3 +438,26 @@ async fn hard_quota_refuses_writes_past_capacity() {
         Errno::ENOSPC
     );
 }
+
+/// Close-to-open at the default `stat_cache_ttl` (60 s): what one mount closed, an open
+/// on another mount sees once its cached attributes are older than a second, although
+/// `stat` may keep answering from the cache.
+#[tokio::test]
+async fn close_to_open_across_two_mounts_at_the_default_ttl() {
+    let store = Arc::new(MemoryStore::with_buckets(&[B]));
+    let a = fs_with(store.clone(), "vol/", MountOptions::default());
+    let b = fs_with(store.clone(), "vol/", MountOptions::default());
+    write_file(&a, ROOT_INO, "f", b"one").await;
+    let on_b = b.lookup(ROOT_INO, "f").await.unwrap();
+    assert_eq!(read_all(&b, on_b.ino).await, b"one");
+
+    let on_a = a.lookup(ROOT_INO, "f").await.unwrap();
+    let fh = a.open(on_a.ino, libc::O_WRONLY | libc::O_TRUNC, ME).await.unwrap();
+    a.write(fh, 0, b"second version").await.unwrap();
+    a.release(fh).await.unwrap();
+
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(b.getattr(on_b.ino).await.unwrap().size, 3, "stat answers from its 60 s cache");
+    assert_eq!(read_all(&b, on_b.ino).await, b"second version", "open revalidates");
+    assert_eq!(b.getattr(on_b.ino).await.unwrap().size, 14, "and the cache learns the new size");
+}

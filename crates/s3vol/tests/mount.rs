@@ -639,6 +639,32 @@ fn listings_see_local_changes_at_once_and_remote_ones_after_the_ttl() {
     assert_eq!(m.ok("cat remote"), "r");
 }
 
+/// At the default `stat_cache_ttl` (60 s) the kernel keeps names and attributes, yet what
+/// another client did is seen where POSIX programs look: an open reads what was closed
+/// elsewhere, and a file removed elsewhere can be created again by name (the open of the
+/// cached name answers ESTALE, the kernel looks the name up again and creates it).
+#[test]
+fn other_clients_changes_at_the_default_ttl() {
+    if !can_mount() {
+        return;
+    }
+    let e = env();
+    let m = mount(&e, "s3://bkt/dt", &[]);
+    m.ok("echo one > f && echo keep > g && cat f g");
+    e.srv.backend.put("bkt", "dt/f", b"second version\n", &[]);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(m.ok("cat f"), "second version\n", "close-to-open");
+
+    e.srv.backend.delete("bkt", "dt/g");
+    std::thread::sleep(Duration::from_millis(1100));
+    m.ok("echo again > g");
+    assert_eq!(e.srv.backend.get("bkt", "dt/g").as_deref(), Some(&b"again\n"[..]));
+    e.srv.backend.delete("bkt", "dt/g");
+    std::thread::sleep(Duration::from_millis(1100));
+    let err = m.err("cat g");
+    assert!(err.contains("No such file or directory"), "{err}");
+}
+
 /// With `list_attrs`, `ls -l` costs one LIST per 1000 entries and no request per entry,
 /// and listing again right away is served from the kernel's directory cache.
 #[test]

@@ -4,6 +4,7 @@
 //! filesystem core's unit tests can show what a flaky network does to it.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -30,12 +31,22 @@ pub enum GetFault {
 pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
     get_faults: Mutex<Vec<GetFault>>,
+    /// When set, each HEAD waits for a permit: a store as slow as the test makes it.
+    head_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    heads_waiting: AtomicUsize,
+    heads_done: AtomicUsize,
 }
 
 impl FaultyStore {
     /// A store that behaves like `inner` until faults are queued.
     pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
-        FaultyStore { inner, get_faults: Mutex::new(Vec::new()) }
+        FaultyStore {
+            inner,
+            get_faults: Mutex::new(Vec::new()),
+            head_gate: Mutex::new(None),
+            heads_waiting: AtomicUsize::new(0),
+            heads_done: AtomicUsize::new(0),
+        }
     }
 
     /// The next `count` GETs each suffer `fault` (after those already queued).
@@ -44,6 +55,28 @@ impl FaultyStore {
         for _ in 0..count {
             q.insert(0, fault);
         }
+    }
+
+    /// From now on every HEAD waits until [`FaultyStore::admit_heads`] lets it through.
+    pub fn gate_heads(&self) {
+        *self.head_gate.lock() = Some(Arc::new(tokio::sync::Semaphore::new(0)));
+    }
+
+    /// Lets `n` more gated HEADs through.
+    pub fn admit_heads(&self, n: usize) {
+        if let Some(g) = self.head_gate.lock().as_ref() {
+            g.add_permits(n);
+        }
+    }
+
+    /// HEADs waiting at the gate now (requests in flight on a slow store).
+    pub fn heads_waiting(&self) -> usize {
+        self.heads_waiting.load(Ordering::SeqCst)
+    }
+
+    /// HEADs answered so far.
+    pub fn heads_done(&self) -> usize {
+        self.heads_done.load(Ordering::SeqCst)
     }
 
     /// GET faults still queued.
@@ -59,7 +92,18 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn head_object(&self, bucket: &str, key: &str) -> StoreResult<ObjectMeta> {
-        self.inner.head_object(bucket, key).await
+        let gate = self.head_gate.lock().clone();
+        if let Some(g) = gate {
+            self.heads_waiting.fetch_add(1, Ordering::SeqCst);
+            let permit = g.acquire().await;
+            self.heads_waiting.fetch_sub(1, Ordering::SeqCst);
+            if let Ok(p) = permit {
+                p.forget();
+            }
+        }
+        let res = self.inner.head_object(bucket, key).await;
+        self.heads_done.fetch_add(1, Ordering::SeqCst);
+        res
     }
 
     async fn get_object(&self, bucket: &str, key: &str, range: Option<Range<u64>>) -> StoreResult<GetResponse> {

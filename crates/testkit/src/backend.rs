@@ -132,6 +132,13 @@ impl Backend {
         self.data.lock().buckets.entry(bucket.into()).or_default().insert(key.into(), obj);
     }
 
+    /// Deletes an object directly (another client removing it).
+    pub fn delete(&self, bucket: &str, key: &str) {
+        if let Some(b) = self.data.lock().buckets.get_mut(bucket) {
+            b.remove(key);
+        }
+    }
+
     /// An object's bytes, if it exists.
     pub fn get(&self, bucket: &str, key: &str) -> Option<Bytes> {
         self.data.lock().buckets.get(bucket)?.get(key).map(|o| o.data.clone())
