@@ -116,11 +116,15 @@ impl DirIndex {
         inner.dirs.get(&dir).is_some_and(|k| k.covered(name, now) && !k.names.contains_key(name))
     }
 
-    /// What a fresh listing (or this mount's own change) showed `name` to be.
+    /// What a fresh listing (or this mount's own change) showed `name` to be. Trusted for
+    /// at least [`LONG_TTL`] whatever the TTL: it only spares a lookup the LIST that tells
+    /// a plain object from a directory (attributes still follow the TTL), and with a short
+    /// TTL an `ls -l` of a large directory would otherwise pay a LIST per name.
     pub fn kind(&self, dir: u64, name: &str) -> Option<FileKind> {
         let now = Instant::now();
+        let grace = LONG_TTL.saturating_sub(self.ttl);
         let inner = self.inner.lock();
-        inner.dirs.get(&dir).filter(|k| k.seen_until > now).and_then(|k| k.names.get(name).copied())
+        inner.dirs.get(&dir).filter(|k| k.seen_until + grace > now).and_then(|k| k.names.get(name).copied())
     }
 
     /// Whether listing `dir` from `name` on would be worth starting now: no fresh listing
@@ -388,7 +392,8 @@ mod tests {
         assert!(short.is_absent(1, "x"));
         std::thread::sleep(Duration::from_millis(50));
         assert!(!short.is_absent(1, "x"), "an expired listing proves nothing");
-        assert_eq!(short.kind(1, "a"), None);
+        // What a name was still spares a lookup the directory check for LONG_TTL.
+        assert_eq!(short.kind(1, "a"), Some(FileKind::File));
         assert!(short.wants_listing(1, "x"));
     }
 

@@ -21,6 +21,10 @@ pub enum Command {
     Csi(CsiArgs),
     /// Mount a bucket/prefix (s3://BUCKET[/PREFIX]) or a local directory (file:///DIR).
     Mount(MountArgs),
+    /// Diagnose why a mount would fail: DNS, connection, TLS, clock, credentials, bucket,
+    /// listing, writes, multipart and copy, one line each with the fix. Exit 0 only when a
+    /// mount would work.
+    Check(CheckArgs),
     /// Print version and build information.
     Version,
     /// Internal: the per-volume FUSE server started by the node plugin.
@@ -171,4 +175,40 @@ pub enum UpgradeServersArg {
     Rolling,
     /// Leave running servers alone.
     Never,
+}
+
+/// `s3vol check` arguments: the same source, endpoint and credentials as `s3vol mount`,
+/// or a CSI volume (its volume id, attributes and node secret).
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// What a mount would use: `s3://BUCKET[/PREFIX]` or `file:///DIR` (not with --volume-id).
+    #[arg(required_unless_present = "volume_id", conflicts_with = "volume_id")]
+    pub source: Option<String>,
+    /// S3 endpoint URL (default: AWS for the region).
+    #[arg(long, env = "S3VOL_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// Signing region.
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    pub region: String,
+    /// Bucket addressing: path or virtual.
+    #[arg(long, default_value = "path")]
+    pub addressing_style: String,
+    /// Mount options, as for `s3vol mount` (checked for syntax; `ro` implies --read-only).
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+    /// Skip the steps that write (a probe object, a multipart upload, a copy): for
+    /// read-only volumes and credentials that may only read.
+    #[arg(long)]
+    pub read_only: bool,
+    /// A CSI volume id (a PV's volumeHandle), checked as the node would mount it.
+    #[arg(long)]
+    pub volume_id: Option<String>,
+    /// The volume's attributes (a PV's volumeAttributes / StorageClass parameters),
+    /// `KEY=VALUE`, repeated.
+    #[arg(long = "attribute", value_name = "KEY=VALUE", requires = "volume_id")]
+    pub attributes: Vec<String>,
+    /// The volume's node secret: `kubectl get secret NAME -o json` output, or
+    /// `KEY=VALUE` lines. Without it, keys come from the environment as for `s3vol mount`.
+    #[arg(long, requires = "volume_id")]
+    pub secret_file: Option<PathBuf>,
 }

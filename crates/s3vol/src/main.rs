@@ -1,7 +1,9 @@
 //! `s3vol`: the one binary. Subcommands: `csi` (the driver), `mount` (a standalone
-//! FUSE mount of a bucket or a local directory), `version`, and the internal
+//! FUSE mount of a bucket or a local directory), `check` (why a mount would fail),
+//! `version`, and the internal
 //! `fuse-server` the node plugin starts per volume.
 
+mod check;
 mod cli;
 mod csi_cmd;
 mod fuse_server;
@@ -17,6 +19,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         cli::Command::Csi(args) => csi_cmd::run(args),
         cli::Command::Mount(args) => mount_cmd::run(args),
+        cli::Command::Check(args) => check::run(args),
         cli::Command::FuseServer(args) => fuse_server::run(args),
         cli::Command::Version => {
             println!("{}", cli::version_text());

@@ -1227,3 +1227,66 @@ async fn pod_identity_keys_come_from_the_service_account_token_and_refresh_on_re
     assert!(log.contains("service-account token exchanged"), "{log}");
     assert!(!log.contains("sts-secret"), "a key in the log");
 }
+
+/// Pod identity against moto, an STS and S3 we did not write: the pod's token goes to
+/// moto's AssumeRoleWithWebIdentity (the AWS wire format, parsed by the AWS SDK), the
+/// temporary keys it returns mount the volume, and what the pod writes is in moto's S3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_identity_through_moto_sts() {
+    if !can_mount() {
+        return;
+    }
+    let Ok(moto) = std::env::var("S3VOL_MOTO_ENDPOINT") else {
+        s3vol_testkit::skip_or_fail("the moto STS case needs S3VOL_MOTO_ENDPOINT (moto_server)");
+        return;
+    };
+    let boto = |script: &str| {
+        let out = Command::new("python3")
+            .args(["-c", &format!("import boto3,sys\ns3 = boto3.client('s3', endpoint_url='{moto}', region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='y')\n{script}")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    boto("s3.create_bucket(Bucket='podid')");
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = Plugin::start(dir.path(), &moto, "5");
+    let (mut node, _) = plugin.clients().await;
+    let attrs: HashMap<String, String> = [
+        ("authenticationSource", "pod"),
+        ("roleArn", "arn:aws:iam::123456789012:role/app"),
+        ("stsEndpoint", moto.as_str()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let vid = "podid/pv-moto";
+    let staging = dir.path().join("staging");
+    node.node_stage_volume(stage_req(vid, &staging, attrs.clone(), HashMap::new())).await.unwrap();
+    let mut req = publish_req(vid, &staging, &dir.path().join("pods/a/vol"), false, HashMap::new());
+    req.volume_context = attrs.clone();
+    for (k, v) in [
+        ("csi.storage.k8s.io/pod.name", "app-0"),
+        ("csi.storage.k8s.io/pod.namespace", "team-a"),
+        ("csi.storage.k8s.io/pod.uid", "uid-1"),
+        ("csi.storage.k8s.io/serviceAccount.name", "app"),
+        (
+            "csi.storage.k8s.io/serviceAccount.tokens",
+            r#"{"sts.amazonaws.com":{"token":"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6dGVhbS1hOmFwcCJ9.c2ln","expirationTimestamp":"2030-01-01T00:00:00Z"}}"#,
+        ),
+    ] {
+        req.volume_context.insert(k.into(), v.into());
+    }
+    let target = std::path::PathBuf::from(&req.target_path);
+    node.node_publish_volume(req).await.unwrap();
+    std::fs::write(target.join("from-pod.txt"), b"keys from moto sts").unwrap();
+    assert_eq!(
+        boto("sys.stdout.write(s3.get_object(Bucket='podid', Key='pv-moto/from-pod.txt')['Body'].read().decode())"),
+        "keys from moto sts"
+    );
+    unpublish(&mut node, vid, &target).await;
+    unstage(&mut node, vid, &staging).await;
+    let log = std::fs::read_to_string(dir.path().join("plugin.log")).unwrap();
+    assert!(log.contains("service-account token exchanged"), "{log}");
+    assert!(!log.contains("eyJhbGciOiJSUzI1NiJ9"), "the token in the log");
+}

@@ -197,7 +197,10 @@ where
             let code = se.err().code().map(str::to_string);
             let msg = match se.err().message() {
                 Some(m) => m.to_string(),
-                None if code.is_none() => format!("{}", DisplayErrorContext(se.err())),
+                None if code.is_none() => {
+                    tracing::debug!(error = %DisplayErrorContext(se.err()), "{what}: error without a code");
+                    "the store sent no error code (HEAD answers carry none)".to_string()
+                }
                 None => String::new(),
             };
             classify(what, status, code, msg)
