@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use s3vol_store::{ListRequest, ObjectStore};
+use s3vol_store::{ErrorKind, ListPage, ListRequest, ObjectStore, StoreError, StoreResult};
 
 use crate::attr::FileKind;
 use crate::dir_index::DirIndex;
@@ -45,6 +45,19 @@ pub struct DirStream {
     after: Option<String>,
     /// The last page's last key or common prefix, relative to the directory.
     last_upto: Option<String>,
+    /// Whether the next page is requested as soon as one arrives (a reader going through
+    /// the whole directory: the LIST overlaps with what the reader does with the page).
+    read_ahead: bool,
+    /// The next page's request in flight, with the continuation token it continues from.
+    pending: Option<(String, tokio::task::JoinHandle<StoreResult<ListPage>>)>,
+}
+
+impl Drop for DirStream {
+    fn drop(&mut self) {
+        if let Some((_, h)) = self.pending.take() {
+            h.abort();
+        }
+    }
 }
 
 fn valid_name(n: &str) -> bool {
@@ -68,7 +81,15 @@ impl DirStream {
             build: None,
             after: None,
             last_upto: None,
+            read_ahead: false,
+            pending: None,
         }
+    }
+
+    /// Requests each next page while the reader takes the current one.
+    pub fn reading_ahead(mut self) -> Self {
+        self.read_ahead = true;
+        self
     }
 
     /// Lists from after `name` on, not from the directory's start.
@@ -96,7 +117,22 @@ impl DirStream {
                 self.build = index.begin(*dir, self.after.as_deref());
             }
         }
-        let page = self.store.list(&self.bucket, &req).await.map_err(|e| store_errno("readdir", &e))?;
+        let ahead = match self.pending.take() {
+            Some((token, h)) if req.continuation.as_deref() == Some(token.as_str()) => Some(h),
+            Some((_, h)) => {
+                h.abort();
+                None
+            }
+            None => None,
+        };
+        let page = match ahead {
+            Some(h) => match h.await {
+                Ok(res) => res,
+                Err(e) => Err(StoreError::new(ErrorKind::Other, format!("listing read-ahead task: {e}"))),
+            },
+            None => self.store.list(&self.bucket, &req).await,
+        };
+        let page = page.map_err(|e| store_errno("readdir", &e))?;
         self.started = true;
         let plen = self.dir_key.len();
         // The page's last key or common prefix, relative to the directory: where it stops.
@@ -130,6 +166,12 @@ impl DirStream {
         self.base += self.entries.len() as u64;
         self.token = page.next_continuation;
         self.done = self.token.is_none();
+        if let (true, Some(token), Ok(rt)) = (self.read_ahead, &self.token, tokio::runtime::Handle::try_current()) {
+            let mut next = ListRequest::directory(self.dir_key.clone());
+            next.continuation = Some(token.clone());
+            let (store, bucket) = (self.store.clone(), self.bucket.clone());
+            self.pending = Some((token.clone(), rt.spawn(async move { store.list(&bucket, &next).await })));
+        }
         if let Some((index, dir)) = &self.index {
             if let Some(id) = self.build {
                 let recorded = index.add_page(*dir, id, out.iter().map(|e| (e.name.as_str(), e.kind)));
@@ -169,6 +211,9 @@ impl DirStream {
             self.entries.clear();
             self.token = None;
             self.done = false;
+            if let Some((_, h)) = self.pending.take() {
+                h.abort();
+            }
             self.next_page().await?;
         }
         while index >= self.base + self.entries.len() as u64 && !self.done {

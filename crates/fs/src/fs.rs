@@ -475,7 +475,8 @@ impl Fs {
             HandleKind::Dir => {
                 let key = self.key(&i.path, FileKind::Dir);
                 let stream = DirStream::new(self.store.clone(), self.cfg.bucket.clone(), key, ino == ROOT_INO)
-                    .recording(self.index.clone(), ino);
+                    .recording(self.index.clone(), ino)
+                    .reading_ahead();
                 Handle::Dir { ino, stream }
             }
             HandleKind::Read => {
@@ -970,7 +971,8 @@ impl Fs {
         let i = self.dir_inode(ino)?;
         let key = self.key(&i.path, FileKind::Dir);
         let stream = DirStream::new(self.store.clone(), self.cfg.bucket.clone(), key, ino == ROOT_INO)
-            .recording(self.index.clone(), ino);
+            .recording(self.index.clone(), ino)
+            .reading_ahead();
         let fh = self.add_handle(Handle::Dir { ino, stream });
         self.log(JournalRecord::Open { fh, ino, kind: HandleKind::Dir });
         Ok(fh)
