@@ -1290,3 +1290,76 @@ async fn pod_identity_through_moto_sts() {
     assert!(log.contains("service-account token exchanged"), "{log}");
     assert!(!log.contains("eyJhbGciOiJSUzI1NiJ9"), "the token in the log");
 }
+
+/// A CSI ephemeral (inline) volume as kubelet drives it: NodePublish with no stage and
+/// no staging path, a kubelet-made volume id, the bucket and prefix in the pod's
+/// volumeAttributes, keys from the nodePublishSecretRef, `csi.storage.k8s.io/ephemeral:
+/// "true"`; NodeUnpublish alone ends it, leaving no mount, server or record behind. An
+/// inline volume without a bucket attribute is refused (the volume id is not a bucket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_ephemeral_volumes_are_mounted_for_the_pod_and_gone_with_it() {
+    if !can_mount() {
+        return;
+    }
+    let (srv, dir) = env().await;
+    srv.backend.put("shared", "inline/readme", b"from the bucket", &[]);
+    let plugin = Plugin::start(dir.path(), &srv.endpoint(), "5");
+    let (mut node, _) = plugin.clients().await;
+    let vid = "csi-6c0b2d6f2e1d4a7b9c3e8f0a1b2c3d4e5f60718293a4b5c6d7e8f9012345678";
+    // kubelet's layout: pods/<uid>/volumes/kubernetes.io~csi/<volume name>/mount
+    let target = dir.path().join("pods/uid-1/volumes/kubernetes.io~csi/data/mount");
+    let ctx: HashMap<String, String> = [
+        ("bucket", "shared"),
+        ("prefix", "inline"),
+        ("mountOptions", "uid=1000"),
+        ("csi.storage.k8s.io/ephemeral", "true"),
+        ("csi.storage.k8s.io/pod.name", "app-0"),
+        ("csi.storage.k8s.io/pod.namespace", "team-a"),
+        ("csi.storage.k8s.io/pod.uid", "uid-1"),
+        ("csi.storage.k8s.io/serviceAccount.name", "default"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let secrets: HashMap<String, String> =
+        [("accessKeyID".to_string(), ACCESS_KEY.to_string()), ("secretAccessKey".to_string(), SECRET_KEY.to_string())]
+            .into();
+    let publish = |ctx: HashMap<String, String>| pb::NodePublishVolumeRequest {
+        volume_id: vid.into(),
+        staging_target_path: String::new(),
+        target_path: target.display().to_string(),
+        volume_capability: cap(volume_capability::access_mode::Mode::SingleNodeWriter),
+        secrets: secrets.clone(),
+        volume_context: ctx,
+        ..Default::default()
+    };
+    node.node_publish_volume(publish(ctx.clone())).await.unwrap();
+    assert_eq!(std::fs::read(target.join("readme")).unwrap(), b"from the bucket");
+    std::fs::write(target.join("out.txt"), b"written by the pod").unwrap();
+    assert_eq!(srv.backend.get("shared", "inline/out.txt").unwrap(), &b"written by the pod"[..]);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(target.join("out.txt")).unwrap().uid(), 1000, "mountOptions apply");
+    // kubelet retries a publish it is unsure of: the same answer, nothing stacked.
+    node.node_publish_volume(publish(ctx.clone())).await.unwrap();
+    let mounts = mounted_under(dir.path());
+    assert_eq!(mounts.len(), 2, "the inline staging mount and the target: {mounts:?}");
+    let pid = server_pid(dir.path(), vid);
+
+    unpublish(&mut node, vid, &target).await;
+    assert_eq!(mounted_under(dir.path()), Vec::<String>::new());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "the inline volume's server still runs");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!target.parent().unwrap().join("s3vol-inline").exists(), "staging dir removed");
+    assert_eq!(std::fs::read_dir(dir.path().join("state/volumes")).unwrap().count(), 0, "no record left");
+    assert_eq!(srv.backend.get("shared", "inline/out.txt").unwrap(), &b"written by the pod"[..], "data kept");
+
+    let mut no_bucket = ctx.clone();
+    no_bucket.remove("bucket");
+    let e = node.node_publish_volume(publish(no_bucket)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("bucket"), "{}", e.message());
+    assert_eq!(mounted_under(dir.path()), Vec::<String>::new());
+}

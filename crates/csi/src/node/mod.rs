@@ -66,6 +66,15 @@ pub enum UpgradeServers {
     Never,
 }
 
+/// Where an inline volume's FUSE mount lives: beside its target, in the pod's volume dir.
+const EPHEMERAL_STAGING: &str = "s3vol-inline";
+
+/// Whether kubelet publishes a CSI ephemeral (inline) volume (it says so in the volume
+/// context when the CSIDriver asks for pod info).
+fn is_ephemeral(ctx: &HashMap<String, String>) -> bool {
+    ctx.get("csi.storage.k8s.io/ephemeral").is_some_and(|v| v == "true")
+}
+
 /// How long a server may take to drain at a handover.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -569,6 +578,7 @@ impl NodeService {
             resources: spec.server_resources.clone(),
             pod_identity: spec.pod_identity.clone(),
             identity_subject: None,
+            ephemeral: is_ephemeral(&r.volume_context),
         };
         if spec.pod_identity.is_some() {
             if secret.credentials.is_some() {
@@ -797,6 +807,44 @@ impl NodeService {
         Ok(())
     }
 
+    /// A CSI ephemeral (inline) volume: kubelet publishes it with no stage, its bucket,
+    /// prefix and options in the pod's `volumeAttributes` and its keys in the
+    /// `nodePublishSecretRef`. It is staged here, beside the target inside the pod's
+    /// volume directory (kubelet's, so it propagates like targets do), then published.
+    async fn publish_ephemeral(&self, r: pb::NodePublishVolumeRequest) -> CsiResult<()> {
+        if r.target_path.is_empty() {
+            return Err(CsiError::invalid("target_path is required"));
+        }
+        if r.volume_context.get("bucket").is_none_or(|b| b.is_empty()) {
+            return Err(CsiError::invalid(
+                "an inline (ephemeral) volume names its bucket in the volume attribute bucket (and its prefix in prefix)",
+            ));
+        }
+        let target = PathBuf::from(&r.target_path);
+        let staging = target
+            .parent()
+            .ok_or_else(|| CsiError::invalid(format!("target_path {} has no parent directory", target.display())))?
+            .join(EPHEMERAL_STAGING);
+        let staging_target_path = staging.to_string_lossy().into_owned();
+        self.stage(pb::NodeStageVolumeRequest {
+            volume_id: r.volume_id.clone(),
+            staging_target_path: staging_target_path.clone(),
+            volume_capability: r.volume_capability.clone(),
+            secrets: r.secrets.clone(),
+            volume_context: r.volume_context.clone(),
+            ..Default::default()
+        })
+        .await?;
+        let volume_id = r.volume_id.clone();
+        if let Err(e) = self.publish(pb::NodePublishVolumeRequest { staging_target_path, ..r }).await {
+            // Nothing of a failed inline volume stays behind: kubelet retries from scratch.
+            let staging = staging.to_string_lossy().into_owned();
+            let _ = self.unstage(pb::NodeUnstageVolumeRequest { volume_id, staging_target_path: staging }).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
     async fn unpublish(&self, r: pb::NodeUnpublishVolumeRequest) -> CsiResult<()> {
         if r.volume_id.is_empty() {
             return Err(CsiError::invalid("volume_id is required"));
@@ -957,7 +1005,12 @@ impl Node for NodeService {
         &self,
         req: Request<pb::NodePublishVolumeRequest>,
     ) -> Result<Response<pb::NodePublishVolumeResponse>, Status> {
-        self.publish(req.into_inner()).await?;
+        let r = req.into_inner();
+        if is_ephemeral(&r.volume_context) {
+            self.publish_ephemeral(r).await?;
+        } else {
+            self.publish(r).await?;
+        }
         Ok(Response::new(pb::NodePublishVolumeResponse {}))
     }
 
@@ -965,7 +1018,14 @@ impl Node for NodeService {
         &self,
         req: Request<pb::NodeUnpublishVolumeRequest>,
     ) -> Result<Response<pb::NodeUnpublishVolumeResponse>, Status> {
-        self.unpublish(req.into_inner()).await?;
+        let r = req.into_inner();
+        let volume_id = r.volume_id.clone();
+        self.unpublish(r).await?;
+        // An inline volume ends with its pod's unpublish (kubelet sends no unstage).
+        if let Some(rec) = self.inner.registry.load(&volume_id).filter(|rec| rec.ephemeral && rec.targets.is_empty()) {
+            let staging = rec.staging_path.to_string_lossy().into_owned();
+            self.unstage(pb::NodeUnstageVolumeRequest { volume_id, staging_target_path: staging }).await?;
+        }
         Ok(Response::new(pb::NodeUnpublishVolumeResponse {}))
     }
 

@@ -49,6 +49,9 @@ pub struct VolumeRecord {
     /// The service account (`namespace/name`) the volume is mounted for on this node.
     #[serde(default)]
     pub identity_subject: Option<String>,
+    /// A CSI ephemeral (inline) volume: staged by its publish, unstaged by its unpublish.
+    #[serde(default)]
+    pub ephemeral: bool,
 }
 
 /// The state directory.
