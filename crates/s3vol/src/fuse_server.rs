@@ -66,7 +66,7 @@ pub fn run(args: FuseServerArgs) -> anyhow::Result<()> {
         handoff::ControlListener::bind(&args.control).with_context(|| format!("binding {}", args.control.display()))?;
     let state = Arc::new(Mutex::new(State::default()));
     // The store's request counters, read by the node plugin over the control socket.
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok();
+    let metrics = crate::metrics::builder().install_recorder().ok();
     tracing::info!(control = %args.control.display(), pid = std::process::id(), "FUSE server waiting for a volume");
     loop {
         let conn = match listener.accept() {

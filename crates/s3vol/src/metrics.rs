@@ -14,11 +14,20 @@ pub fn serve(addr: SocketAddr) -> anyhow::Result<()> {
     serve_with(addr, Arc::new(|| Box::pin(async { Vec::new() })))
 }
 
+/// Latency buckets (seconds) of every `*_seconds` histogram: real histograms, not
+/// per-process summaries, so dashboards can aggregate quantiles across nodes and volumes.
+const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// The exporter every s3vol process uses (plugin, standalone mount, FUSE servers).
+pub fn builder() -> metrics_exporter_prometheus::PrometheusBuilder {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .expect("latency buckets are not empty")
+}
+
 /// As [`serve`], with `extra` expositions merged into every scrape.
 pub fn serve_with(addr: SocketAddr, extra: ExtraMetrics) -> anyhow::Result<()> {
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .map_err(|e| anyhow::anyhow!("--metrics-addr {addr}: {e}"))?;
+    let handle = builder().install_recorder().map_err(|e| anyhow::anyhow!("--metrics-addr {addr}: {e}"))?;
     let listener = std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("--metrics-addr {addr}: {e}"))?;
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;

@@ -1122,6 +1122,21 @@ async fn driver_name_default_region_and_csi_metrics() {
     assert_eq!(with_server.matches("# TYPE s3vol_store_requests_total ").count(), 1, "{with_server}");
     // The plugin's own check at stage is counted too.
     assert!(with_server.contains("volume=\"csi-driver\""), "{with_server}");
+    // A killed server is replaced on the same connection: the plugin counts it, and the
+    // volume is not abnormal once repaired.
+    let pid = server_pid(dir.path(), "shared/pv-region");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let replaced = "s3vol_node_server_replacements_total{volume=\"shared/pv-region\",kind=\"takeover\"} 1";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = scrape();
+        if text.contains(replaced) {
+            assert!(text.contains("s3vol_node_volume_abnormal{volume=\"shared/pv-region\"} 0"), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no replacement counted:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     unstage(&mut node, "shared/pv-region", &staging).await;
 
     let text = scrape();

@@ -9,6 +9,7 @@
 
 pub mod handoff;
 pub mod launcher;
+mod node_metrics;
 pub mod pod_launcher;
 pub mod registry;
 
@@ -180,6 +181,18 @@ impl NodeService {
         })
     }
 
+    /// Records why a volume is abnormal (reported as its VolumeCondition and metric).
+    fn set_abnormal(&self, volume_id: &str, reason: String) {
+        self.inner.conditions.lock().insert(volume_id.to_string(), reason);
+        node_metrics::abnormal(volume_id, true);
+    }
+
+    /// The volume is healthy again (or gone).
+    fn clear_abnormal(&self, volume_id: &str) {
+        self.inner.conditions.lock().remove(volume_id);
+        node_metrics::abnormal(volume_id, false);
+    }
+
     /// Where the launcher's server for `rec` listens, and which one it is.
     fn slot(&self, rec: &VolumeRecord) -> ServerSlot {
         let dir = self.inner.registry.dir(&rec.volume_id);
@@ -229,7 +242,7 @@ impl NodeService {
             if creds.is_none() && rec.static_credentials {
                 let reason = "credentials lost: neither the FUSE server nor the secrets tmpfs has this volume's keys; stage it again (restart the pods using it)".to_string();
                 tracing::error!(volume_id = %vid, "{reason}");
-                self.inner.conditions.lock().insert(vid.clone(), reason);
+                self.set_abnormal(&vid, reason);
             }
             self.inner.creds.lock().entry(vid.clone()).or_insert(creds);
             self.check_and_repair(&vid).await;
@@ -299,7 +312,14 @@ impl NodeService {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let how = self.repair(volume_id).await?;
+        let how = match self.repair(volume_id).await {
+            Ok(how) => how,
+            Err(e) => {
+                node_metrics::handover(volume_id, false);
+                return Err(e);
+            }
+        };
+        node_metrics::handover(volume_id, true);
         tracing::info!(volume_id, took = ?started.elapsed(), how, "handed over to a new server");
         Ok(how)
     }
@@ -354,23 +374,26 @@ impl NodeService {
         .await
         .unwrap_or(false);
         if healthy {
-            let mut c = self.inner.conditions.lock();
-            if c.get(volume_id).is_some_and(|r| !r.starts_with("credentials lost")) {
-                c.remove(volume_id);
+            let recovered =
+                self.inner.conditions.lock().get(volume_id).is_some_and(|r| !r.starts_with("credentials lost"));
+            if recovered {
+                self.clear_abnormal(volume_id);
             }
             return;
         }
         let reason = "FUSE server not running or mount broken; repairing".to_string();
         tracing::warn!(volume_id, "{reason}");
-        self.inner.conditions.lock().insert(volume_id.to_string(), reason);
+        self.set_abnormal(volume_id, reason);
         match self.repair(volume_id).await {
             Ok(how) => {
                 tracing::info!(volume_id, how, "mount repaired");
-                self.inner.conditions.lock().remove(volume_id);
+                node_metrics::server_replaced(volume_id, how);
+                self.clear_abnormal(volume_id);
             }
             Err(e) => {
                 tracing::error!(volume_id, error = %e, "repair failed; will retry");
-                self.inner.conditions.lock().insert(volume_id.to_string(), format!("repair failed: {e}"));
+                node_metrics::repair_failed(volume_id);
+                self.set_abnormal(volume_id, format!("repair failed: {e}"));
             }
         }
     }
@@ -698,7 +721,7 @@ impl NodeService {
         self.inner.registry.remove(&r.volume_id);
         self.inner.conns.lock().remove(&r.volume_id);
         self.inner.creds.lock().remove(&r.volume_id);
-        self.inner.conditions.lock().remove(&r.volume_id);
+        self.clear_abnormal(&r.volume_id);
         if staging.exists() {
             let _ = std::fs::remove_dir(&staging);
         }
