@@ -1,62 +1,68 @@
 #!/usr/bin/env bash
 # s3vol against a direct S3 client and the FUSE clients users compare it with, on the
-# same local S3 server, in one run, printing one table with ratios.
+# same local S3 server, in one run, printing one table with ratios. Everything it runs is
+# in bench/: server.sh (s3s-fs on loopback), s3.py (the direct boto3 client and the test
+# objects), workload.py (the FUSE workload, the same for every client).
 #
-# Usage: bench/run.sh            (as root; needs s3s-fs, python3 + boto3; s3fs/rclone optional)
-# Env:   SERVER=s3s-fs|moto  SIZE_MB=1024  RUNS=1 (3 for the published numbers)
-#        CLIENTS="s3vol s3vol-tuned s3fs rclone"  SHARED_BENCH=../shared/bench
+# Usage: bench/run.sh            (as root; needs s3s-fs and python3 + boto3; s3fs/rclone optional)
+# Env:   SIZE_MB=1024  RUNS=1 (3 for the published numbers)  LS_N=10000  SMALL_N=1000
+#        CLIENTS="s3vol s3vol-tuned s3fs rclone"  SKIP="" (phases to leave out: stat ls read write small)
 #        s3vol runs at its defaults (no -o: what users run, the headline); s3vol-tuned
 #        with S3VOL_TUNED_OPTS=part_size=16,upload_concurrency=8,list_attrs
 #        S3VOL_BASE_BIN=/path/to/older/s3vol: also runs that binary at its defaults as
 #        client "s3vol-base" and prints s3vol / s3vol-base ratios: a regression check in one run
-#        SKIP="" (phases to leave out: stat ls read write small)
+#        BENCH_DIR=/tmp/s3vol-bench (server data, mount point, results)
 # Per s3vol client it also prints the store requests of each phase (from the unmount log
 # line), so a change in request counts shows even when timings are noisy.
-# Install the peers once: apt-get install s3fs rclone fuse3;
-#   cargo install s3s-fs --version 0.14.1 --features binary --locked; pip install boto3
+# Install once: apt-get install s3fs rclone fuse3 python3-boto3 (or pip install boto3);
+#   cargo install s3s-fs --version 0.14.1 --features binary --locked
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}
-[ -d "$SHARED" ] || { echo "bench: shared bench scripts not found at $SHARED (set SHARED_BENCH)" >&2; exit 1; }
-export RUNS=${RUNS:-1} SIZE_MB=${SIZE_MB:-1024}
-export RESULTS=${RESULTS:-/tmp/bench/results-$(date +%Y%m%d-%H%M%S)}
-SERVER=${SERVER:-s3s-fs}
+BENCH=$ROOT/bench
+export BENCH_DIR=${BENCH_DIR:-/tmp/s3vol-bench}
+export RUNS=${RUNS:-1} SIZE_MB=${SIZE_MB:-1024} SKIP=${SKIP:-}
+export RESULTS=${RESULTS:-$BENCH_DIR/results-$(date +%Y%m%d-%H%M%S)}
+export ENDPOINT=http://127.0.0.1:${PORT:-9000} AK=testkey SK=testsecret BUCKET=bench
+export SRC=/dev/shm/s3vol-bench-src-${SIZE_MB}m
 CLIENTS=${CLIENTS:-"s3vol s3vol-tuned s3fs rclone"}
 if [ -n "${S3VOL_BASE_BIN:-}" ]; then
   [ -x "$S3VOL_BASE_BIN" ] || { echo "bench: S3VOL_BASE_BIN=$S3VOL_BASE_BIN is not an executable" >&2; exit 2; }
   case " $CLIENTS " in *" s3vol-base "*) ;; *) CLIENTS="s3vol-base $CLIENTS" ;; esac
 fi
 S3VOL_TUNED_OPTS=${S3VOL_TUNED_OPTS:-part_size=16,upload_concurrency=8,list_attrs}
-export SKIP=${SKIP:-}
+python3 -c 'import boto3' 2>/dev/null || { echo "bench: boto3 missing (pip install boto3)" >&2; exit 1; }
 mkdir -p "$RESULTS"
 
 cargo build --release -p s3vol --manifest-path "$ROOT/Cargo.toml" >&2
 S3VOL=$ROOT/target/release/s3vol
+if [ ! -f "$SRC" ] || [ "$(stat -c %s "$SRC")" != $((SIZE_MB * 1048576)) ]; then
+  head -c $((SIZE_MB * 1048576)) /dev/urandom > "$SRC"
+fi
 
-"$SHARED/stop-s3-server.sh" >/dev/null 2>&1 || true
-"$SHARED/start-s3-server.sh" "$SERVER" >&2
-trap '"$SHARED/stop-s3-server.sh" >/dev/null 2>&1 || true' EXIT
+"$BENCH/server.sh" stop >/dev/null 2>&1 || true
+"$BENCH/server.sh" start
+trap '"$BENCH/server.sh" stop >/dev/null 2>&1 || true' EXIT
+python3 "$BENCH/s3.py" setup "$SRC" "${LS_N:-10000}" >/dev/null
 
 echo "== direct client (boto3)" >&2
-"$SHARED/direct-throughput.sh" | tee "$RESULTS/direct.txt" >&2
+python3 "$BENCH/s3.py" direct "$SRC" | tee "$RESULTS/direct.txt" >&2
 
-export UNMOUNT_CMD='umount $MNT'
-# shellcheck disable=SC1091
-. "$SHARED/mount-cmds.sh"
+keys='env AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK'
 for c in $CLIENTS; do
   case $c in
-    s3vol)
-      cmd="env AWS_ACCESS_KEY_ID=\$AK AWS_SECRET_ACCESS_KEY=\$SK $S3VOL mount s3://\$BUCKET \$MNT --endpoint \$ENDPOINT --foreground 2>>$RESULTS/s3vol-mount.log" ;;
-    s3vol-tuned)
-      cmd="env AWS_ACCESS_KEY_ID=\$AK AWS_SECRET_ACCESS_KEY=\$SK $S3VOL mount s3://\$BUCKET \$MNT --endpoint \$ENDPOINT --foreground -o $S3VOL_TUNED_OPTS 2>>$RESULTS/s3vol-tuned-mount.log" ;;
-    s3vol-base)
-      cmd="env AWS_ACCESS_KEY_ID=\$AK AWS_SECRET_ACCESS_KEY=\$SK $S3VOL_BASE_BIN mount s3://\$BUCKET \$MNT --endpoint \$ENDPOINT --foreground 2>>$RESULTS/s3vol-base-mount.log" ;;
-    s3fs) command -v s3fs >/dev/null || { echo "bench: s3fs not installed, skipped" >&2; continue; }; cmd=$S3FS_CMD ;;
-    rclone) command -v rclone >/dev/null || { echo "bench: rclone not installed, skipped" >&2; continue; }; cmd=$RCLONE_OFF_CMD ;;
+    s3vol) cmd="$keys $S3VOL mount s3://\$BUCKET \$MNT --endpoint \$ENDPOINT --foreground 2>>$RESULTS/s3vol-mount.log" ;;
+    s3vol-tuned) cmd="$keys $S3VOL mount s3://\$BUCKET \$MNT --endpoint \$ENDPOINT --foreground -o $S3VOL_TUNED_OPTS 2>>$RESULTS/s3vol-tuned-mount.log" ;;
+    s3vol-base) cmd="$keys $S3VOL_BASE_BIN mount s3://\$BUCKET \$MNT --endpoint \$ENDPOINT --foreground 2>>$RESULTS/s3vol-base-mount.log" ;;
+    s3fs)
+      command -v s3fs >/dev/null || { echo "bench: s3fs not installed, skipped" >&2; continue; }
+      cmd='s3fs $BUCKET $MNT -f -o url=$ENDPOINT,use_path_request_style,passwd_file=$PASSWD_FILE,parallel_count=8,multipart_size=16,endpoint=us-east-1' ;;
+    rclone)
+      command -v rclone >/dev/null || { echo "bench: rclone not installed, skipped" >&2; continue; }
+      cmd='rclone mount :s3:$BUCKET $MNT --config /dev/null --s3-provider Other --s3-endpoint $ENDPOINT --s3-region us-east-1 --s3-access-key-id $AK --s3-secret-access-key $SK --s3-chunk-size 16M --s3-upload-concurrency 8 --vfs-cache-mode off' ;;
     *) echo "bench: unknown client $c" >&2; exit 2 ;;
   esac
   echo "== $c" >&2
-  "$SHARED/peer-fuse-bench.sh" "$c" "$cmd" >&2
+  python3 "$BENCH/workload.py" "$c" "$cmd"
 done
 
 python3 - "$RESULTS" <<'PY'
