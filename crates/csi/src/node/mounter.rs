@@ -1,0 +1,160 @@
+//! The node's mount operations behind a trait: the real one makes mount(2) calls (root
+//! only), the in-memory one ([`FakeMounter`]) lets the volume lifecycle be tested as any
+//! user. Every call may block (mount(2), FUSE INIT, the mount table), so the manager runs
+//! them on the blocking pool, never on the async workers.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+pub use s3vol_mount::MountHealth;
+
+/// What the node plugin does to mounts.
+pub trait Mounter: Send + Sync + 'static {
+    /// Mounts a FUSE filesystem at `target` (allow_other) and returns its connection.
+    fn mount_fuse(&self, target: &Path, fsname: &str, read_only: bool) -> std::io::Result<OwnedFd>;
+
+    /// Binds `source` at `target`, read-only in every mount namespace when asked.
+    fn bind(&self, source: &Path, target: &Path, read_only: bool) -> std::io::Result<()>;
+
+    /// Unmounts `path` if it is a mount point; a busy or broken mount is detached lazily.
+    fn unmount(&self, path: &Path) -> std::io::Result<()>;
+
+    /// Detaches `path` lazily, whatever its state (repairs); errors are ignored.
+    fn detach(&self, path: &Path);
+
+    /// Whether `path` is a mount point.
+    fn is_mount_point(&self, path: &Path) -> bool;
+
+    /// Whether the mount at `path` answers.
+    fn health(&self, path: &Path) -> MountHealth;
+
+    /// Aborts the FUSE connection mounted at `path` (its requests fail at once).
+    fn abort_connection(&self, path: &Path) -> std::io::Result<()>;
+}
+
+/// mount(2) and friends, through `s3vol_mount`.
+pub struct SystemMounter;
+
+impl Mounter for SystemMounter {
+    fn mount_fuse(&self, target: &Path, fsname: &str, read_only: bool) -> std::io::Result<OwnedFd> {
+        s3vol_mount::mount_fuse(target, fsname, true, read_only).map_err(std::io::Error::other)
+    }
+
+    fn bind(&self, source: &Path, target: &Path, read_only: bool) -> std::io::Result<()> {
+        s3vol_mount::bind_mount(source, target, read_only).map_err(std::io::Error::from)
+    }
+
+    fn unmount(&self, path: &Path) -> std::io::Result<()> {
+        if !s3vol_mount::is_mount_point(path) {
+            return Ok(());
+        }
+        match s3vol_mount::unmount(path) {
+            Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => Ok(()),
+            Err(_) => nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH).map_err(std::io::Error::from),
+        }
+    }
+
+    fn detach(&self, path: &Path) {
+        let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+    }
+
+    fn is_mount_point(&self, path: &Path) -> bool {
+        s3vol_mount::is_mount_point(path)
+    }
+
+    fn health(&self, path: &Path) -> MountHealth {
+        s3vol_mount::mount_health(path)
+    }
+
+    fn abort_connection(&self, path: &Path) -> std::io::Result<()> {
+        s3vol_mount::abort_connection(path)
+    }
+}
+
+/// What the fake knows of one mount point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FakeMount {
+    /// A FUSE mount (its connection was aborted when `aborted`).
+    Fuse { fsname: String, read_only: bool, aborted: bool },
+    /// A bind of `source`.
+    Bind { source: PathBuf, read_only: bool },
+}
+
+/// Mounts kept in memory: a table of mount points, and memfds for connections. Lets the
+/// lifecycle tests run without root; [`FakeMounter::mounts`] shows what a real node
+/// would have mounted.
+#[derive(Default)]
+pub struct FakeMounter {
+    table: Mutex<HashMap<PathBuf, FakeMount>>,
+}
+
+impl FakeMounter {
+    /// The mount table, sorted by path.
+    pub fn mounts(&self) -> Vec<(PathBuf, FakeMount)> {
+        let mut v: Vec<_> = self.table.lock().iter().map(|(p, m)| (p.clone(), m.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Forgets every mount, as a node reboot does.
+    pub fn reboot(&self) {
+        self.table.lock().clear();
+    }
+}
+
+impl Mounter for FakeMounter {
+    fn mount_fuse(&self, target: &Path, fsname: &str, read_only: bool) -> std::io::Result<OwnedFd> {
+        if !target.is_dir() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} is not a directory", target.display()),
+            ));
+        }
+        let conn = s3vol_mount::memfd("fake-fuse-connection")?;
+        let m = FakeMount::Fuse { fsname: fsname.to_string(), read_only, aborted: false };
+        self.table.lock().insert(target.to_path_buf(), m);
+        Ok(conn)
+    }
+
+    fn bind(&self, source: &Path, target: &Path, read_only: bool) -> std::io::Result<()> {
+        let mut t = self.table.lock();
+        if !t.contains_key(source) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} is not mounted", source.display()),
+            ));
+        }
+        t.insert(target.to_path_buf(), FakeMount::Bind { source: source.to_path_buf(), read_only });
+        Ok(())
+    }
+
+    fn unmount(&self, path: &Path) -> std::io::Result<()> {
+        self.table.lock().remove(path);
+        Ok(())
+    }
+
+    fn detach(&self, path: &Path) {
+        self.table.lock().remove(path);
+    }
+
+    fn is_mount_point(&self, path: &Path) -> bool {
+        self.table.lock().contains_key(path)
+    }
+
+    fn health(&self, path: &Path) -> MountHealth {
+        match self.table.lock().get(path) {
+            Some(FakeMount::Fuse { aborted: false, .. }) => MountHealth::Healthy,
+            Some(_) => MountHealth::Broken("connection aborted".into()),
+            None => MountHealth::NotMounted,
+        }
+    }
+
+    fn abort_connection(&self, path: &Path) -> std::io::Result<()> {
+        if let Some(FakeMount::Fuse { aborted, .. }) = self.table.lock().get_mut(path) {
+            *aborted = true;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,303 @@
+//! The node's volume lifecycle over fakes ([`FakeMounter`], [`FakeLauncher`]) and a
+//! local-directory store: no root, no FUSE, no processes, so it runs for every developer.
+//! What these show with fakes, `crates/s3vol/tests/node.rs` shows with real mounts.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use s3vol_csi::connect::DefaultStoreFactory;
+use s3vol_csi::node::fake_launcher::FakeLauncher;
+use s3vol_csi::node::mounter::{FakeMount, FakeMounter};
+use s3vol_csi::node::{NodeConfig, NodeService, UpgradeServers};
+use s3vol_csi::pb::node_server::Node;
+use s3vol_csi::pb::{self, volume_capability};
+use s3vol_csi::volume::Endpoint;
+use tonic::{Code, Request};
+
+struct Env {
+    dir: tempfile::TempDir,
+    /// A tmpfs for the node's copy of volume keys (as deployed), or none.
+    secrets: Option<tempfile::TempDir>,
+    mounter: Arc<FakeMounter>,
+    launcher: Arc<FakeLauncher>,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("store/shared")).unwrap();
+        Env {
+            dir,
+            secrets: None,
+            mounter: Arc::new(FakeMounter::default()),
+            launcher: Arc::new(FakeLauncher::default()),
+        }
+    }
+
+    /// With the secrets dir on a tmpfs (/dev/shm), as the DaemonSet mounts it.
+    fn with_secrets_tmpfs() -> Env {
+        Env { secrets: Some(tempfile::tempdir_in("/dev/shm").unwrap()), ..Env::new() }
+    }
+
+    /// A node plugin over the fakes (a new one over the same state dir = a restart).
+    fn node(&self) -> NodeService {
+        let cfg = NodeConfig {
+            node_id: "node-1".into(),
+            state_dir: self.dir.path().join("state"),
+            secrets_dir: self.secrets.as_ref().map(|d| d.path().to_path_buf()),
+            health_interval: Duration::from_secs(3600),
+            defaults: Endpoint {
+                url: Some(format!("file://{}", self.dir.path().join("store").display())),
+                ..Default::default()
+            },
+            upgrade_servers: UpgradeServers::Rolling,
+        };
+        NodeService::with_mounter(&cfg, self.launcher.clone(), Arc::new(DefaultStoreFactory), self.mounter.clone())
+            .unwrap()
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn volume_dir(&self, volume_id: &str) -> PathBuf {
+        let rec = std::fs::read_dir(self.path("state/volumes"))
+            .unwrap()
+            .flatten()
+            .find(|e| {
+                std::fs::read_to_string(e.path().join("record.json"))
+                    .is_ok_and(|t| t.contains(&format!("\"{volume_id}\"")))
+            })
+            .unwrap_or_else(|| panic!("no record of {volume_id}"));
+        rec.path()
+    }
+
+    fn mounts(&self) -> Vec<PathBuf> {
+        self.mounter.mounts().into_iter().map(|(p, _)| p).collect()
+    }
+}
+
+fn cap(mode: volume_capability::access_mode::Mode) -> Option<pb::VolumeCapability> {
+    Some(pb::VolumeCapability {
+        access_type: Some(volume_capability::AccessType::Mount(Default::default())),
+        access_mode: Some(volume_capability::AccessMode { mode: mode as i32 }),
+    })
+}
+
+fn keys() -> HashMap<String, String> {
+    [("accessKeyID".to_string(), "AK1".to_string()), ("secretAccessKey".to_string(), "SK1".to_string())].into()
+}
+
+fn stage(volume_id: &str, staging: &Path) -> Request<pb::NodeStageVolumeRequest> {
+    Request::new(pb::NodeStageVolumeRequest {
+        volume_id: volume_id.into(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: cap(volume_capability::access_mode::Mode::MultiNodeMultiWriter),
+        secrets: keys(),
+        ..Default::default()
+    })
+}
+
+fn publish(volume_id: &str, staging: &Path, target: &Path, readonly: bool) -> pb::NodePublishVolumeRequest {
+    pb::NodePublishVolumeRequest {
+        volume_id: volume_id.into(),
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: cap(volume_capability::access_mode::Mode::MultiNodeMultiWriter),
+        readonly,
+        ..Default::default()
+    }
+}
+
+fn unpublish(volume_id: &str, target: &Path) -> Request<pb::NodeUnpublishVolumeRequest> {
+    Request::new(pb::NodeUnpublishVolumeRequest {
+        volume_id: volume_id.into(),
+        target_path: target.display().to_string(),
+    })
+}
+
+fn unstage(volume_id: &str, staging: &Path) -> Request<pb::NodeUnstageVolumeRequest> {
+    Request::new(pb::NodeUnstageVolumeRequest {
+        volume_id: volume_id.into(),
+        staging_target_path: staging.display().to_string(),
+    })
+}
+
+const VOL: &str = "shared/pv-a";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_publish_unpublish_unstage_as_kubelet_calls_them() {
+    let env = Env::new();
+    let node = env.node();
+    let (staging, t1, t2) = (env.path("staging"), env.path("pods/a/vol"), env.path("pods/b/vol"));
+    node.node_stage_volume(stage(VOL, &staging)).await.unwrap();
+    node.node_stage_volume(stage(VOL, &staging)).await.unwrap(); // kubelet retries: same answer
+    let server = env.launcher.server_in(&env.volume_dir(VOL)).expect("a server");
+    assert!(server.serving && !server.resumed, "{server:?}");
+    assert_eq!(server.access_key.as_deref(), Some("AK1"), "the stage secret's keys reach the server");
+    assert_eq!(env.launcher.launches(), 1);
+
+    node.node_publish_volume(Request::new(publish(VOL, &staging, &t1, false))).await.unwrap();
+    node.node_publish_volume(Request::new(publish(VOL, &staging, &t2, true))).await.unwrap();
+    node.node_publish_volume(Request::new(publish(VOL, &staging, &t1, false))).await.unwrap();
+    let e = node.node_publish_volume(Request::new(publish(VOL, &staging, &t1, true))).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    let table = env.mounter.mounts();
+    assert_eq!(table.len(), 3, "{table:?}");
+    assert!(matches!(&table[0].1, FakeMount::Bind { source, read_only: false } if *source == staging), "{table:?}");
+    assert!(matches!(&table[1].1, FakeMount::Bind { read_only: true, .. }), "{table:?}");
+    assert!(matches!(&table[2].1, FakeMount::Fuse { read_only: false, aborted: false, .. }), "{table:?}");
+
+    node.node_unpublish_volume(unpublish(VOL, &t1)).await.unwrap();
+    node.node_unpublish_volume(unpublish(VOL, &t1)).await.unwrap(); // twice: still fine
+    node.node_unpublish_volume(unpublish(VOL, &t2)).await.unwrap();
+    assert_eq!(env.mounts(), vec![staging.clone()]);
+    let dir = env.volume_dir(VOL);
+    node.node_unstage_volume(unstage(VOL, &staging)).await.unwrap();
+    node.node_unstage_volume(unstage(VOL, &staging)).await.unwrap();
+    assert!(env.mounts().is_empty());
+    assert!(env.launcher.server_in(&dir).is_none(), "the server is stopped");
+    assert_eq!(std::fs::read_dir(env.path("state/volumes")).unwrap().count(), 0, "no record left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_the_wrong_state_get_the_csi_codes() {
+    let env = Env::new();
+    let node = env.node();
+    let (staging, t1, t2) = (env.path("staging"), env.path("pods/a/vol"), env.path("pods/b/vol"));
+    let e = node.node_publish_volume(Request::new(publish(VOL, &staging, &t1, false))).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "publish before stage: {e:?}");
+    node.node_stage_volume(stage(VOL, &staging)).await.unwrap();
+    let e = node.node_stage_volume(stage(VOL, &env.path("elsewhere"))).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "staged twice at different paths: {e:?}");
+    let single = |t: &Path| {
+        let mut r = publish(VOL, &staging, t, false);
+        r.volume_capability = cap(volume_capability::access_mode::Mode::SingleNodeSingleWriter);
+        Request::new(r)
+    };
+    node.node_publish_volume(single(&t1)).await.unwrap();
+    let e = node.node_publish_volume(single(&t2)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "ReadWriteOncePod at a second target: {e:?}");
+    let mut missing = stage("nosuch/pv", &env.path("staging2")).into_inner();
+    missing.volume_context.insert("bucket".into(), "nosuch".into());
+    let e = node.node_stage_volume(Request::new(missing)).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(e.message().contains("nosuch"), "{}", e.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_server_is_replaced_on_the_same_connection_with_no_remount() {
+    let env = Env::new();
+    let node = env.node();
+    let (staging, t1) = (env.path("staging"), env.path("pods/a/vol"));
+    node.node_stage_volume(stage(VOL, &staging)).await.unwrap();
+    node.node_publish_volume(Request::new(publish(VOL, &staging, &t1, false))).await.unwrap();
+    let before = env.mounter.mounts();
+    env.launcher.crash_all();
+    node.check_and_repair(VOL).await;
+    let server = env.launcher.server_in(&env.volume_dir(VOL)).expect("a new server");
+    assert!(server.serving && server.resumed, "took over the live connection: {server:?}");
+    assert_eq!(server.access_key.as_deref(), Some("AK1"), "with the volume's keys");
+    assert_eq!(env.mounter.mounts(), before, "nothing unmounted, aborted or re-bound");
+    assert_eq!(env.launcher.launches(), 2);
+    // A healthy volume is left alone.
+    node.check_and_repair(VOL).await;
+    assert_eq!(env.launcher.launches(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_plugin_takes_the_connection_back_or_remounts_when_nobody_holds_it() {
+    let env = Env::with_secrets_tmpfs();
+    let (staging, t1) = (env.path("staging"), env.path("pods/a/vol"));
+    {
+        let node = env.node();
+        node.node_stage_volume(stage(VOL, &staging)).await.unwrap();
+        node.node_publish_volume(Request::new(publish(VOL, &staging, &t1, false))).await.unwrap();
+    } // the plugin dies; its server lives on
+    let node = env.node();
+    node.recover().await;
+    assert_eq!(env.launcher.launches(), 1, "the live server is kept");
+    env.launcher.crash_all();
+    node.check_and_repair(VOL).await;
+    let server = env.launcher.server_in(&env.volume_dir(VOL)).expect("a new server");
+    assert!(server.resumed, "the plugin took the connection back and handed it on: {server:?}");
+    assert_eq!(server.access_key.as_deref(), Some("AK1"), "keys taken back from the old server");
+
+    // Plugin and server both gone: nobody holds the connection; the volume is mounted
+    // again and the target re-bound.
+    drop(node);
+    env.launcher.crash_all();
+    let node = env.node();
+    node.recover().await;
+    let server = env.launcher.server_in(&env.volume_dir(VOL));
+    assert!(server.as_ref().is_some_and(|s| s.serving && !s.resumed), "a fresh mount: {server:?}");
+    assert_eq!(server.unwrap().access_key.as_deref(), Some("AK1"), "keys from the secrets tmpfs");
+    let table = env.mounter.mounts();
+    assert!(table.iter().any(|(p, m)| *p == t1 && matches!(m, FakeMount::Bind { .. })), "{table:?}");
+}
+
+/// Without keys anywhere (no secrets tmpfs, server dead with the plugin) a volume staged
+/// with keys is reported abnormal, never "repaired" into a mount that cannot work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_its_keys_lost_a_volume_is_abnormal_not_repaired() {
+    let env = Env::new();
+    let (staging, t1) = (env.path("staging"), env.path("pods/a/vol"));
+    {
+        let node = env.node();
+        node.node_stage_volume(stage(VOL, &staging)).await.unwrap();
+        node.node_publish_volume(Request::new(publish(VOL, &staging, &t1, false))).await.unwrap();
+    }
+    env.launcher.crash_all();
+    let node = env.node();
+    node.recover().await;
+    assert_eq!(env.launcher.launches(), 1, "no server started without keys");
+    let stats = node
+        .node_get_volume_stats(Request::new(pb::NodeGetVolumeStatsRequest {
+            volume_id: VOL.into(),
+            volume_path: t1.display().to_string(),
+            ..Default::default()
+        }))
+        .await;
+    let condition = stats.unwrap().into_inner().volume_condition.expect("a condition");
+    assert!(condition.abnormal && condition.message.contains("credentials lost"), "{condition:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_of_a_new_binary_hands_every_volume_to_a_new_server() {
+    let env = Env::new();
+    let node = env.node();
+    let (staging, t1) = (env.path("staging"), env.path("pods/a/vol"));
+    node.node_stage_volume(stage(VOL, &staging)).await.unwrap();
+    node.node_publish_volume(Request::new(publish(VOL, &staging, &t1, false))).await.unwrap();
+    let before = env.mounter.mounts();
+    env.launcher.set_outdated(true);
+    node.spawn_rolling_upgrade().await.unwrap();
+    let server = env.launcher.server_in(&env.volume_dir(VOL)).expect("a new server");
+    assert!(server.resumed, "{server:?}");
+    assert_eq!(env.launcher.launches(), 2);
+    assert_eq!(env.mounter.mounts(), before, "no remount");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inline_volume_lives_and_ends_with_its_publish() {
+    let env = Env::new();
+    let node = env.node();
+    let target = env.path("pods/uid-1/volumes/kubernetes.io~csi/data/mount");
+    let mut r = publish("csi-0123abcd", Path::new(""), &target, false);
+    r.staging_target_path = String::new();
+    r.secrets = keys();
+    r.volume_context = [
+        ("bucket".to_string(), "shared".to_string()),
+        ("prefix".to_string(), "inline".to_string()),
+        ("csi.storage.k8s.io/ephemeral".to_string(), "true".to_string()),
+    ]
+    .into();
+    node.node_publish_volume(Request::new(r.clone())).await.unwrap();
+    let staging = target.parent().unwrap().join("s3vol-inline");
+    assert_eq!(env.mounts(), vec![target.clone(), staging.clone()]);
+    node.node_unpublish_volume(unpublish("csi-0123abcd", &target)).await.unwrap();
+    assert!(env.mounts().is_empty());
+    assert_eq!(std::fs::read_dir(env.path("state/volumes")).unwrap().count(), 0);
+}
