@@ -15,17 +15,23 @@ use crate::error::{CsiError, CsiResult};
 
 /// The volume-context key kubelet puts service-account tokens under.
 pub const TOKENS_ATTRIBUTE: &str = "csi.storage.k8s.io/serviceAccount.tokens";
-/// The token audience s3vol asks for (the CSIDriver's `tokenRequests`).
+/// The token audience s3vol asks for with AWS-style STS (the CSIDriver's `tokenRequests`).
 pub const AUDIENCE: &str = "sts.amazonaws.com";
+/// The token audience for Alibaba Cloud RRSA (`AssumeRoleWithOIDC`).
+pub const ALIBABA_AUDIENCE: &str = "sts.aliyuncs.com";
 
 /// Which role a pod-identity volume assumes, and through which STS.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodIdentity {
     /// Role to assume (`arn:aws:iam::123456789012:role/app`).
     pub role_arn: String,
-    /// STS endpoint; `None`: AWS's regional endpoint.
+    /// STS endpoint; `None`: AWS's regional endpoint (Alibaba's global one with RRSA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sts_endpoint: Option<String>,
+    /// Alibaba Cloud RRSA: the cluster's OIDC provider (`acs:ram::ACCOUNT:oidc-provider/NAME`);
+    /// the exchange is then `AssumeRoleWithOIDC` with a token for [`ALIBABA_AUDIENCE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc_provider_arn: Option<String>,
     /// Region the STS request is signed for.
     pub region: String,
 }
@@ -51,17 +57,31 @@ impl PodIdentity {
                         "{what} authenticationSource=pod needs roleArn (the role the pod's service account may assume)"
                     ))
                 })?;
-                if !role.starts_with("arn:") {
-                    return Err(CsiError::invalid(format!(
-                        "{what} roleArn={role:?} is not an ARN (arn:aws:iam::ACCOUNT:role/NAME)"
-                    )));
+                let oidc_provider_arn = ctx.get("oidcProviderArn").filter(|p| !p.is_empty()).cloned();
+                match &oidc_provider_arn {
+                    None if !role.starts_with("arn:") => {
+                        return Err(CsiError::invalid(format!(
+                            "{what} roleArn={role:?} is not an ARN (arn:aws:iam::ACCOUNT:role/NAME; an Alibaba RAM role acs:ram::ACCOUNT:role/NAME needs oidcProviderArn too)"
+                        )))
+                    }
+                    Some(p) if !role.starts_with("acs:ram::") || !p.starts_with("acs:ram::") => {
+                        return Err(CsiError::invalid(format!(
+                            "{what} oidcProviderArn={p:?} with roleArn={role:?}: Alibaba RRSA needs both as RAM ARNs (acs:ram::ACCOUNT:role/NAME, acs:ram::ACCOUNT:oidc-provider/NAME)"
+                        )))
+                    }
+                    _ => {}
                 }
                 let sts_endpoint = ctx
                     .get("stsEndpoint")
                     .filter(|e| !e.is_empty())
                     .map(|e| crate::volume::normalize_endpoint(e, &format!("{what} stsEndpoint")))
                     .transpose()?;
-                Ok(Some(PodIdentity { role_arn: role.clone(), sts_endpoint, region: region.to_string() }))
+                Ok(Some(PodIdentity {
+                    role_arn: role.clone(),
+                    sts_endpoint,
+                    region: region.to_string(),
+                    oidc_provider_arn,
+                }))
             }
             other => Err(CsiError::invalid(format!("{what} authenticationSource={other:?}: expected secret or pod"))),
         }
@@ -78,17 +98,27 @@ impl PodIdentity {
         }
     }
 
-    /// The pod's token for [`AUDIENCE`], from the publish's volume context.
-    pub fn token(ctx: &HashMap<String, String>) -> CsiResult<String> {
+    /// The audience of the token this volume's STS takes.
+    pub fn audience(&self) -> &'static str {
+        if self.oidc_provider_arn.is_some() {
+            ALIBABA_AUDIENCE
+        } else {
+            AUDIENCE
+        }
+    }
+
+    /// The pod's token for this volume's audience, from the publish's volume context.
+    pub fn token(&self, ctx: &HashMap<String, String>) -> CsiResult<String> {
+        let audience = self.audience();
         let missing = || {
             CsiError::FailedPrecondition(format!(
-                "kubelet sent no service-account token for audience {AUDIENCE}: the CSIDriver needs tokenRequests with that audience (deploy/kubernetes/overlays/credential-rotation)"
+                "kubelet sent no service-account token for audience {audience}: the CSIDriver needs tokenRequests with that audience (deploy/kubernetes/overlays/credential-rotation)"
             ))
         };
         let raw = ctx.get(TOKENS_ATTRIBUTE).ok_or_else(missing)?;
         let tokens: serde_json::Value = serde_json::from_str(raw)
             .map_err(|e| CsiError::invalid(format!("{TOKENS_ATTRIBUTE} is not JSON ({e})")))?;
-        tokens[AUDIENCE]["token"].as_str().filter(|t| !t.is_empty()).map(str::to_string).ok_or_else(missing)
+        tokens[audience]["token"].as_str().filter(|t| !t.is_empty()).map(str::to_string).ok_or_else(missing)
     }
 
     /// Exchanges the pod's token for temporary keys.
@@ -99,13 +129,26 @@ impl PodIdentity {
             .map(|c| if c.is_ascii_alphanumeric() || "+=,.@-_".contains(c) { c } else { '-' })
             .collect();
         session.truncate(64);
-        let req = s3vol_store::WebIdentityRequest {
-            endpoint: self.sts_endpoint.clone(),
-            region: self.region.clone(),
-            role_arn: self.role_arn.clone(),
-            session_name: session,
+        let temp = match &self.oidc_provider_arn {
+            Some(provider) => {
+                let req = s3vol_store::OidcRequest {
+                    endpoint: self.sts_endpoint.clone(),
+                    role_arn: self.role_arn.clone(),
+                    oidc_provider_arn: provider.clone(),
+                    session_name: session,
+                };
+                s3vol_store::assume_role_with_oidc(&req, token).await?
+            }
+            None => {
+                let req = s3vol_store::WebIdentityRequest {
+                    endpoint: self.sts_endpoint.clone(),
+                    region: self.region.clone(),
+                    role_arn: self.role_arn.clone(),
+                    session_name: session,
+                };
+                s3vol_store::assume_role_with_web_identity(&req, token).await?
+            }
         };
-        let temp = s3vol_store::assume_role_with_web_identity(&req, token).await?;
         tracing::info!(subject, role = %self.role_arn, expires_at = ?temp.expires_at, "service-account token exchanged for temporary keys");
         Ok(temp.credentials)
     }
@@ -142,6 +185,15 @@ mod tests {
             (vec![("authenticationSource", "pod"), ("roleArn", "role/r")], "not an ARN"),
             (vec![("authenticationSource", "token")], "\"token\""),
             (vec![("roleArn", "arn:aws:iam::1:role/r")], "authenticationSource"),
+            (vec![("authenticationSource", "pod"), ("roleArn", "acs:ram::1:role/r")], "needs oidcProviderArn"),
+            (
+                vec![
+                    ("authenticationSource", "pod"),
+                    ("roleArn", "arn:aws:iam::1:role/r"),
+                    ("oidcProviderArn", "acs:ram::1:oidc-provider/p"),
+                ],
+                "RAM ARNs",
+            ),
         ] {
             let e = PodIdentity::from_attributes(&map(&kv), "us-east-1", "volume attribute").unwrap_err();
             assert!(e.to_string().contains(says), "{kv:?}: {e}");
@@ -158,10 +210,35 @@ mod tests {
             ("csi.storage.k8s.io/pod.namespace", "team-a"),
             ("csi.storage.k8s.io/serviceAccount.name", "app"),
         ]);
-        assert_eq!(PodIdentity::token(&ctx).unwrap(), "tok-1");
+        let aws = PodIdentity::from_attributes(
+            &map(&[("authenticationSource", "pod"), ("roleArn", "arn:aws:iam::1:role/r")]),
+            "us-east-1",
+            "volume attribute",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(aws.token(&ctx).unwrap(), "tok-1");
         assert_eq!(PodIdentity::subject(&ctx).unwrap(), "team-a/app");
         let other_audience = map(&[(TOKENS_ATTRIBUTE, r#"{"vault":{"token":"t"}}"#)]);
-        assert!(PodIdentity::token(&other_audience).unwrap_err().to_string().contains("tokenRequests"));
+        assert!(aws.token(&other_audience).unwrap_err().to_string().contains("tokenRequests"));
+        // Alibaba RRSA takes the token kubelet made for sts.aliyuncs.com.
+        let rrsa = PodIdentity::from_attributes(
+            &map(&[
+                ("authenticationSource", "pod"),
+                ("roleArn", "acs:ram::1:role/r"),
+                ("oidcProviderArn", "acs:ram::1:oidc-provider/ack-rrsa-c1"),
+            ]),
+            "cn-hangzhou",
+            "volume attribute",
+        )
+        .unwrap()
+        .unwrap();
+        let both = map(&[(
+            TOKENS_ATTRIBUTE,
+            r#"{"sts.amazonaws.com":{"token":"aws-tok"},"sts.aliyuncs.com":{"token":"ali-tok"}}"#,
+        )]);
+        assert_eq!(rrsa.token(&both).unwrap(), "ali-tok");
+        assert!(rrsa.token(&ctx).unwrap_err().to_string().contains("sts.aliyuncs.com"));
         assert!(PodIdentity::subject(&map(&[])).unwrap_err().to_string().contains("podInfoOnMount"));
     }
 }

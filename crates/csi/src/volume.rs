@@ -275,11 +275,11 @@ impl ProvisionParams {
                 }
                 "mountPodMemory" => p.server_resources.memory = Some(validate_memory(v, "parameter mountPodMemory")?),
                 "mountPodCPU" => p.server_resources.cpu = Some(validate_cpu(v, "parameter mountPodCPU")?),
-                "authenticationSource" | "roleArn" | "stsEndpoint" => {} // below
+                "authenticationSource" | "roleArn" | "stsEndpoint" | "oidcProviderArn" => {} // below
                 k if k.starts_with("csi.storage.k8s.io/") => {}
                 other => {
                     return Err(CsiError::invalid(format!(
-                        "unknown StorageClass parameter {other:?} (known: bucket, prefix, endpoint, region, addressingStyle, onDelete, mountOptions, quota, mountPodMemory, mountPodCPU, authenticationSource, roleArn, stsEndpoint)"
+                        "unknown StorageClass parameter {other:?} (known: bucket, prefix, endpoint, region, addressingStyle, onDelete, mountOptions, quota, mountPodMemory, mountPodCPU, authenticationSource, roleArn, stsEndpoint, oidcProviderArn)"
                     )))
                 }
             }
@@ -422,6 +422,7 @@ const KNOWN_ATTRIBUTES: &[&str] = &[
     "authenticationSource",
     "roleArn",
     "stsEndpoint",
+    "oidcProviderArn",
 ];
 
 impl VolumeSpec {
@@ -602,6 +603,9 @@ impl VolumeSpec {
             m.insert("roleArn".into(), p.role_arn.clone());
             if let Some(e) = &p.sts_endpoint {
                 m.insert("stsEndpoint".into(), e.clone());
+            }
+            if let Some(o) = &p.oidc_provider_arn {
+                m.insert("oidcProviderArn".into(), o.clone());
             }
         }
         m.into_iter().collect()

@@ -1378,3 +1378,64 @@ async fn inline_ephemeral_volumes_are_mounted_for_the_pod_and_gone_with_it() {
     assert!(e.message().contains("bucket"), "{}", e.message());
     assert_eq!(mounted_under(dir.path()), Vec::<String>::new());
 }
+
+/// Alibaba Cloud RRSA as ACK sets it up: `roleArn` and `oidcProviderArn` (RAM ARNs), a
+/// token kubelet made for audience `sts.aliyuncs.com`; the plugin calls STS
+/// `AssumeRoleWithOIDC` (RPC style, JSON) and the temporary keys mount the volume. A
+/// token for the AWS audience only is refused with the audience named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alibaba_rrsa_exchanges_the_token_with_assume_role_with_oidc() {
+    if !can_mount() {
+        return;
+    }
+    let (srv, dir) = env().await;
+    let sts = s3vol_testkit::FakeSts::start(srv.control.clone()).await.unwrap();
+    sts.allow_token("rrsa-token-of-app");
+    let plugin = Plugin::start(dir.path(), &srv.endpoint(), "5");
+    let (mut node, _) = plugin.clients().await;
+    let attrs: HashMap<String, String> = [
+        ("authenticationSource", "pod"),
+        ("roleArn", "acs:ram::1234567890:role/oss-app"),
+        ("oidcProviderArn", "acs:ram::1234567890:oidc-provider/ack-rrsa-c0ffee"),
+        ("stsEndpoint", sts.url.as_str()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let vid = "shared/pv-rrsa";
+    let staging = dir.path().join("staging");
+    node.node_stage_volume(stage_req(vid, &staging, attrs.clone(), HashMap::new())).await.unwrap();
+    let target = dir.path().join("pods/a/vol");
+    let publish = |tokens: &str| {
+        let mut req = publish_req(vid, &staging, &target, false, HashMap::new());
+        req.volume_context = attrs.clone();
+        for (k, v) in [
+            ("csi.storage.k8s.io/pod.namespace", "team-a"),
+            ("csi.storage.k8s.io/serviceAccount.name", "app"),
+            ("csi.storage.k8s.io/serviceAccount.tokens", tokens),
+        ] {
+            req.volume_context.insert(k.into(), v.into());
+        }
+        req
+    };
+    let e =
+        node.node_publish_volume(publish(r#"{"sts.amazonaws.com":{"token":"rrsa-token-of-app"}}"#)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("sts.aliyuncs.com"), "{}", e.message());
+    node.node_publish_volume(publish(r#"{"sts.aliyuncs.com":{"token":"rrsa-token-of-app"}}"#)).await.unwrap();
+    std::fs::write(target.join("ali.txt"), b"keys from RRSA").unwrap();
+    assert_eq!(srv.backend.get("shared", "pv-rrsa/ali.txt").unwrap(), &b"keys from RRSA"[..]);
+    let ex = sts.exchanges();
+    assert_eq!(ex.len(), 1, "{ex:?}");
+    assert_eq!(ex[0].role_arn, "acs:ram::1234567890:role/oss-app");
+    assert_eq!(ex[0].oidc_provider_arn, "acs:ram::1234567890:oidc-provider/ack-rrsa-c0ffee");
+    assert!(ex[0].access_key.starts_with("STS."), "{ex:?}");
+    // A token STS refuses.
+    let e = node.node_publish_volume(publish(r#"{"sts.aliyuncs.com":{"token":"stolen"}}"#)).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("AuthenticationFail.OIDCToken.Invalid"), "{}", e.message());
+    unpublish(&mut node, vid, &target).await;
+    unstage(&mut node, vid, &staging).await;
+    let log = std::fs::read_to_string(dir.path().join("plugin.log")).unwrap();
+    assert!(!log.contains("rrsa-token-of-app"), "the token in the log");
+}

@@ -16,7 +16,10 @@
 //! - `faulty`: [`FaultyStore`], injected read failures for tests of the layers above.
 //! - `credentials`: [`CredentialSource`], static keys that can be rotated in place.
 //! - `location`: [`Location`], parsing `s3://bucket/prefix` and `file:///dir` URLs.
+//! - `sts`, `alibaba_sts`: service-account tokens exchanged for temporary keys
+//!   (`AssumeRoleWithWebIdentity`; Alibaba RRSA's `AssumeRoleWithOIDC`).
 
+mod alibaba_sts;
 mod counting;
 mod credentials;
 mod error;
@@ -31,6 +34,7 @@ mod store;
 mod sts;
 mod types;
 
+pub use alibaba_sts::{assume_role_with_oidc, OidcRequest};
 pub use counting::{CountingStore, RequestCounts};
 pub use credentials::{CredentialSource, StaticCredentials};
 pub use error::{ErrorKind, StoreError, StoreResult};

@@ -1,7 +1,9 @@
-//! An STS endpoint for tests that answers `AssumeRoleWithWebIdentity`: for a token the
-//! test allowed, it mints a fresh key pair, makes the [`crate::TestS3`] behind `control`
-//! accept it, and answers with it (the XML of the STS query API). Other tokens get
-//! `InvalidIdentityToken`. Every exchange is recorded for assertions.
+//! An STS endpoint for tests that answers AWS's `AssumeRoleWithWebIdentity` (XML of the STS
+//! query API) and Alibaba's `AssumeRoleWithOIDC` (RRSA: action in the query, JSON
+//! answer): for a token the test allowed, it mints a fresh key pair, makes the
+//! [`crate::TestS3`] behind `control` accept it, and answers with it. Other tokens get
+//! `InvalidIdentityToken` / `AuthenticationFail.OIDCToken.Invalid`. Every exchange is
+//! recorded for assertions.
 
 use std::sync::Arc;
 
@@ -22,6 +24,8 @@ pub struct Exchange {
     pub session_name: String,
     /// The access key minted (empty when the token was refused).
     pub access_key: String,
+    /// The OIDC provider named (Alibaba's call; empty for AWS's).
+    pub oidc_provider_arn: String,
 }
 
 #[derive(Default)]
@@ -46,7 +50,43 @@ fn form(body: &[u8], key: &str) -> Option<String> {
     })
 }
 
-fn answer(state: &Mutex<State>, control: &Control, body: &[u8]) -> (u16, String) {
+/// Alibaba's RPC-style call: `Action` (and Format, Version, Timestamp) in the query, the
+/// parameters as a form body, a JSON answer.
+fn answer_oidc(state: &Mutex<State>, control: &Control, query: &str, body: &[u8]) -> (u16, String) {
+    let q = query.as_bytes();
+    if form(q, "Format").as_deref() != Some("JSON") || form(q, "Version").as_deref() != Some("2015-04-01") {
+        return (
+            400,
+            r#"{"Code":"MissingParameter","Message":"Format=JSON and Version=2015-04-01 are required"}"#.into(),
+        );
+    }
+    let role_arn = form(body, "RoleArn").unwrap_or_default();
+    let oidc_provider_arn = form(body, "OIDCProviderArn").unwrap_or_default();
+    let session_name = form(body, "RoleSessionName").unwrap_or_default();
+    let token = form(body, "OIDCToken").unwrap_or_default();
+    let mut st = state.lock();
+    if !st.allowed.contains(&token) || oidc_provider_arn.is_empty() {
+        st.exchanges.push(Exchange { role_arn, session_name, access_key: String::new(), oidc_provider_arn });
+        return (
+            400,
+            r#"{"RequestId":"req-err","Code":"AuthenticationFail.OIDCToken.Invalid","Message":"The OIDC token is invalid"}"#.into(),
+        );
+    }
+    st.minted += 1;
+    let (ak, sk) = (format!("STS.ali{:06}", st.minted), format!("sts-secret-{}", st.minted));
+    control.add_key(&ak, &sk);
+    st.exchanges.push(Exchange { role_arn, session_name, access_key: ak.clone(), oidc_provider_arn });
+    let json = format!(
+        r#"{{"RequestId":"req-{n}","Credentials":{{"AccessKeyId":"{ak}","AccessKeySecret":"{sk}","SecurityToken":"session-{n}","Expiration":"2099-01-01T00:00:00Z"}}}}"#,
+        n = st.minted
+    );
+    (200, json)
+}
+
+fn answer(state: &Mutex<State>, control: &Control, query: &str, body: &[u8]) -> (u16, String) {
+    if form(query.as_bytes(), "Action").as_deref() == Some("AssumeRoleWithOIDC") {
+        return answer_oidc(state, control, query, body);
+    }
     if form(body, "Action").as_deref() != Some("AssumeRoleWithWebIdentity") {
         return (400, error("InvalidAction", "only AssumeRoleWithWebIdentity is served"));
     }
@@ -55,13 +95,15 @@ fn answer(state: &Mutex<State>, control: &Control, body: &[u8]) -> (u16, String)
     let token = form(body, "WebIdentityToken").unwrap_or_default();
     let mut st = state.lock();
     if !st.allowed.contains(&token) {
-        st.exchanges.push(Exchange { role_arn, session_name, access_key: String::new() });
+        let oidc_provider_arn = String::new();
+        st.exchanges.push(Exchange { role_arn, session_name, access_key: String::new(), oidc_provider_arn });
         return (400, error("InvalidIdentityToken", "the web identity token is not valid"));
     }
     st.minted += 1;
     let (ak, sk) = (format!("ASIASTS{:06}", st.minted), format!("sts-secret-{}", st.minted));
     control.add_key(&ak, &sk);
-    st.exchanges.push(Exchange { role_arn: role_arn.clone(), session_name, access_key: ak.clone() });
+    let oidc_provider_arn = String::new();
+    st.exchanges.push(Exchange { role_arn: role_arn.clone(), session_name, access_key: ak.clone(), oidc_provider_arn });
     let xml = format!(
         r#"<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
   <AssumeRoleWithWebIdentityResult>
@@ -103,8 +145,9 @@ impl FakeSts {
                     let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let (st, control) = (st.clone(), control.clone());
                         async move {
+                            let query = req.uri().query().unwrap_or_default().to_string();
                             let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            let (code, xml) = answer(&st, &control, &body);
+                            let (code, xml) = answer(&st, &control, &query, &body);
                             let resp = http::Response::builder()
                                 .status(code)
                                 .header("content-type", "text/xml")

@@ -440,7 +440,7 @@ impl VolumeManager {
                     r.volume_id
                 )));
             }
-            let token = PodIdentity::token(&r.volume_context)?;
+            let token = identity.token(&r.volume_context)?;
             secret.credentials = Some(identity.exchange(&subject, &token).await?);
             if rec.identity_subject.is_none() {
                 rec.identity_subject = Some(subject);
