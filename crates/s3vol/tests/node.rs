@@ -1439,3 +1439,66 @@ async fn alibaba_rrsa_exchanges_the_token_with_assume_role_with_oidc() {
     let log = std::fs::read_to_string(dir.path().join("plugin.log")).unwrap();
     assert!(!log.contains("rrsa-token-of-app"), "the token in the log");
 }
+
+/// fsGroup applies per publish: two pods of different fsGroups on one node each see the
+/// volume's files owned by their own group and can write (kubelet passes each pod's
+/// fsGroup as `volume_mount_group`, at stage for the first pod only). The second group
+/// gets a mount of its own beside the staging path, ended by its last unpublish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_pod_gets_its_own_fsgroup() {
+    if !can_mount() {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let (srv, dir) = env().await;
+    let plugin = Plugin::start(dir.path(), &srv.endpoint(), "5");
+    let (mut node, _) = plugin.clients().await;
+    let vid = "shared/pv-groups";
+    let with_group = |g: &str| {
+        Some(pb::VolumeCapability {
+            access_type: Some(volume_capability::AccessType::Mount(volume_capability::MountVolume {
+                volume_mount_group: g.into(),
+                ..Default::default()
+            })),
+            access_mode: Some(volume_capability::AccessMode {
+                mode: volume_capability::access_mode::Mode::MultiNodeMultiWriter as i32,
+            }),
+        })
+    };
+    let staging = dir.path().join("staging");
+    let mut stage = stage_req(vid, &staging, HashMap::new(), secrets(ACCESS_KEY, SECRET_KEY));
+    stage.volume_capability = with_group("1000");
+    node.node_stage_volume(stage).await.unwrap();
+    let publish = |target: &Path, g: &str| {
+        let mut r = publish_req(vid, &staging, target, false, HashMap::new());
+        r.volume_capability = with_group(g);
+        r
+    };
+    let (a, b) = (dir.path().join("pods/a/vol"), dir.path().join("pods/b/vol"));
+    node.node_publish_volume(publish(&a, "1000")).await.unwrap();
+    node.node_publish_volume(publish(&b, "2000")).await.unwrap();
+    node.node_publish_volume(publish(&b, "2000")).await.unwrap(); // kubelet retries
+    std::fs::write(a.join("from-a"), b"a").unwrap();
+    // Pod B (uid 3000, group 2000) writes next to it and sees the files as its group's.
+    let (ok, out) = sh(&format!(
+        "setpriv --reuid 3000 --regid 2000 --clear-groups sh -c 'echo b > {0}/from-b && stat -c %g {0}/from-a {0}/from-b'",
+        b.display()
+    ));
+    assert!(ok, "{out}");
+    assert_eq!(out, "2000\n2000\n");
+    assert_eq!(std::fs::metadata(a.join("from-a")).unwrap().gid(), 1000, "pod A still sees its group");
+    assert_eq!(srv.backend.get("shared", "pv-groups/from-b").unwrap(), &b"b\n"[..]);
+    assert_eq!(mounted_under(dir.path()).len(), 4, "two FUSE mounts, two binds: {:?}", mounted_under(dir.path()));
+
+    unpublish(&mut node, vid, &b).await;
+    assert_eq!(
+        mounted_under(dir.path()).len(),
+        2,
+        "the fsGroup 2000 mount ended with its pod: {:?}",
+        mounted_under(dir.path())
+    );
+    unpublish(&mut node, vid, &a).await;
+    unstage(&mut node, vid, &staging).await;
+    assert_eq!(mounted_under(dir.path()), Vec::<String>::new());
+    assert_eq!(std::fs::read_dir(dir.path().join("state/volumes")).unwrap().count(), 0, "no record left");
+}

@@ -116,6 +116,19 @@ pub(super) fn mount_group(cap: &pb::VolumeCapability) -> Option<String> {
     }
 }
 
+/// fsGroup semantics: the group owns everything and may write.
+pub(super) fn group_options(group: &str) -> CsiResult<Vec<String>> {
+    group
+        .parse::<u32>()
+        .map_err(|_| CsiError::invalid(format!("volume_mount_group={group:?} is not a numeric gid")))?;
+    Ok(vec![format!("gid={group}"), "file_mode=0664".into(), "dir_mode=0775".into(), "umask=0002".into()])
+}
+
+/// The record id of volume `volume_id` mounted again for pods of fsGroup `group`.
+pub(super) fn group_view_id(volume_id: &str, group: &str) -> String {
+    format!("{volume_id}#fsGroup={group}")
+}
+
 pub(super) fn mount_flags(cap: &pb::VolumeCapability) -> Vec<String> {
     match &cap.access_type {
         Some(volume_capability::AccessType::Mount(m)) => m.mount_flags.clone(),
@@ -217,10 +230,7 @@ impl VolumeManager {
         }
         let mut options = vec!["allow_other".to_string()];
         if let Some(g) = mount_group(cap) {
-            g.parse::<u32>()
-                .map_err(|_| CsiError::invalid(format!("volume_mount_group={g:?} is not a numeric gid")))?;
-            // fsGroup semantics: the group owns everything and may write.
-            options.extend([format!("gid={g}"), "file_mode=0664".into(), "dir_mode=0775".into(), "umask=0002".into()]);
+            options.extend(group_options(&g)?);
         }
         options.extend(spec.mount_options.iter().cloned());
         options.extend(mount_flags(cap));
@@ -278,6 +288,8 @@ impl VolumeManager {
             pod_identity: spec.pod_identity.clone(),
             identity_subject: None,
             ephemeral: is_ephemeral(&r.volume_context),
+            fs_group: mount_group(cap),
+            view_of: None,
         };
         if spec.pod_identity.is_some() {
             if secret.credentials.is_some() {
@@ -551,6 +563,72 @@ impl VolumeManager {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// A publish for a pod whose fsGroup is not the one the volume was staged with (two
+    /// pods of different groups on one node): the volume is mounted a second time on this
+    /// node, beside its staging path, with that group owning the files, and the pod gets
+    /// a bind of that mount. Keys are the staged volume's (a pod-identity volume exchanges
+    /// the publishing pod's token instead). The two mounts cache attributes separately,
+    /// as two nodes would: opens see each other's closed files, `ls` after the TTL.
+    pub(super) async fn publish_for_group(&self, r: pb::NodePublishVolumeRequest, group: String) -> CsiResult<()> {
+        let main = self.inner.registry.load(&r.volume_id).ok_or_else(|| {
+            CsiError::FailedPrecondition(format!("volume {:?} is not staged on this node", r.volume_id))
+        })?;
+        if main.staging_path != Path::new(&r.staging_target_path) {
+            return Err(CsiError::FailedPrecondition(format!(
+                "volume {:?} is staged at {}, not {}",
+                r.volume_id,
+                main.staging_path.display(),
+                r.staging_target_path
+            )));
+        }
+        let view_id = group_view_id(&r.volume_id, &group);
+        let staging = main.staging_path.with_file_name(format!("s3vol-fsgroup-{group}"));
+        if self.inner.registry.load(&view_id).is_none() {
+            let _guard = self.inner.inflight.claim(&view_id)?;
+            std::fs::create_dir_all(&staging).map_err(|e| io_err("create staging path", &staging, e))?;
+            let staged_group = match &main.fs_group {
+                Some(g) => group_options(g)?,
+                None => Vec::new(),
+            };
+            let mut options: Vec<String> =
+                main.config.options.iter().filter(|o| !staged_group.contains(o)).cloned().collect();
+            let at = options.len().min(1);
+            options.splice(at..at, group_options(&group)?);
+            let mut rec = VolumeRecord {
+                volume_id: view_id.clone(),
+                staging_path: staging.clone(),
+                fingerprint: format!("{}-fsgroup-{group}", main.fingerprint),
+                config: ServeConfig { volume_id: view_id.clone(), options, ..main.config.clone() },
+                targets: Vec::new(),
+                pid: 0,
+                static_credentials: main.static_credentials,
+                deferred: main.deferred || main.pod_identity.is_some(),
+                resources: main.resources.clone(),
+                pod_identity: main.pod_identity.clone(),
+                identity_subject: None,
+                ephemeral: false,
+                fs_group: Some(group.clone()),
+                view_of: Some(r.volume_id.clone()),
+            };
+            if !rec.deferred {
+                let creds = self.volume(&r.volume_id, |v| v.creds.clone().flatten());
+                let config = ServeConfig { credentials: creds.clone(), ..rec.config.clone() };
+                rec.pid = self.start_server(&rec, config).await?;
+                self.volume(&view_id, |v| v.creds = Some(creds.clone()));
+                self.inner.registry.save_credentials(&view_id, creds.as_ref());
+            }
+            self.inner.registry.save(&rec).map_err(|e| CsiError::Internal(e.to_string()))?;
+            tracing::info!(volume_id = %r.volume_id, fs_group = %group, "a pod of another fsGroup: the volume is mounted again on this node for that group");
+        }
+        let staging_target_path = staging.to_string_lossy().into_owned();
+        self.publish(pb::NodePublishVolumeRequest { volume_id: view_id, staging_target_path, ..r }).await
+    }
+
+    /// The per-fsGroup mounts of `volume_id` on this node.
+    pub(super) fn group_views(&self, volume_id: &str) -> Vec<VolumeRecord> {
+        self.inner.registry.all().into_iter().filter(|v| v.view_of.as_deref() == Some(volume_id)).collect()
     }
 
     pub(super) async fn unpublish(&self, r: pb::NodeUnpublishVolumeRequest) -> CsiResult<()> {

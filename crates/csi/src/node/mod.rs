@@ -27,8 +27,8 @@ use crate::connect::StoreFactory;
 use crate::pb::node_server::Node;
 use crate::pb::{self, node_service_capability, NodeServiceCapability};
 use launcher::Launcher;
-use manager::is_ephemeral;
 pub use manager::VolumeManager;
+use manager::{is_ephemeral, mount_group};
 pub use mounter::FakeMounter;
 use mounter::{Mounter, SystemMounter};
 
@@ -110,7 +110,14 @@ impl Node for NodeService {
         &self,
         req: Request<pb::NodeUnstageVolumeRequest>,
     ) -> Result<Response<pb::NodeUnstageVolumeResponse>, Status> {
-        self.unstage(req.into_inner()).await?;
+        let r = req.into_inner();
+        // Mounts for other fsGroups end with the volume (kubelet unpublished their pods).
+        for view in self.group_views(&r.volume_id) {
+            let staging = view.staging_path.to_string_lossy().into_owned();
+            self.unstage(pb::NodeUnstageVolumeRequest { volume_id: view.volume_id, staging_target_path: staging })
+                .await?;
+        }
+        self.unstage(r).await?;
         Ok(Response::new(pb::NodeUnstageVolumeResponse {}))
     }
 
@@ -119,8 +126,16 @@ impl Node for NodeService {
         req: Request<pb::NodePublishVolumeRequest>,
     ) -> Result<Response<pb::NodePublishVolumeResponse>, Status> {
         let r = req.into_inner();
+        let group = r.volume_capability.as_ref().and_then(mount_group);
+        let staged_group = self.inner.registry.load(&r.volume_id).map(|rec| rec.fs_group);
         if is_ephemeral(&r.volume_context) {
             self.publish_ephemeral(r).await?;
+        } else if let (Some(g), Some(staged)) = (group, staged_group) {
+            if staged.as_deref() == Some(g.as_str()) {
+                self.publish(r).await?;
+            } else {
+                self.publish_for_group(r, g).await?;
+            }
         } else {
             self.publish(r).await?;
         }
@@ -132,12 +147,26 @@ impl Node for NodeService {
         req: Request<pb::NodeUnpublishVolumeRequest>,
     ) -> Result<Response<pb::NodeUnpublishVolumeResponse>, Status> {
         let r = req.into_inner();
-        let volume_id = r.volume_id.clone();
+        let (volume_id, target) = (r.volume_id.clone(), PathBuf::from(&r.target_path));
         self.unpublish(r).await?;
-        // An inline volume ends with its pod's unpublish (kubelet sends no unstage).
+        // An inline volume ends with its pod's unpublish (kubelet sends no unstage), and
+        // so does the mount for another fsGroup with the last pod of that group.
         if let Some(rec) = self.inner.registry.load(&volume_id).filter(|rec| rec.ephemeral && rec.targets.is_empty()) {
             let staging = rec.staging_path.to_string_lossy().into_owned();
-            self.unstage(pb::NodeUnstageVolumeRequest { volume_id, staging_target_path: staging }).await?;
+            self.unstage(pb::NodeUnstageVolumeRequest { volume_id: volume_id.clone(), staging_target_path: staging })
+                .await?;
+        }
+        for view in self.group_views(&volume_id).into_iter().filter(|v| v.targets.iter().any(|t| t.path == target)) {
+            let view_id = view.volume_id.clone();
+            let r = pb::NodeUnpublishVolumeRequest {
+                volume_id: view_id.clone(),
+                target_path: target.to_string_lossy().into_owned(),
+            };
+            self.unpublish(r).await?;
+            if self.inner.registry.load(&view_id).is_some_and(|v| v.targets.is_empty()) {
+                let staging = view.staging_path.to_string_lossy().into_owned();
+                self.unstage(pb::NodeUnstageVolumeRequest { volume_id: view_id, staging_target_path: staging }).await?;
+            }
         }
         Ok(Response::new(pb::NodeUnpublishVolumeResponse {}))
     }

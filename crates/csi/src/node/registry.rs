@@ -52,6 +52,13 @@ pub struct VolumeRecord {
     /// A CSI ephemeral (inline) volume: staged by its publish, unstaged by its unpublish.
     #[serde(default)]
     pub ephemeral: bool,
+    /// The fsGroup the mount's files belong to (the pod's `volume_mount_group`).
+    #[serde(default)]
+    pub fs_group: Option<String>,
+    /// A second mount of volume `view_of` for pods of another fsGroup on this node:
+    /// made by a publish, ended with the last unpublish of that group.
+    #[serde(default)]
+    pub view_of: Option<String>,
 }
 
 /// The state directory.
