@@ -786,6 +786,12 @@ impl Fs {
         if i.expires > Instant::now() || (i.kind == FileKind::Dir && i.verified) || self.has_writer(ino) {
             return Ok(i.attr);
         }
+        // A file this mount removed while it was open: fstat keeps answering with its last
+        // attributes until the last close, as on a disk.
+        let unlinked = self.table.lock().child(i.parent, &i.name) != Some(ino);
+        if unlinked && !self.open_files.handles_of(ino).is_empty() {
+            return Ok(i.attr);
+        }
         self.verify(&i).await
     }
 

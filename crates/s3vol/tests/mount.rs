@@ -190,6 +190,12 @@ os.rename("draft", "final")
 f.write(b"second"); f.close()
 assert open("final", "rb").read() == b"first second"
 assert not os.path.exists("draft")
+# Opened read-only, then removed: fstat still answers with its size (until the close).
+open("kept", "wb").write(b"12345")
+fd = os.open("kept", os.O_RDONLY)
+os.unlink("kept")
+assert os.fstat(fd).st_size == 5, "fstat of an open, removed file"
+os.close(fd)
 print("ok")
 "#;
     let out = m.sh(&format!("python3 -c '{}'", script.replace('\'', "'\\''")));
