@@ -177,6 +177,8 @@ pub struct Fs {
     journal_gate: parking_lot::RwLock<()>,
     /// The volume's capacity in bytes (0: none), changed in place by an expansion.
     capacity: AtomicU64,
+    /// Multipart uploads of writers lost with a predecessor server, to abort.
+    abandoned: Mutex<Vec<(String, String)>>,
 }
 
 /// What [`Fs::restore`] rebuilt from a predecessor's journal.
@@ -259,6 +261,7 @@ impl Fs {
             journal: None,
             journal_gate: parking_lot::RwLock::new(()),
             capacity: AtomicU64::new(cfg_capacity),
+            abandoned: Mutex::new(Vec::new()),
         }
     }
 
@@ -314,6 +317,10 @@ impl Fs {
                 Ok(Handle::Write { ino, writer, .. }) => {
                     snapshot.push(JournalRecord::Open { fh, ino: *ino, kind: HandleKind::Write });
                     snapshot.push(JournalRecord::Dirty { fh, dirty: writer.is_dirty() });
+                    if let Some((key, upload_id)) = writer.upload() {
+                        let (key, upload_id) = (key.to_string(), upload_id.to_string());
+                        snapshot.push(JournalRecord::Upload { fh, key, upload_id });
+                    }
                 }
                 Ok(Handle::Restored { ino, kind, dirty, stream }) => {
                     snapshot.push(JournalRecord::Open { fh, ino: *ino, kind: *kind });
@@ -366,18 +373,29 @@ impl Fs {
             kind: HandleKind,
             dirty: bool,
             stream: Option<Box<StreamState>>,
+            /// The multipart upload it had started (key, id).
+            upload: Option<(String, String)>,
         }
         let mut open: HashMap<u64, Open> = HashMap::new();
         for r in records {
             match r {
                 JournalRecord::Node { ino, parent, kind, name } => nodes.push((ino, parent, kind, name)),
                 JournalRecord::Open { fh, ino, kind } => {
-                    open.insert(fh, Open { ino, kind, dirty: false, stream: None });
+                    open.insert(fh, Open { ino, kind, dirty: false, stream: None, upload: None });
                 }
                 JournalRecord::Dirty { fh, dirty } => {
                     if let Some(h) = open.get_mut(&fh) {
                         h.dirty = dirty;
                         h.stream = None;
+                        if !dirty {
+                            // Stored: the upload it had was completed.
+                            h.upload = None;
+                        }
+                    }
+                }
+                JournalRecord::Upload { fh, key, upload_id } => {
+                    if let Some(h) = open.get_mut(&fh) {
+                        h.upload = Some((key, upload_id));
                     }
                 }
                 JournalRecord::Stream { fh, state } => {
@@ -402,8 +420,12 @@ impl Fs {
         self.next_fh.fetch_max(max_fh + 1, Ordering::Relaxed);
         // The records stay in the journal this server appends to, so a successor of
         // this server reads them again; nothing is written twice.
-        for (fh, Open { ino, kind, dirty, stream }) in open {
+        for (fh, Open { ino, kind, dirty, stream, upload }) in open {
             out.lost_writers += usize::from(dirty);
+            if let (true, None, Some(u)) = (dirty, &stream, upload) {
+                // Its content died with the predecessor: the parts it sent are garbage.
+                self.abandoned.lock().push(u);
+            }
             out.streams += usize::from(stream.is_some());
             // Counted as a writer only once rebuilt (until then its attributes are the
             // store's), except a handed-over upload: its object does not exist yet, and
@@ -424,6 +446,22 @@ impl Fs {
         // Node ids of the predecessor are journaled again too (the journal is this
         // server's now; the predecessor's records stay in front of the new ones).
         out
+    }
+
+    /// Aborts the multipart uploads of writers whose content died with the predecessor
+    /// (see [`Fs::restore`]), so their parts do not stay in the store. Returns how many
+    /// were aborted; failures are logged (a bucket lifecycle rule catches what is left).
+    pub async fn abort_abandoned_uploads(&self) -> usize {
+        let uploads = std::mem::take(&mut *self.abandoned.lock());
+        let mut aborted = 0;
+        for (key, upload_id) in uploads {
+            match self.store.abort_multipart(&self.cfg.bucket, &key, &upload_id).await {
+                Ok(()) => aborted += 1,
+                Err(e) if e.is_not_found() => {}
+                Err(e) => tracing::warn!(key = %key, error = %e, "aborting a lost writer's upload failed"),
+            }
+        }
+        aborted
     }
 
     /// Prepares a graceful handover: every streaming upload is handed over mid-way (its
@@ -1208,7 +1246,14 @@ impl Fs {
             // Before the data is taken: a successor must know this handle holds some.
             self.log(JournalRecord::Dirty { fh, dirty: true });
         }
+        let had_upload = writer.upload_started();
         let n = writer.write(offset, data).await?;
+        if !had_upload {
+            if let Some((key, upload_id)) = writer.upload() {
+                let (key, upload_id) = (key.to_string(), upload_id.to_string());
+                self.log(JournalRecord::Upload { fh, key, upload_id });
+            }
+        }
         let size = writer.size();
         let ino = *ino;
         drop(g);

@@ -58,6 +58,17 @@ pub enum JournalRecord {
         /// Handle number.
         fh: u64,
     },
+    /// Writer `fh` started multipart upload `upload_id` of `key`: a successor that finds
+    /// the handle lost (its content died with the server) aborts the upload, so no
+    /// orphaned parts stay in the store (and on the bill).
+    Upload {
+        /// Handle number.
+        fh: u64,
+        /// The object key being uploaded.
+        key: String,
+        /// The store's upload id.
+        upload_id: String,
+    },
     /// Writer `fh`'s streaming upload, handed over mid-way (graceful handover): the
     /// successor continues it.
     Stream {
@@ -95,6 +106,7 @@ const TAG_OPEN: u8 = 2;
 const TAG_DIRTY: u8 = 3;
 const TAG_CLOSE: u8 = 4;
 const TAG_STREAM: u8 = 5;
+const TAG_UPLOAD: u8 = 6;
 
 fn kind_byte(k: FileKind) -> u8 {
     match k {
@@ -163,6 +175,12 @@ pub fn encode(rec: &JournalRecord) -> Vec<u8> {
         JournalRecord::Close { fh } => {
             p.extend_from_slice(&fh.to_le_bytes());
             TAG_CLOSE
+        }
+        JournalRecord::Upload { fh, key, upload_id } => {
+            p.extend_from_slice(&fh.to_le_bytes());
+            put_str(&mut p, key);
+            put_str(&mut p, upload_id);
+            TAG_UPLOAD
         }
         JournalRecord::Stream { fh, state } => {
             p.extend_from_slice(&fh.to_le_bytes());
@@ -253,6 +271,10 @@ fn decode_one(tag: u8, p: &[u8]) -> Option<JournalRecord> {
         TAG_DIRTY => JournalRecord::Dirty { fh: u64_at(p, 0)?, dirty: *p.get(8)? != 0 },
         TAG_CLOSE => JournalRecord::Close { fh: u64_at(p, 0)? },
         TAG_STREAM => return decode_stream(p),
+        TAG_UPLOAD => {
+            let mut c = Cursor { p, at: 0 };
+            JournalRecord::Upload { fh: c.u64()?, key: c.str()?, upload_id: c.str()? }
+        }
         _ => return None,
     })
 }
@@ -344,6 +366,7 @@ mod tests {
             JournalRecord::Dirty { fh: 7, dirty: false },
             JournalRecord::Close { fh: 7 },
             JournalRecord::Open { fh: 8, ino: 2, kind: HandleKind::Dir },
+            JournalRecord::Upload { fh: 7, key: "v/é.txt".into(), upload_id: "2~Xyz+/=".into() },
             JournalRecord::Stream {
                 fh: 9,
                 state: StreamState {

@@ -219,6 +219,14 @@ impl Writer {
         matches!(&self.mode, Mode::Streaming(s) if s.upload_id.is_some())
     }
 
+    /// The key and id of the multipart upload in progress, if one is.
+    pub fn upload(&self) -> Option<(&str, &str)> {
+        match &self.mode {
+            Mode::Streaming(s) => s.upload_id.as_deref().map(|id| (self.key.as_str(), id)),
+            _ => None,
+        }
+    }
+
     /// The file was renamed while open: pending content goes to `key` from now on.
     /// Call only when no upload has started (see [`Writer::upload_started`]).
     pub fn retarget(&mut self, key: String, put: PutOptions) {

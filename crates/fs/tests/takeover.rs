@@ -186,3 +186,44 @@ async fn the_journal_is_compacted_to_the_live_state() {
     assert_eq!(object(&store, "v/clean").await.as_deref(), Some(&b"ok"[..]));
     let _ = (dirty, clean);
 }
+
+/// A writer that had started a multipart upload dies with its server: the successor
+/// aborts that upload, so its parts do not linger in the store (and on the bill).
+#[tokio::test]
+async fn a_lost_writers_multipart_upload_is_aborted_by_the_successor() {
+    let store = Arc::new(MemoryStore::with_buckets(&[B]));
+    // Compacted at every chance: the upload must survive in the live-state snapshot.
+    let journal = Arc::new(MemoryJournal::with_threshold(1));
+    let opts = MountOptions::parse(&["part_size=5"]).unwrap();
+    let cfg = |o: MountOptions| FsConfig {
+        bucket: B.into(),
+        prefix: "v/".into(),
+        options: o,
+        capacity: None,
+        hard_quota: false,
+    };
+    let old = Fs::new(store.clone(), cfg(opts.clone())).journaled(journal.clone());
+    let (_, fh) = old.create(ROOT_INO, "big.bin", 0o644, ME).await.unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    for i in 0..12u64 {
+        old.write(fh, i << 20, &chunk).await.unwrap();
+    }
+    assert_eq!(store.open_uploads(), 1, "parts are on their way");
+    // More node ids: compactions replace the history by the live state.
+    for i in 0..3 {
+        let (_, other) = old.create(ROOT_INO, &format!("small{i}"), 0o644, ME).await.unwrap();
+        old.release(other).await.unwrap();
+        let a = old.lookup(ROOT_INO, &format!("small{i}")).await.unwrap();
+        old.forget(a.ino, 2); // the kernel forgets it: the next compaction leaves it out
+    }
+    drop(old); // killed: the upload is left open
+    let records = s3vol_fs::decode_all(&journal.bytes()).0;
+    assert!(!records.iter().any(|r| format!("{r:?}").contains("small0")), "compacted: {records:?}");
+
+    let new = Fs::new(store.clone(), cfg(opts));
+    let summary = new.restore(&journal.bytes());
+    assert_eq!(summary.lost_writers, 1, "{summary:?}");
+    assert_eq!(new.abort_abandoned_uploads().await, 1);
+    assert_eq!(store.open_uploads(), 0, "no orphaned upload left");
+    assert_eq!(new.write(fh, 12 << 20, b"x").await.unwrap_err(), Errno::EIO);
+}

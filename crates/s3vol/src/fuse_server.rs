@@ -243,6 +243,12 @@ fn start(
         );
     }
     let fs = Arc::new(fs);
+    if resume {
+        let aborted = rt.block_on(fs.abort_abandoned_uploads());
+        if aborted > 0 {
+            tracing::info!(aborted, "aborted the multipart uploads of writers lost with the previous server");
+        }
+    }
     if config.hard_quota {
         let used = rt
             .block_on(fs.measure_usage())
