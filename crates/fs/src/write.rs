@@ -48,7 +48,10 @@ impl Streaming {
         res: Result<(StoreResult<CompletedPart>, Bytes), tokio::task::JoinError>,
         keep: usize,
     ) -> FsResult<()> {
-        let (res, body) = res.map_err(|_| Errno::EIO)?;
+        let (res, body) = res.map_err(|e| {
+            tracing::error!(error = %e, "a part upload task failed");
+            Errno::EIO
+        })?;
         if let Ok(mut buf) = body.try_into_mut() {
             if self.spare.len() < keep {
                 buf.clear();
@@ -263,11 +266,11 @@ impl Writer {
             tracing::warn!(key = %self.key, size = self.size, limit = self.cfg.cache_limit, "file too large for the staging cache (cache_size)");
             return Err(Errno::EFBIG);
         }
-        std::fs::create_dir_all(&self.cfg.cache_dir).map_err(|_| Errno::EIO)?;
+        std::fs::create_dir_all(&self.cfg.cache_dir).map_err(|e| staging_errno("creating cache_dir", e))?;
         let path = self.cfg.cache_dir.join(format!("stage-{}-{}", std::process::id(), next_stage_id()));
         let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(|e| {
-            tracing::warn!(path = %path.display(), error = %e, "cannot create staging file in cache_dir");
-            Errno::EIO
+            tracing::warn!(path = %path.display(), "cannot create a staging file in cache_dir");
+            staging_errno("create", e)
         })?;
         let staged = Staged { file, path };
         match std::mem::replace(&mut self.mode, Mode::Committed) {
@@ -278,7 +281,7 @@ impl Writer {
                     tracing::warn!(key = %self.key, "out-of-order write after part of the file was uploaded; not supported (see SEMANTICS.md)");
                     return Err(Errno::EINVAL);
                 }
-                staged.file.write_all_at(&s.buf, 0).map_err(|_| Errno::EIO)?;
+                staged.file.write_all_at(&s.buf, 0).map_err(|e| staging_errno("write", e))?;
             }
             Mode::Committed if self.size > 0 => {
                 let resp =
@@ -287,7 +290,7 @@ impl Writer {
                 let mut off = 0u64;
                 while let Some(chunk) = body.next().await {
                     let chunk = chunk.map_err(|e| store_errno("stage", &e))?;
-                    staged.file.write_all_at(&chunk, off).map_err(|_| Errno::EIO)?;
+                    staged.file.write_all_at(&chunk, off).map_err(|e| staging_errno("write", e))?;
                     off += chunk.len() as u64;
                 }
                 self.size = off;
@@ -339,7 +342,7 @@ impl Writer {
         if off + data.len() as u64 > self.cfg.cache_limit {
             return Err(Errno::EFBIG);
         }
-        st.file.write_all_at(data, off).map_err(|_| Errno::EIO)?;
+        st.file.write_all_at(data, off).map_err(|e| staging_errno("write", e))?;
         self.size = self.size.max(off + data.len() as u64);
         self.dirty = true;
         Ok(data.len() as u32)
@@ -354,7 +357,7 @@ impl Writer {
             return Ok(Bytes::new());
         }
         let mut buf = vec![0u8; (end - off) as usize];
-        st.file.read_exact_at(&mut buf, off).map_err(|_| Errno::EIO)?;
+        st.file.read_exact_at(&mut buf, off).map_err(|e| staging_errno("read", e))?;
         Ok(Bytes::from(buf))
     }
 
@@ -384,7 +387,7 @@ impl Writer {
         }
         self.stage().await?;
         let Mode::Staged(st) = &self.mode else { unreachable!("staged above") };
-        st.file.set_len(size).map_err(|_| Errno::EIO)?;
+        st.file.set_len(size).map_err(|e| staging_errno("truncate", e))?;
         self.size = size;
         self.dirty = true;
         Ok(())
@@ -496,7 +499,7 @@ impl Writer {
                 }
             }
             Mode::Staged(st) => {
-                let file = st.file.try_clone().map_err(|_| Errno::EIO)?;
+                let file = st.file.try_clone().map_err(|e| staging_errno("reopen", e))?;
                 upload_file(self.store.clone(), &self.bucket, &self.key, &self.put, file, self.size, &self.cfg).await
             }
             Mode::Committed => Ok(()),
@@ -536,7 +539,7 @@ async fn upload_file(
 ) -> FsResult<()> {
     let read_part = |off: u64, len: u64| -> FsResult<Bytes> {
         let mut buf = vec![0u8; len as usize];
-        file.read_exact_at(&mut buf, off).map_err(|_| Errno::EIO)?;
+        file.read_exact_at(&mut buf, off).map_err(|e| staging_errno("read", e))?;
         Ok(Bytes::from(buf))
     };
     if size <= cfg.part_size {
@@ -571,6 +574,16 @@ async fn upload_file(
         let _ = store.abort_multipart(bucket, key, &id).await;
     }
     result
+}
+
+/// A failure of the local staging file (`cache_dir`), logged with its cause; a full or
+/// over-quota disk is ENOSPC to the application, anything else EIO.
+fn staging_errno(what: &str, e: std::io::Error) -> Errno {
+    tracing::warn!(error = %e, "staging file (cache_dir): {what} failed");
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => Errno::ENOSPC,
+        _ => Errno::EIO,
+    }
 }
 
 fn next_stage_id() -> u64 {

@@ -208,6 +208,27 @@ print("ok")
     assert_eq!(e.srv.backend.pending_uploads(), 0);
 }
 
+/// A full staging disk (`cache_dir`) is "No space left on device" to the writer (with
+/// the cause in the log), not a bare I/O error, and the object keeps its old content.
+#[test]
+fn a_full_cache_dir_is_enospc() {
+    if !can_mount() {
+        return;
+    }
+    let e = env();
+    let cache = tempfile::tempdir().unwrap();
+    let ok = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(cache.path()).status().unwrap();
+    assert!(ok.success());
+    e.srv.backend.put("bkt", "c/f", b"old", &[]);
+    let m = mount(&e, "s3://bkt/c", &[&format!("cache_dir={}", cache.path().display())]);
+    // Writing past the end of an existing object goes through the staging file.
+    let err = m.err("dd if=/dev/zero of=f bs=1M count=3 seek=1 conv=notrunc status=none");
+    assert!(err.contains("No space left on device"), "{err}");
+    drop(m);
+    let _ = Command::new("umount").arg(cache.path()).status();
+    assert_eq!(e.srv.backend.get("bkt", "c/f").as_deref(), Some(&b"old"[..]));
+}
+
 /// `s3vol mount --capacity N --hard-quota`, foreground and background: what is already
 /// stored counts, writes past the capacity fail with ENOSPC, df shows the capacity.
 #[test]
