@@ -963,6 +963,18 @@ impl Fs {
         }
     }
 
+    /// For copies that keep an object's metadata (renames): the mount's storage class
+    /// and encryption, which a plain copy would reset to the store's defaults.
+    fn copy_placement(&self) -> Option<PutOptions> {
+        let o = &self.cfg.options;
+        (o.storage_class.is_some() || o.sse.is_some()).then(|| PutOptions {
+            storage_class: o.storage_class.clone(),
+            sse: o.sse.clone(),
+            keep_metadata: true,
+            ..Default::default()
+        })
+    }
+
     fn put_options(&self, name: &str, stored: StoredMeta) -> PutOptions {
         let o = &self.cfg.options;
         PutOptions {
@@ -970,6 +982,7 @@ impl Fs {
             content_type: o.mime.then(|| content_type_for(name).to_string()),
             storage_class: o.storage_class.clone(),
             sse: o.sse.clone(),
+            keep_metadata: false,
         }
     }
 
@@ -1514,10 +1527,11 @@ impl Fs {
             loop {
                 let page = self.store.list(&self.cfg.bucket, &req).await.map_err(|e| store_errno("rename", &e))?;
                 let keys: Vec<String> = page.objects.into_iter().map(|o| o.key).collect();
+                let placement = self.copy_placement();
                 for k in &keys {
                     let dest = format!("{to}{}", &k[from.len()..]);
                     self.store
-                        .copy_object(&self.cfg.bucket, k, &dest, None)
+                        .copy_object(&self.cfg.bucket, k, &dest, placement.as_ref())
                         .await
                         .map_err(|e| store_errno("rename", &e))?;
                 }
@@ -1578,7 +1592,7 @@ impl Fs {
                 pending |= writer.is_dirty();
             }
         }
-        match self.store.copy_object(&self.cfg.bucket, &from, &to, None).await {
+        match self.store.copy_object(&self.cfg.bucket, &from, &to, self.copy_placement().as_ref()).await {
             Ok(()) => {
                 self.store.delete_object(&self.cfg.bucket, &from).await.map_err(|e| store_errno("rename", &e))?;
             }

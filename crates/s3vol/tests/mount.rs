@@ -621,6 +621,53 @@ fn core_cases_against_moto() {
     assert!(err.contains("No such file"), "{err}");
 }
 
+/// `storage_class` and `sse` on every path that writes an object, against moto (which
+/// keeps both): a new file, a chmod (metadata rewritten by a copy), a rename, and the
+/// files of a renamed directory. A plain copy would reset them to the store's defaults.
+#[test]
+fn storage_class_and_encryption_follow_every_write_path_against_moto() {
+    let Ok(endpoint) = std::env::var("S3VOL_MOTO_ENDPOINT") else {
+        s3vol_testkit::skip_or_fail("the moto mount cases need S3VOL_MOTO_ENDPOINT (moto_server)");
+        return;
+    };
+    if !can_mount() {
+        return;
+    }
+    let bucket = format!("sc-{}", std::process::id());
+    let boto = |script: &str| {
+        let out = Command::new("python3")
+            .args(["-c", &format!("import boto3,sys\ns3 = boto3.client('s3', endpoint_url='{endpoint}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\n{script}")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    boto(&format!("s3.create_bucket(Bucket='{bucket}')"));
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let child = mount_cmd_at(&endpoint, &format!("s3://{bucket}/p"), &mnt, &["storage_class=STANDARD_IA,sse=AES256"])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .arg("--foreground")
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !is_mounted(&mnt) {
+        assert!(Instant::now() < deadline, "moto mount did not appear");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let m = Mount { mnt, child: Some(child), _dir: dir };
+    m.ok("echo a > new && echo b > chmodded && chmod 600 chmodded && echo c > before && mv before renamed");
+    m.ok("mkdir d && echo e > d/inner && mv d moved");
+    let out = boto(&format!(
+        "for k in ['p/new', 'p/chmodded', 'p/renamed', 'p/moved/inner']:\n    h = s3.head_object(Bucket='{bucket}', Key=k)\n    print(k, h.get('StorageClass', 'STANDARD'), h.get('ServerSideEncryption'))"
+    ));
+    for k in ["p/new", "p/chmodded", "p/renamed", "p/moved/inner"] {
+        assert!(out.contains(&format!("{k} STANDARD_IA AES256")), "{k}:\n{out}");
+    }
+}
+
 /// With `list_attrs` a listing gives attributes without per-object metadata; a file kept
 /// private with chmod must stay private to other users right after an `ls -l`.
 #[test]

@@ -397,8 +397,8 @@ impl ObjectStore for FileStore {
         let dir = self.existing_bucket(bucket).await?;
         self.meta_of(bucket, src_key).await?;
         let opts = match replace {
-            Some(o) => o.clone(),
-            None => Self::read_meta(&dir, src_key).await,
+            Some(o) if !o.keep_metadata => o.clone(),
+            _ => Self::read_meta(&dir, src_key).await,
         };
         let data = if src_key.ends_with('/') {
             Vec::new()

@@ -219,13 +219,17 @@ impl ObjectStore for MemoryStore {
     ) -> StoreResult<()> {
         self.count();
         let obj = self.object(bucket, src_key)?;
+        let kept = PutOptions {
+            metadata: obj.meta.metadata.clone(),
+            content_type: obj.meta.content_type.clone(),
+            ..Default::default()
+        };
         let opts = match replace {
+            Some(o) if o.keep_metadata => {
+                PutOptions { storage_class: o.storage_class.clone(), sse: o.sse.clone(), ..kept }
+            }
             Some(o) => o.clone(),
-            None => PutOptions {
-                metadata: obj.meta.metadata.clone(),
-                content_type: obj.meta.content_type.clone(),
-                ..Default::default()
-            },
+            None => kept,
         };
         self.store(bucket, dst_key, obj.data, &opts)
     }

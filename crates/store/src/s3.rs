@@ -615,11 +615,17 @@ impl ObjectStore for S3Store {
     ) -> StoreResult<()> {
         let source = format!("{bucket}/{}", urlencoding::encode(src_key).replace("%2F", "/"));
         let mut req = self.client.copy_object().bucket(bucket).key(dst_key).copy_source(source);
-        if let Some(opts) = replace {
-            req = req
-                .metadata_directive(MetadataDirective::Replace)
-                .set_metadata(Some(opts.metadata.clone().into_iter().collect()))
-                .set_content_type(opts.content_type.clone());
+        match replace {
+            // The source's metadata, with the mount's storage class and encryption.
+            Some(opts) if opts.keep_metadata => {
+                req = req
+                    .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from))
+                    .set_server_side_encryption(opts.sse.as_deref().map(ServerSideEncryption::from));
+            }
+            // Metadata, content type, storage class and encryption, as for a PUT: a
+            // chmod must not move the object to the store's default class.
+            Some(opts) => req = with_put_options!(req.metadata_directive(MetadataDirective::Replace), opts),
+            None => {}
         }
         let err = match req.send().await {
             Ok(_) => return Ok(()),

@@ -80,6 +80,9 @@ pub struct PutOptions {
     pub storage_class: Option<String>,
     /// Server-side encryption (`AES256`, `aws:kms`), passed through.
     pub sse: Option<String>,
+    /// For a copy: keep the source's metadata and content type, apply only the storage
+    /// class and encryption (a rename must not move an object to the default class).
+    pub keep_metadata: bool,
 }
 
 /// A part of a multipart upload, as CompleteMultipartUpload needs it.

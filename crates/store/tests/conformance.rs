@@ -137,6 +137,13 @@ async fn check(s: &dyn ObjectStore, bucket: &str, flat_only: bool) {
         Some("33261")
     );
     assert_eq!(get_all(s, bucket, "copy/replaced", None).await, &b"hello world"[..]);
+    // A rename's copy: the source's metadata stays, only the placement is given.
+    let placement = PutOptions { storage_class: Some("STANDARD".into()), keep_metadata: true, ..Default::default() };
+    s.copy_object(bucket, "dir/a.txt", "copy/placed", Some(&placement)).await.unwrap();
+    assert_eq!(
+        s.head_object(bucket, "copy/placed").await.unwrap().metadata.get("mode").map(String::as_str),
+        Some("33188")
+    );
 
     // Deletes: a bucket with objects cannot go; delete-many empties it.
     assert_eq!(s.delete_bucket(bucket).await.unwrap_err().kind, ErrorKind::Conflict);
