@@ -388,11 +388,29 @@ fn read_only_mount_refuses_writes() {
     e.srv.backend.put("bkt", "ro/f", b"keep", &[]);
     let m = mount(&e, "s3://bkt/ro", &["ro"]);
     assert_eq!(m.ok("cat f"), "keep");
-    for cmd in ["touch g", "echo x > f", "rm f", "mkdir d"] {
+    // Every path that writes: create, write, truncate, setattr (mode, owner, times),
+    // rename, unlink, mkdir, rmdir, symlink, mknod.
+    e.srv.backend.put("bkt", "ro/d/x", b"", &[]);
+    for cmd in [
+        "touch g",
+        "echo x > f",
+        "echo x >> f",
+        "truncate -s 0 f",
+        "chmod 600 f",
+        "chown 1000 f",
+        "touch -d 2001-01-01 f",
+        "mv f f2",
+        "rm f",
+        "mkdir n",
+        "rmdir d",
+        "ln -s f l",
+        "mkfifo p",
+    ] {
         let err = m.err(cmd);
         assert!(err.contains("Read-only file system"), "{cmd}: {err}");
     }
     assert_eq!(e.srv.backend.get("bkt", "ro/f").unwrap(), &b"keep"[..]);
+    assert_eq!(e.srv.backend.keys("bkt"), vec!["ro/d/x".to_string(), "ro/f".to_string()], "nothing added or removed");
 }
 
 #[test]
