@@ -779,6 +779,11 @@ impl Fs {
         });
     }
 
+    /// Entries in the inode table (the kernel's references and what they need).
+    pub fn cached_inodes(&self) -> usize {
+        self.table.lock().len()
+    }
+
     /// The kernel dropped `n` references.
     pub fn forget(&self, ino: u64, n: u64) {
         self.table.lock().forget(ino, n);
@@ -1406,8 +1411,9 @@ impl Fs {
     async fn lookup_quiet(&self, parent: u64, name: &str) -> FsResult<Option<Inode>> {
         match self.lookup(parent, name).await {
             Ok(a) => {
-                self.table.lock().forget(a.ino, 1);
-                Ok(self.table.lock().get(a.ino).cloned())
+                let mut t = self.table.lock();
+                t.unref(a.ino, 1);
+                Ok(t.get(a.ino).cloned())
             }
             Err(Errno::ENOENT) => Ok(None),
             Err(e) => Err(e),

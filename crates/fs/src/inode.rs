@@ -253,6 +253,12 @@ impl InodeTable {
         self.negative.remove(&(parent, name.to_string()));
     }
 
+    /// Inodes held (never none: the root always is).
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> usize {
+        self.by_ino.len()
+    }
+
     /// Counts a kernel lookup.
     pub fn add_lookup(&mut self, ino: u64) {
         if self.unjournaled.contains(&ino) {
@@ -264,21 +270,37 @@ impl InodeTable {
         }
     }
 
-    /// The kernel forgot `n` lookups; unreferenced inodes whose name is gone are dropped.
+    /// Takes back a reference this mount counted for its own use (not the kernel's): the
+    /// entry stays cached.
+    pub fn unref(&mut self, ino: u64, n: u64) {
+        if let Some(i) = self.by_ino.get_mut(&ino) {
+            i.lookups = i.lookups.saturating_sub(n);
+        }
+    }
+
+    /// The kernel forgot `n` lookups. At none left, a file's entry is dropped (the kernel
+    /// asks again by name if it needs it); a directory's stays while it is named.
     pub fn forget(&mut self, ino: u64, n: u64) {
         if ino == crate::inode::ROOT_INO {
             return;
         }
-        let drop_it = match self.by_ino.get_mut(&ino) {
-            Some(i) => {
-                i.lookups = i.lookups.saturating_sub(n);
-                i.lookups == 0 && self.by_name.get(&(i.parent, i.name.clone())) != Some(&ino)
-            }
-            None => false,
-        };
-        if drop_it {
-            self.by_ino.remove(&ino);
+        let Some(i) = self.by_ino.get_mut(&ino) else { return };
+        i.lookups = i.lookups.saturating_sub(n);
+        if i.lookups > 0 {
+            return;
         }
+        let key = (i.parent, i.name.clone());
+        let named = self.by_name.get(&key) == Some(&ino);
+        // The kernel dropped its last reference: nothing will ask for this id again. A
+        // file's entry goes (a mount that listed millions of names keeps only what the
+        // kernel holds); a directory's stays, as cached children may still name it.
+        if named && i.kind == FileKind::Dir {
+            return;
+        }
+        if named {
+            self.by_name.remove(&key);
+        }
+        self.by_ino.remove(&ino);
     }
 
     /// Re-roots the paths of every inode below `old` at `new` (after a directory

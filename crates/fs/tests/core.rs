@@ -475,3 +475,29 @@ async fn close_to_open_across_two_mounts_at_the_default_ttl() {
     assert_eq!(read_all(&b, on_b.ino).await, b"second version", "open revalidates");
     assert_eq!(b.getattr(on_b.ino).await.unwrap().size, 14, "and the cache learns the new size");
 }
+
+/// The inode table keeps what the kernel holds, not everything ever looked up: files the
+/// kernel forgot leave it (the next lookup asks the store again), directories stay.
+#[tokio::test]
+async fn forgotten_files_leave_the_inode_table() {
+    let (store, fs) = setup();
+    for i in 0..100 {
+        put(&store, &format!("vol/many/f{i:03}"), b"x", &[]).await;
+    }
+    let d = fs.lookup(ROOT_INO, "many").await.unwrap();
+    let before = fs.cached_inodes();
+    let mut inos = Vec::new();
+    for i in 0..100 {
+        inos.push(fs.lookup(d.ino, &format!("f{i:03}")).await.unwrap().ino);
+    }
+    assert_eq!(fs.cached_inodes(), before + 100);
+    for ino in inos {
+        fs.forget(ino, 1);
+    }
+    assert_eq!(fs.cached_inodes(), before, "forgotten files are dropped");
+    fs.forget(d.ino, 1);
+    assert_eq!(fs.cached_inodes(), before, "a directory stays");
+    let requests = store.request_count();
+    assert_eq!(fs.lookup(d.ino, "f007").await.unwrap().size, 1);
+    assert!(store.request_count() > requests, "looked up again in the store");
+}

@@ -75,7 +75,9 @@ impl Drop for Mount {
             let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
         }
         if let Some(mut c) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(10);
+            // Generous: a loaded 2-core machine (CI, `stress`) makes exits slow; a hang
+            // still fails.
+            let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
                 if c.try_wait().unwrap().is_some() {
                     return;

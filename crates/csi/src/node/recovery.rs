@@ -164,26 +164,19 @@ impl VolumeManager {
 
     /// One health check of one volume; repairs it when its server or mount is gone.
     pub async fn check_and_repair(&self, volume_id: &str) {
-        let Ok(_guard) = self.inner.inflight.claim(volume_id) else { return };
-        let Some(rec) = self.inner.registry.load(volume_id) else { return };
-        if rec.deferred {
-            // Not mounted yet: nothing to check until its first publish.
-            return;
+        // The probe runs without the volume's claim: a CSI call meanwhile is not ABORTED
+        // by a health check (a ping may take seconds on a loaded node). Only a repair
+        // takes the claim, and looks again once it has it.
+        match self.healthy(volume_id).await {
+            None => return,
+            Some(true) => return self.clear_recovered(volume_id),
+            Some(false) => {}
         }
-        let vid = volume_id.to_string();
-        let me = self.clone();
-        let healthy = tokio::task::spawn_blocking(move || {
-            me.ping(&vid) && me.inner.mounter.health(&rec.staging_path) == MountHealth::Healthy
-        })
-        .await
-        .unwrap_or(false);
-        if healthy {
-            let recovered =
-                self.volume(volume_id, |v| v.condition.as_ref().is_some_and(|r| !r.starts_with("credentials lost")));
-            if recovered {
-                self.clear_abnormal(volume_id);
-            }
-            return;
+        let Ok(_guard) = self.inner.inflight.claim(volume_id) else { return };
+        match self.healthy(volume_id).await {
+            None => return,
+            Some(true) => return self.clear_recovered(volume_id),
+            Some(false) => {}
         }
         let reason = "FUSE server not running or mount broken; repairing".to_string();
         tracing::warn!(volume_id, "{reason}");
@@ -200,6 +193,24 @@ impl VolumeManager {
                 self.set_abnormal(volume_id, format!("repair failed: {e}"));
             }
         }
+    }
+
+    /// A healthy volume is normal again, unless its keys are lost (that needs a stage).
+    fn clear_recovered(&self, volume_id: &str) {
+        let recovered =
+            self.volume(volume_id, |v| v.condition.as_ref().is_some_and(|r| !r.starts_with("credentials lost")));
+        if recovered {
+            self.clear_abnormal(volume_id);
+        }
+    }
+
+    /// Whether the volume's server answers and its mount works; `None` when there is
+    /// nothing to check (unstaged, or staged without keys and not mounted yet).
+    async fn healthy(&self, volume_id: &str) -> Option<bool> {
+        let rec = self.inner.registry.load(volume_id).filter(|r| !r.deferred)?;
+        let (vid, me) = (volume_id.to_string(), self.clone());
+        let probe = move || me.ping(&vid) && me.inner.mounter.health(&rec.staging_path) == MountHealth::Healthy;
+        Some(tokio::task::spawn_blocking(probe).await.unwrap_or(false))
     }
 
     /// Replaces a dead (or unresponsive) server. With the volume's connection held, a
