@@ -301,3 +301,27 @@ async fn an_inline_volume_lives_and_ends_with_its_publish() {
     assert!(env.mounts().is_empty());
     assert_eq!(std::fs::read_dir(env.path("state/volumes")).unwrap().count(), 0);
 }
+
+/// A server that dies between the health check's ping and its stat of the mount leaves
+/// that stat waiting for a successor (the kernel resends it to one). The check must not
+/// wait for it — it is what starts the successor — and the health loop must go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_dying_during_a_health_check_is_still_replaced() {
+    let env = Env::new();
+    let node = env.node();
+    let (staging, t1) = (env.path("staging"), env.path("pods/a/vol"));
+    node.node_stage_volume(stage(VOL, &staging)).await.unwrap();
+    node.node_publish_volume(Request::new(publish(VOL, &staging, &t1, false))).await.unwrap();
+    env.mounter.hold_health();
+    let check = tokio::spawn({
+        let node = node.clone();
+        async move { node.check_and_repair(VOL).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await; // the ping answered; the stat waits
+    env.launcher.crash_all();
+    let done = tokio::time::timeout(Duration::from_secs(30), check).await;
+    env.mounter.release_health();
+    done.expect("the health check waited for its own stat").unwrap();
+    let server = env.launcher.server_in(&env.volume_dir(VOL)).expect("a new server");
+    assert!(server.resumed, "{server:?}");
+}

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 pub use s3vol_mount::MountHealth;
@@ -88,6 +89,9 @@ pub enum FakeMount {
 #[derive(Default)]
 pub struct FakeMounter {
     table: Mutex<HashMap<PathBuf, FakeMount>>,
+    /// While set, [`Mounter::health`] blocks, as a stat of a mount whose server died after
+    /// reading the request does until a successor answers it.
+    health_gate: Arc<(Mutex<bool>, parking_lot::Condvar)>,
 }
 
 impl FakeMounter {
@@ -96,6 +100,17 @@ impl FakeMounter {
         let mut v: Vec<_> = self.table.lock().iter().map(|(p, m)| (p.clone(), m.clone())).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+
+    /// From now on health checks of mounts block until [`FakeMounter::release_health`].
+    pub fn hold_health(&self) {
+        *self.health_gate.0.lock() = true;
+    }
+
+    /// Lets blocked health checks return.
+    pub fn release_health(&self) {
+        *self.health_gate.0.lock() = false;
+        self.health_gate.1.notify_all();
     }
 
     /// Forgets every mount, as a node reboot does.
@@ -144,6 +159,12 @@ impl Mounter for FakeMounter {
     }
 
     fn health(&self, path: &Path) -> MountHealth {
+        {
+            let mut held = self.health_gate.0.lock();
+            while *held {
+                self.health_gate.1.wait(&mut held);
+            }
+        }
         match self.table.lock().get(path) {
             Some(FakeMount::Fuse { aborted: false, .. }) => MountHealth::Healthy,
             Some(_) => MountHealth::Broken("connection aborted".into()),

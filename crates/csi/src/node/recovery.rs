@@ -16,6 +16,10 @@ use super::UpgradeServers;
 use crate::error::{CsiError, CsiResult};
 use s3vol_fs::MountOptions;
 
+/// How long a health check waits for a stat of a volume's mount before it asks the
+/// server directly.
+const MOUNT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl VolumeManager {
     pub async fn recover(&self) {
         let staged: Vec<String> = self.inner.registry.all().into_iter().map(|r| r.volume_id).collect();
@@ -208,9 +212,24 @@ impl VolumeManager {
     /// nothing to check (unstaged, or staged without keys and not mounted yet).
     async fn healthy(&self, volume_id: &str) -> Option<bool> {
         let rec = self.inner.registry.load(volume_id).filter(|r| !r.deferred)?;
+        if !self.ping_async(volume_id).await {
+            return Some(false);
+        }
+        // A stat of the mount: it is answered by the server, so a server that dies right
+        // after the ping leaves it waiting for the successor (the kernel resends it) —
+        // the one this check is about to start. Never wait for it here: past a few
+        // seconds, the server's own answer to a ping decides.
+        let (m, staging) = (self.inner.mounter.clone(), rec.staging_path.clone());
+        let probe = tokio::task::spawn_blocking(move || m.health(&staging) == MountHealth::Healthy);
+        match tokio::time::timeout(MOUNT_PROBE_TIMEOUT, probe).await {
+            Ok(answer) => Some(answer.unwrap_or(false)),
+            Err(_) => Some(self.ping_async(volume_id).await),
+        }
+    }
+
+    async fn ping_async(&self, volume_id: &str) -> bool {
         let (vid, me) = (volume_id.to_string(), self.clone());
-        let probe = move || me.ping(&vid) && me.inner.mounter.health(&rec.staging_path) == MountHealth::Healthy;
-        Some(tokio::task::spawn_blocking(probe).await.unwrap_or(false))
+        tokio::task::spawn_blocking(move || me.ping(&vid)).await.unwrap_or(false)
     }
 
     /// Replaces a dead (or unresponsive) server. With the volume's connection held, a
