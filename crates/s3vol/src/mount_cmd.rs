@@ -111,13 +111,9 @@ async fn prepare(args: &MountArgs, loc: &Location, list_v1: bool) -> anyhow::Res
         StoreKind::S3 => {
             // Keys in the environment are what the default chain would find first; using
             // them directly skips building the chain (most of the mount time).
-            let source = match (std::env::var("AWS_ACCESS_KEY_ID"), std::env::var("AWS_SECRET_ACCESS_KEY")) {
-                (Ok(ak), Ok(sk)) if !ak.is_empty() && !sk.is_empty() => CredentialSource::fixed(StaticCredentials {
-                    access_key_id: ak,
-                    secret_access_key: sk,
-                    session_token: std::env::var("AWS_SESSION_TOKEN").ok().filter(|t| !t.is_empty()),
-                }),
-                _ => CredentialSource::DefaultChain,
+            let source = match keys_from_env() {
+                Some(keys) => CredentialSource::fixed(keys),
+                None => CredentialSource::DefaultChain,
             };
             let mut cfg = S3Config::new(args.endpoint.clone(), args.region.clone(), source);
             cfg.addressing =
@@ -142,6 +138,19 @@ async fn prepare(args: &MountArgs, loc: &Location, list_v1: bool) -> anyhow::Res
         bail!("{what}");
     }
     Ok(store)
+}
+
+/// Keys in `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`), as
+/// `s3vol mount` and `s3vol check` take them before the default chain.
+pub(crate) fn keys_from_env() -> Option<StaticCredentials> {
+    match (std::env::var("AWS_ACCESS_KEY_ID"), std::env::var("AWS_SECRET_ACCESS_KEY")) {
+        (Ok(ak), Ok(sk)) if !ak.is_empty() && !sk.is_empty() => Some(StaticCredentials {
+            access_key_id: ak,
+            secret_access_key: sk,
+            session_token: std::env::var("AWS_SESSION_TOKEN").ok().filter(|t| !t.is_empty()),
+        }),
+        _ => None,
+    }
 }
 
 /// Checks the mount point before anything else: it exists, is a directory, and does not

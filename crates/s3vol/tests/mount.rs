@@ -593,16 +593,18 @@ fn posix_suite_as_a_non_root_user() {
 }
 
 /// The core coreutils cases against moto, a second S3 implementation (CI starts it).
-#[test]
-fn core_cases_against_moto() {
+/// A bucket of its own on moto (`S3VOL_MOTO_ENDPOINT`, set by `make test`) mounted at
+/// `s3://BUCKET/p` with `opts`; returns the mount, the bucket and the endpoint. `None`
+/// (after saying so) when moto or mounting is not available here.
+fn moto_mount(stem: &str, opts: &[&str]) -> Option<(Mount, String, String)> {
     let Ok(endpoint) = std::env::var("S3VOL_MOTO_ENDPOINT") else {
         s3vol_testkit::skip_or_fail("the moto mount cases need S3VOL_MOTO_ENDPOINT (moto_server)");
-        return;
+        return None;
     };
     if !can_mount() {
-        return;
+        return None;
     }
-    let bucket = format!("mnt-{}", std::process::id());
+    let bucket = format!("{stem}-{}", std::process::id());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let creds = s3vol_store::CredentialSource::fixed(s3vol_store::StaticCredentials {
@@ -618,7 +620,7 @@ fn core_cases_against_moto() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let child = mount_cmd_at(&endpoint, &format!("s3://{bucket}/p"), &mnt, &[])
+    let child = mount_cmd_at(&endpoint, &format!("s3://{bucket}/p"), &mnt, opts)
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .arg("--foreground")
@@ -629,7 +631,12 @@ fn core_cases_against_moto() {
         assert!(Instant::now() < deadline, "moto mount did not appear");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let m = Mount { mnt, child: Some(child), _dir: dir };
+    Some((Mount { mnt, child: Some(child), _dir: dir }, bucket, endpoint))
+}
+
+#[test]
+fn core_cases_against_moto() {
+    let Some((m, _, _)) = moto_mount("mnt", &[]) else { return };
     m.ok("mkdir -p a/b && echo hi > a/b/f && cp -r a c && mv c d && echo more >> d/b/f && ln -s f d/b/l");
     assert_eq!(m.ok("cat d/b/f d/b/l"), "hi\nmore\nhi\nmore\n");
     assert_eq!(m.ok("find a d | sort"), "a\na/b\na/b/f\nd\nd/b\nd/b/f\nd/b/l\n");
@@ -646,14 +653,7 @@ fn core_cases_against_moto() {
 /// files of a renamed directory. A plain copy would reset them to the store's defaults.
 #[test]
 fn storage_class_and_encryption_follow_every_write_path_against_moto() {
-    let Ok(endpoint) = std::env::var("S3VOL_MOTO_ENDPOINT") else {
-        s3vol_testkit::skip_or_fail("the moto mount cases need S3VOL_MOTO_ENDPOINT (moto_server)");
-        return;
-    };
-    if !can_mount() {
-        return;
-    }
-    let bucket = format!("sc-{}", std::process::id());
+    let Some((m, bucket, endpoint)) = moto_mount("sc", &["storage_class=STANDARD_IA,sse=AES256"]) else { return };
     let boto = |script: &str| {
         let out = Command::new("python3")
             .args(["-c", &format!("import boto3,sys\ns3 = boto3.client('s3', endpoint_url='{endpoint}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\n{script}")])
@@ -662,22 +662,6 @@ fn storage_class_and_encryption_follow_every_write_path_against_moto() {
         assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    boto(&format!("s3.create_bucket(Bucket='{bucket}')"));
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let child = mount_cmd_at(&endpoint, &format!("s3://{bucket}/p"), &mnt, &["storage_class=STANDARD_IA,sse=AES256"])
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .arg("--foreground")
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !is_mounted(&mnt) {
-        assert!(Instant::now() < deadline, "moto mount did not appear");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let m = Mount { mnt, child: Some(child), _dir: dir };
     m.ok("echo a > new && echo b > chmodded && chmod 600 chmodded && echo c > before && mv before renamed");
     m.ok("mkdir d && echo e > d/inner && mv d moved");
     let out = boto(&format!(

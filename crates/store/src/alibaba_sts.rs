@@ -3,7 +3,6 @@
 //! 2015-04-01). Like AWS's web-identity call it is unsigned: the token is the proof. The
 //! token and the keys never reach a log or an error.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -115,21 +114,8 @@ async fn post_form(url: &str, body: String) -> Result<(u16, Bytes), String> {
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     if tls {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(cert);
-        }
-        let config =
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
         let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
-        let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS: {e}"))?;
+        let stream = crate::tls::tls_connector()?.connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
         send(TokioIo::new(stream), req).await
     } else {
         send(TokioIo::new(tcp), req).await

@@ -18,6 +18,7 @@
 //! - `location`: [`Location`], parsing `s3://bucket/prefix` and `file:///dir` URLs.
 //! - `sts`, `alibaba_sts`: service-account tokens exchanged for temporary keys
 //!   (`AssumeRoleWithWebIdentity`; Alibaba RRSA's `AssumeRoleWithOIDC`).
+//! - `tls`: [`tls_connector`], the system's CAs for calls outside the AWS SDK.
 
 mod alibaba_sts;
 mod counting;
@@ -32,6 +33,7 @@ mod oss;
 mod s3;
 mod store;
 mod sts;
+mod tls;
 mod types;
 
 pub use alibaba_sts::{assume_role_with_oidc, OidcRequest};
@@ -45,4 +47,5 @@ pub use memory::MemoryStore;
 pub use s3::{signs_payload, AddressingStyle, S3Config, S3Store};
 pub use store::{collect_body, BodyStream, GetResponse, ObjectStore};
 pub use sts::{assume_role_with_web_identity, TemporaryCredentials, WebIdentityRequest};
+pub use tls::tls_connector;
 pub use types::{CompletedPart, ListPage, ListRequest, ListedObject, ObjectMeta, PutOptions};

@@ -204,9 +204,6 @@ impl VolumeManager {
         self.inner.launcher.socket_in(&self.inner.registry.dir(volume_id))
     }
 
-    /// Re-adopts the volumes recorded in the state dir: takes each live server's
-    /// connection and credentials back, so that it can be replaced later without a
-    /// remount, and repairs those whose server died.
     pub(super) async fn stage(&self, r: pb::NodeStageVolumeRequest) -> CsiResult<()> {
         if r.volume_id.is_empty() {
             return Err(CsiError::invalid("volume_id is required"));

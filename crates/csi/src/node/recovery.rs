@@ -21,6 +21,9 @@ use s3vol_fs::MountOptions;
 const MOUNT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl VolumeManager {
+    /// Re-adopts the volumes recorded in the state dir: takes each live server's
+    /// connection and credentials back, so that it can be replaced later without a
+    /// remount, and repairs those whose server died.
     pub async fn recover(&self) {
         let staged: Vec<String> = self.inner.registry.all().into_iter().map(|r| r.volume_id).collect();
         self.inner.launcher.remove_others(&staged).await;

@@ -2,7 +2,6 @@
 //! handshake and the server's clock, each on its own so a failure names its layer.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -77,23 +76,9 @@ pub async fn handshake(
     tcp: TcpStream,
     host: &str,
 ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, String), String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    for cert in found.certs {
-        let _ = roots.add(cert);
-    }
-    if roots.is_empty() {
-        return Err("no trusted CA certificates found on this machine (install ca-certificates)".into());
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let connector = s3vol_store::tls_connector()?;
     let name = rustls::pki_types::ServerName::try_from(host.to_string())
         .map_err(|e| format!("{host:?} is not a valid TLS server name: {e}"))?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     match tokio::time::timeout(STEP_TIMEOUT, connector.connect(name, tcp)).await {
         Err(_) => Err(format!("TLS handshake with {host} timed out after {}s", STEP_TIMEOUT.as_secs())),
         Ok(Err(e)) => Err(format!("TLS handshake with {host} failed: {e}")),

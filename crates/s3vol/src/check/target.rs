@@ -185,16 +185,9 @@ fn s3_place(explicit: Option<String>, region: String, addressing: AddressingStyl
 
 /// Keys from the environment, as `s3vol mount` takes them.
 fn env_keys() -> Keys {
-    match (std::env::var("AWS_ACCESS_KEY_ID"), std::env::var("AWS_SECRET_ACCESS_KEY")) {
-        (Ok(ak), Ok(sk)) if !ak.is_empty() && !sk.is_empty() => Keys::Fixed(
-            StaticCredentials {
-                access_key_id: ak,
-                secret_access_key: sk,
-                session_token: std::env::var("AWS_SESSION_TOKEN").ok().filter(|t| !t.is_empty()),
-            },
-            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from the environment".into(),
-        ),
-        _ => Keys::DefaultChain,
+    match crate::mount_cmd::keys_from_env() {
+        Some(keys) => Keys::Fixed(keys, "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from the environment".into()),
+        None => Keys::DefaultChain,
     }
 }
 
