@@ -23,8 +23,8 @@ clippy:
 # validation.
 test:
 	scripts/with-moto.sh cargo test --workspace
-	scripts/with-moto.sh scripts/csi-sanity.sh
-	scripts/with-moto.sh scripts/pjdfstest.sh
+	S3VOL_BIN=$(CURDIR)/target/debug/s3vol scripts/with-moto.sh scripts/csi-sanity.sh
+	S3VOL_BIN=$(CURDIR)/target/debug/s3vol scripts/with-moto.sh scripts/pjdfstest.sh
 	deploy/validate.sh
 
 check: fmt-check clippy test
