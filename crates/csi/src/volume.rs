@@ -399,8 +399,9 @@ pub struct VolumeSpec {
 /// `options`, Alibaba OSS `otherOpts`, Tencent COS `additional_args`.
 const FOREIGN_OPTION_ATTRIBUTES: &[&str] = &["otherOpts", "options", "additional_args"];
 
-/// Volume attributes we set on dynamic volumes or accept on static PVs.
-const KNOWN_ATTRIBUTES: &[&str] = &[
+/// Every volume attribute a PV or StorageClass may carry (ours and other drivers'), so a
+/// typo is refused by name instead of ignored.
+pub const KNOWN_ATTRIBUTES: &[&str] = &[
     "bucket",
     "prefix",
     "path",

@@ -57,6 +57,14 @@ pub struct MountOptions {
     /// listing's attributes expire, mode/owner/mtime shown for listed files are the mount's
     /// defaults (access is still checked against the object's own mode at open).
     pub list_attrs: bool,
+    /// Times a failed request (throttled, 5xx, reset, timed out) is tried again, with
+    /// jittered exponential backoff (1 s doubling to at most 20 s) between attempts.
+    pub retries: u32,
+    /// An attempt with no answer (headers) after this long is abandoned and retried.
+    pub request_timeout: Duration,
+    /// A download that receives no bytes for this long is abandoned and resumed from the
+    /// first missing byte (a stalled connection never hangs a read).
+    pub readwrite_timeout: Duration,
     /// Verbose logging of filesystem operations.
     pub debug: bool,
 }
@@ -86,6 +94,9 @@ impl Default for MountOptions {
             sse: None,
             mime: true,
             list_attrs: false,
+            retries: 4,
+            request_timeout: Duration::from_secs(120),
+            readwrite_timeout: Duration::from_secs(30),
             debug: false,
         }
     }
@@ -122,6 +133,16 @@ fn octal(name: &str, v: &str) -> Result<u32, OptionError> {
         .ok()
         .filter(|m| *m <= 0o7777)
         .ok_or_else(|| OptionError(format!("option {name}={v:?}: expected an octal mode such as 0755")))
+}
+
+/// A positive number of seconds (fractions allowed).
+fn seconds(name: &str, v: &str) -> Result<Duration, OptionError> {
+    // try_from: a value too large for a Duration (1e300) is refused, not a panic.
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| *s > 0.0)
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| OptionError(format!("option {name}={v:?}: expected a positive number of seconds")))
 }
 
 fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, OptionError> {
@@ -165,7 +186,10 @@ impl MountOptions {
                 }
                 "allow_other" => o.allow_other = flag(name, value)?,
                 "ro" => o.read_only = flag(name, value)?,
-                "stat_cache_ttl" => o.stat_cache_ttl = Duration::from_secs_f64(number::<f64>(name, need()?)?.max(0.0)),
+                "stat_cache_ttl" => {
+                    let v = need()?;
+                    o.stat_cache_ttl = if number::<f64>(name, v)? == 0.0 { Duration::ZERO } else { seconds(name, v)? };
+                }
                 "max_stat_cache_size" => o.max_stat_cache_size = number(name, need()?)?,
                 "list_type" => {
                     o.list_type = match need()? {
@@ -198,19 +222,31 @@ impl MountOptions {
                 "mime" => o.mime = flag(name, value)?,
                 "debug" => o.debug = flag(name, value)?,
                 "list_attrs" => o.list_attrs = flag(name, value)?,
+                "retries" => o.retries = number::<u32>(name, need()?)?.min(100),
+                "request_timeout" => o.request_timeout = seconds(name, need()?)?,
+                "readwrite_timeout" => o.readwrite_timeout = seconds(name, need()?)?,
                 n if IGNORED.contains(&n) => {}
                 n => {
                     let bare = n.trim_start_matches('-');
                     return Err(OptionError(match foreign_hint(bare) {
                         Some(instead) => format!("mount option {n:?} is not supported by s3vol: {instead}"),
                         None => format!(
-                            "unknown mount option {n:?} (supported: uid, gid, umask, file_mode, dir_mode, allow_other, ro, stat_cache_ttl, max_stat_cache_size, list_type, cache_dir, cache_size, read_ahead, part_size, upload_concurrency, storage_class, sse, mime, list_attrs, debug)"
+                            "unknown mount option {n:?} (supported: uid, gid, umask, file_mode, dir_mode, allow_other, ro, stat_cache_ttl, max_stat_cache_size, list_type, cache_dir, cache_size, read_ahead, part_size, upload_concurrency, storage_class, sse, mime, list_attrs, retries, request_timeout, readwrite_timeout, debug)"
                         ),
                     }));
                 }
             }
         }
         Ok(o)
+    }
+
+    /// Applies the options that shape the store client (listing version, retries,
+    /// timeouts): the one place every S3 client of a mount is configured from.
+    pub fn tune_store(&self, cfg: &mut s3vol_store::S3Config) {
+        cfg.list_v1 = self.list_type == 1;
+        cfg.max_attempts = self.retries + 1;
+        cfg.attempt_timeout = self.request_timeout;
+        cfg.body_timeout = self.readwrite_timeout;
     }
 
     /// Mode of a file: the mode stored on it (set by chmod or another tool), else
@@ -247,6 +283,28 @@ mod tests {
         );
         let o = MountOptions::parse(&["max_stat_cache_size=0", "allow_other", "ro"]).unwrap();
         assert!(o.read_only && o.allow_other && o.max_stat_cache_size == 0);
+    }
+
+    #[test]
+    fn retries_and_timeouts_reach_the_store_client() {
+        let o = MountOptions::parse(&["retries=7,request_timeout=45,readwrite_timeout=2.5"]).unwrap();
+        let mut cfg = s3vol_store::S3Config::new(None, "us-east-1", s3vol_store::CredentialSource::DefaultChain);
+        o.tune_store(&mut cfg);
+        assert_eq!(cfg.max_attempts, 8, "retries count after the first attempt");
+        assert_eq!(cfg.attempt_timeout, Duration::from_secs(45));
+        assert_eq!(cfg.body_timeout, Duration::from_millis(2500));
+        let mut d = s3vol_store::S3Config::new(None, "us-east-1", s3vol_store::CredentialSource::DefaultChain);
+        MountOptions::default().tune_store(&mut d);
+        assert_eq!((d.max_attempts, d.body_timeout), (5, Duration::from_secs(30)));
+        let e = MountOptions::parse(&["readwrite_timeout=0"]).unwrap_err().0;
+        assert!(e.contains("readwrite_timeout=\"0\"") && e.contains("positive"), "{e}");
+        assert!(MountOptions::parse(&["retries=-1"]).unwrap_err().0.contains("retries"));
+        // Found by fuzzing: values too large for a duration panicked.
+        for o in ["stat_cache_ttl=1e400", "request_timeout=1e300", "readwrite_timeout=NaN"] {
+            let e = MountOptions::parse(&[o]).unwrap_err().0;
+            assert!(e.contains(o.split('=').next().unwrap()), "{e}");
+        }
+        assert_eq!(MountOptions::parse(&["stat_cache_ttl=0"]).unwrap().stat_cache_ttl, Duration::ZERO);
     }
 
     #[test]

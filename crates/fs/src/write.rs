@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use s3vol_store::{CompletedPart, ObjectStore, PutOptions, StoreResult};
+use s3vol_store::{CompletedPart, ErrorKind, ObjectStore, PutOptions, StoreResult};
 use tokio::task::JoinSet;
 
 use crate::error::{store_errno, Errno, FsResult};
@@ -512,11 +512,35 @@ impl Writer {
             s.inflight.abort_all();
             if let Some(id) = s.upload_id.take() {
                 if let Err(e) = self.store.abort_multipart(&self.bucket, &self.key, &id).await {
-                    tracing::warn!(key = %self.key, error = %e, "could not abort multipart upload");
+                    tracing::warn!(key = %self.key, error = %e, "could not abort multipart upload; trying again in the background");
+                    abort_later(self.store.clone(), self.bucket.clone(), self.key.clone(), id);
                 }
             }
         }
     }
+}
+
+/// Pauses between background attempts to abort an upload: the store refused the abort
+/// (keys revoked, store down) at the time the write failed. About ten minutes in all.
+const ABORT_RETRY_PAUSES: [u64; 10] = [2, 4, 8, 16, 30, 60, 60, 120, 120, 180];
+
+/// Keeps trying to abort upload `id` of `key`, so a write that failed while the store was
+/// unreachable leaves no parts billed behind once it is back.
+fn abort_later(store: Arc<dyn ObjectStore>, bucket: String, key: String, id: String) {
+    tokio::spawn(async move {
+        for pause in ABORT_RETRY_PAUSES {
+            tokio::time::sleep(std::time::Duration::from_secs(pause)).await;
+            match store.abort_multipart(&bucket, &key, &id).await {
+                Ok(()) => {
+                    tracing::info!(%key, "aborted the failed write's multipart upload");
+                    return;
+                }
+                Err(e) if e.kind == ErrorKind::NotFound => return,
+                Err(_) => {}
+            }
+        }
+        tracing::warn!(%key, upload_id = %id, "gave up aborting a failed write's multipart upload: abort it with the store's tools or a lifecycle rule (AbortIncompleteMultipartUpload)");
+    });
 }
 
 async fn join_part(res: Result<StoreResult<CompletedPart>, tokio::task::JoinError>) -> FsResult<CompletedPart> {

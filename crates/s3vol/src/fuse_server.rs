@@ -206,7 +206,7 @@ fn start(
                 source.clone().unwrap_or(CredentialSource::DefaultChain),
             );
             cfg.addressing = config.addressing.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-            cfg.list_v1 = options.list_type == 1;
+            options.tune_store(&mut cfg);
             Arc::new(rt.block_on(S3Store::new(cfg))?)
         }
     };

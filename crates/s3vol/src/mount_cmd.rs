@@ -26,7 +26,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     }
     let ready = ready_pipe();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("s3vol-fs").build()?;
-    let result = rt.block_on(prepare(&args, &loc, opts.list_type == 1));
+    let result = rt.block_on(prepare(&args, &loc, &opts));
     let store = match result {
         Ok(s) => s,
         Err(e) => {
@@ -102,7 +102,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
 
 /// Builds the store and checks, before mounting, that the bucket and prefix can be
 /// reached with these credentials, so failures are one clear line, not a dead mount.
-async fn prepare(args: &MountArgs, loc: &Location, list_v1: bool) -> anyhow::Result<Arc<dyn ObjectStore>> {
+async fn prepare(args: &MountArgs, loc: &Location, opts: &MountOptions) -> anyhow::Result<Arc<dyn ObjectStore>> {
     let store: Arc<dyn ObjectStore> = match &loc.kind {
         StoreKind::File(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -118,7 +118,7 @@ async fn prepare(args: &MountArgs, loc: &Location, list_v1: bool) -> anyhow::Res
             let mut cfg = S3Config::new(args.endpoint.clone(), args.region.clone(), source);
             cfg.addressing =
                 args.addressing_style.parse().map_err(|e: String| anyhow::anyhow!("--addressing-style: {e}"))?;
-            cfg.list_v1 = list_v1;
+            opts.tune_store(&mut cfg);
             Arc::new(S3Store::new(cfg).await?)
         }
     };

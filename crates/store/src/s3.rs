@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use aws_credential_types::provider::{future, ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
-use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::retry::{RetryConfig, RetryPartition, TokenBucket};
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{IdentityCache, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -63,6 +63,9 @@ pub struct S3Config {
     pub attempt_timeout: Duration,
     /// Attempts per request, for throttling and transient failures.
     pub max_attempts: u32,
+    /// A GET body that delivers no bytes for this long ends with a retryable error
+    /// (the reader resumes it), so a stalled connection never hangs a read.
+    pub body_timeout: Duration,
     /// Part size of a multipart copy, used when the store refuses a single CopyObject
     /// (over 5 GiB on AWS).
     pub copy_part_size: u64,
@@ -90,6 +93,7 @@ impl S3Config {
             connect_timeout: Duration::from_secs(5),
             attempt_timeout: Duration::from_secs(120),
             max_attempts: 3,
+            body_timeout: Duration::from_secs(30),
             copy_part_size: 512 << 20,
             list_v1: false,
             sign_payload: None,
@@ -124,6 +128,7 @@ pub struct S3Store {
     copy_part_size: u64,
     list_v1: bool,
     sign_payload: bool,
+    body_timeout: Duration,
 }
 
 impl S3Store {
@@ -137,6 +142,11 @@ impl S3Store {
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .retry_config(RetryConfig::standard().with_max_attempts(cfg.max_attempts.max(1)))
+            // Every request gets its attempts, however many others failed: the SDK's
+            // default client-wide quota (500 tokens, 5 per retry) runs dry in a long
+            // throttling storm and turns every later hiccup into an error a file
+            // operation returns. Backoff still spaces the attempts.
+            .retry_partition(RetryPartition::custom("s3vol").token_bucket(TokenBucket::unlimited()).build())
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(cfg.connect_timeout)
@@ -174,6 +184,7 @@ impl S3Store {
             copy_part_size: cfg.copy_part_size.max(5 << 20),
             list_v1: cfg.list_v1,
             sign_payload: signs_payload(cfg.endpoint.as_deref(), cfg.sign_payload),
+            body_timeout: cfg.body_timeout,
         })
     }
 }
@@ -463,17 +474,17 @@ impl ObjectStore for S3Store {
             content_type: out.content_type().map(str::to_string),
         };
         let what = format!("GET {bucket}/{key}");
-        let body = futures::stream::unfold((out.body, what), |(mut body, what)| async move {
-            match body.next().await {
-                None => None,
-                Some(Ok(b)) => Some((Ok(b), (body, what))),
-                Some(Err(e)) => {
-                    let err = StoreError::new(
-                        ErrorKind::Unavailable,
-                        format!("{what}: body interrupted: {}", DisplayErrorContext(&e)),
-                    );
-                    Some((Err(err), (ByteStream::new(aws_smithy_types::body::SdkBody::empty()), what)))
-                }
+        let idle = self.body_timeout;
+        let body = futures::stream::unfold((out.body, what), move |(mut body, what)| async move {
+            let broken = |msg: String| {
+                let err = StoreError::new(ErrorKind::Unavailable, format!("{what}: {msg}"));
+                Some((Err(err), (ByteStream::new(aws_smithy_types::body::SdkBody::empty()), what.clone())))
+            };
+            match tokio::time::timeout(idle, body.next()).await {
+                Ok(None) => None,
+                Ok(Some(Ok(b))) => Some((Ok(b), (body, what))),
+                Ok(Some(Err(e))) => broken(format!("body interrupted: {}", DisplayErrorContext(&e))),
+                Err(_) => broken(format!("no bytes for {:?} (readwrite_timeout): connection stalled", idle)),
             }
         });
         Ok(GetResponse { meta, body: Box::pin(body) })

@@ -323,3 +323,33 @@ async fn oss_metadata_headers_are_read() {
     let g = s.get_object("bkt", "by-ossfs", None).await.unwrap();
     assert_eq!(g.meta.metadata.get("mode").map(String::as_str), Some("33261"));
 }
+
+#[tokio::test]
+async fn a_stalled_body_ends_with_a_retryable_error_after_the_body_timeout() {
+    let srv = TestS3::start().await.unwrap();
+    srv.backend.create_bucket("bkt");
+    srv.backend.put("bkt", "big", &vec![5u8; 1 << 20], &[]);
+    let mut cfg =
+        S3Config::new(Some(srv.endpoint()), "us-east-1", creds(s3vol_testkit::ACCESS_KEY, s3vol_testkit::SECRET_KEY));
+    cfg.body_timeout = std::time::Duration::from_millis(300);
+    let s = S3Store::new(cfg).await.unwrap();
+    let mut storm = s3vol_testkit::Storm::calm(1);
+    storm.stall_rate = 1.0;
+    srv.control.set_storm(storm, None);
+    let t = std::time::Instant::now();
+    let mut body = s.get_object("bkt", "big", None).await.unwrap().body;
+    let mut got = 0;
+    let err = loop {
+        match futures::StreamExt::next(&mut body).await {
+            Some(Ok(b)) => got += b.len(),
+            Some(Err(e)) => break e,
+            None => panic!("a stalled body ended cleanly after {got} bytes"),
+        }
+    };
+    assert!(got < 1 << 20, "the whole body arrived");
+    assert_eq!(err.kind, ErrorKind::Unavailable, "{err}");
+    assert!(err.kind.is_retryable());
+    assert!(err.to_string().contains("readwrite_timeout"), "{err}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(5), "took {:?}", t.elapsed());
+    assert_eq!(srv.control.storm_faults(), 1);
+}

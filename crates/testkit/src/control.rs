@@ -6,6 +6,8 @@ use s3s::auth::{S3Auth, SecretKey};
 use s3s::{S3Error, S3ErrorCode, S3Result};
 use std::sync::Arc;
 
+use crate::storm::{RequestKind, Storm, Weather, Wire};
+
 /// A failure to inject: the next `count` requests of `op` (or of any operation when
 /// `op` is `None`) fail with `code`.
 #[derive(Debug, Clone)]
@@ -27,6 +29,7 @@ struct State {
     drop_connections: bool,
     max_copy_size: Option<u64>,
     oss_headers: bool,
+    weather: Option<Weather>,
 }
 
 /// The test's handle on the server's behaviour; cheap to clone.
@@ -56,12 +59,55 @@ impl Control {
         self.inject(Fault { op: Some(op.into()), code, count });
     }
 
-    /// Removes every fault, latency and connection dropping.
+    /// Removes every fault, storm, latency and connection dropping.
     pub fn clear_faults(&self) {
         let mut st = self.state.lock();
         st.faults.clear();
+        st.weather = None;
         st.latency = Duration::ZERO;
         st.drop_connections = false;
+    }
+
+    /// Starts a storm of random faults, for `for_how_long` (a burst) or until cleared.
+    /// Replaces any storm under way.
+    pub fn set_storm(&self, storm: Storm, for_how_long: Option<Duration>) {
+        self.state.lock().weather = Some(Weather::new(storm, for_how_long));
+    }
+
+    /// Ends the storm.
+    pub fn clear_storm(&self) {
+        self.state.lock().weather = None;
+    }
+
+    /// How long the storm holds this request, and what it does to its connection.
+    pub(crate) fn weather_for(&self, kind: RequestKind) -> (Duration, Wire) {
+        let mut st = self.state.lock();
+        let (spike, wire) = match st.weather.as_mut() {
+            Some(w) => (w.spike(), w.wire(kind)),
+            None => return (Duration::ZERO, Wire::Pass),
+        };
+        if !spike.is_zero() {
+            *st.counters.entry("storm:spike".into()).or_default() += 1;
+        }
+        if wire != Wire::Pass {
+            *st.counters.entry(format!("storm:{wire:?}")).or_default() += 1;
+        }
+        (spike, wire)
+    }
+
+    /// Whether CompleteMultipartUpload's answer gets a wrong ETag now.
+    pub(crate) fn wrong_complete_etag(&self) -> bool {
+        let mut st = self.state.lock();
+        let on = st.weather.as_ref().is_some_and(Weather::wrong_etag);
+        if on {
+            *st.counters.entry("storm:WrongEtag".into()).or_default() += 1;
+        }
+        on
+    }
+
+    /// Faults the storms injected so far, of every kind (`storm:*` counters).
+    pub fn storm_faults(&self) -> u64 {
+        self.state.lock().counters.iter().filter(|(k, _)| k.starts_with("storm:")).map(|(_, v)| v).sum()
     }
 
     /// Delays every request by `d`.
@@ -135,6 +181,10 @@ impl Control {
                 st.faults.remove(i);
             }
             return Err(S3Error::with_message(code, format!("injected fault on {op}")));
+        }
+        if let Some(code) = st.weather.as_mut().and_then(Weather::error) {
+            *st.counters.entry("storm:error".into()).or_default() += 1;
+            return Err(S3Error::with_message(code, format!("storm on {op}")));
         }
         Ok(())
     }

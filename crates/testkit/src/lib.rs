@@ -11,6 +11,8 @@
 //! - `server`: [`TestS3`], the listener and connection loop.
 //! - `kube_api`: [`FakeKubeApi`], a Kubernetes API that knows only Pods, for the mount-pod launcher.
 //! - `sts`: [`FakeSts`], AssumeRoleWithWebIdentity minting keys the server accepts.
+//! - `storm`: [`Storm`], faults drawn at random per request (errors, spikes, cut, stalled or
+//!   reset bodies, wrong ETags), for the fault-storm suite.
 //! - `skip`: [`skip_or_fail`], tests that cannot run here fail unless told otherwise.
 
 mod backend;
@@ -18,6 +20,7 @@ mod control;
 mod kube_api;
 mod server;
 mod skip;
+mod storm;
 mod sts;
 
 pub use backend::Backend;
@@ -25,6 +28,7 @@ pub use control::{Control, Fault};
 pub use kube_api::{ApiCall, FakeKubeApi, NoRuntime, PodRuntime};
 pub use server::TestS3;
 pub use skip::skip_or_fail;
+pub use storm::Storm;
 pub use sts::{Exchange, FakeSts};
 
 /// Access key every [`TestS3`] accepts from the start.

@@ -7,6 +7,7 @@ use tokio::task::JoinHandle;
 
 use crate::backend::Backend;
 use crate::control::Control;
+use crate::storm::{RequestKind, Wire};
 use crate::{ACCESS_KEY, SECRET_KEY};
 
 /// A running test S3 server on 127.0.0.1. Dropping it stops the listener.
@@ -48,9 +49,23 @@ impl TestS3 {
                     let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let (service, ctl) = (service.clone(), ctl.clone());
                         async move {
+                            let kind = RequestKind::of(&req);
+                            let (spike, wire) = ctl.weather_for(kind);
+                            if !spike.is_zero() {
+                                tokio::time::sleep(spike).await;
+                            }
+                            if wire == Wire::ResetUpload {
+                                return reset_mid_body(req).await;
+                            }
                             let mut resp = hyper::service::Service::call(&service, req).await?;
                             if ctl.oss_headers() {
                                 rename_metadata_headers(resp.headers_mut());
+                            }
+                            if kind == RequestKind::CompleteMultipart && ctl.wrong_complete_etag() {
+                                resp = wrong_etag(resp).await?;
+                            }
+                            if matches!(wire, Wire::Cut | Wire::Stall) && resp.status().is_success() {
+                                resp = break_body(resp, wire).await?;
                             }
                             Ok::<_, s3s::HttpError>(resp)
                         }
@@ -93,4 +108,55 @@ fn rename_metadata_headers(headers: &mut http::HeaderMap) {
             headers.insert(name, v);
         }
     }
+}
+
+type Response = http::Response<s3s::Body>;
+
+/// Reads part of an upload's body, then closes the connection without an answer.
+async fn reset_mid_body(req: http::Request<hyper::body::Incoming>) -> Result<Response, s3s::HttpError> {
+    use http_body_util::BodyExt;
+    let mut body = req.into_body();
+    let _ = body.frame().await;
+    Err(s3s::HttpError::new(Box::new(std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "storm: upload connection reset mid-body",
+    ))))
+}
+
+/// The same answer with its body ending (Cut) or stopping for good (Stall) half-way,
+/// Content-Length unchanged.
+async fn break_body(resp: Response, wire: Wire) -> Result<Response, s3s::HttpError> {
+    use http_body_util::BodyExt;
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.map_err(s3s::HttpError::new)?.to_bytes();
+    if bytes.len() < 2 {
+        return Ok(http::Response::from_parts(parts, s3s::Body::from(bytes)));
+    }
+    let half = bytes.slice(..bytes.len() / 2);
+    let first = futures::stream::once(async move { Ok::<_, std::io::Error>(hyper::body::Frame::data(half)) });
+    let rest = futures::stream::once(async move {
+        if wire == Wire::Stall {
+            futures::future::pending::<()>().await;
+        }
+        Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "storm: body cut short"))
+    });
+    let body = http_body_util::StreamBody::new(futures::StreamExt::chain(first, rest));
+    Ok(http::Response::from_parts(parts, s3s::Body::http_body(body)))
+}
+
+/// The same CompleteMultipartUpload answer with an ETag that is not the object's.
+async fn wrong_etag(resp: Response) -> Result<Response, s3s::HttpError> {
+    use http_body_util::BodyExt;
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.map_err(s3s::HttpError::new)?.to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let text = match (text.find("<ETag>"), text.find("</ETag>")) {
+        (Some(a), Some(b)) if a < b => {
+            format!("{}<ETag>\"00000000000000000000000000000000-1\"{}", &text[..a], &text[b..])
+        }
+        _ => text,
+    };
+    let mut parts = parts;
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    Ok(http::Response::from_parts(parts, s3s::Body::from(text)))
 }
