@@ -79,6 +79,11 @@ impl FakeLauncher {
         })
     }
 
+    /// Servers alive now (started and not stopped or crashed).
+    pub fn live_servers(&self) -> usize {
+        self.servers.lock().values().filter(|s| s.alive.load(Ordering::SeqCst)).count()
+    }
+
     /// Kills every server as `kill -9` would: no answer, no cleanup, the socket gone.
     pub fn crash_all(&self) {
         for s in self.servers.lock().values() {

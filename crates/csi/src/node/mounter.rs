@@ -92,6 +92,9 @@ pub struct FakeMounter {
     /// While set, [`Mounter::health`] blocks, as a stat of a mount whose server died after
     /// reading the request does until a successor answers it.
     health_gate: Arc<(Mutex<bool>, parking_lot::Condvar)>,
+    /// Mounts made on a path that already had one: a real node would stack them (a
+    /// double mount), so a lifecycle that does this is wrong.
+    stacked: std::sync::atomic::AtomicU32,
 }
 
 impl FakeMounter {
@@ -113,6 +116,17 @@ impl FakeMounter {
         self.health_gate.1.notify_all();
     }
 
+    /// How many mounts were made over an existing one.
+    pub fn stacked_mounts(&self) -> u32 {
+        self.stacked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn insert(&self, table: &mut HashMap<PathBuf, FakeMount>, target: &Path, m: FakeMount) {
+        if table.insert(target.to_path_buf(), m).is_some() {
+            self.stacked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     /// Forgets every mount, as a node reboot does.
     pub fn reboot(&self) {
         self.table.lock().clear();
@@ -129,7 +143,7 @@ impl Mounter for FakeMounter {
         }
         let conn = s3vol_mount::memfd("fake-fuse-connection")?;
         let m = FakeMount::Fuse { fsname: fsname.to_string(), read_only, aborted: false };
-        self.table.lock().insert(target.to_path_buf(), m);
+        self.insert(&mut self.table.lock(), target, m);
         Ok(conn)
     }
 
@@ -141,7 +155,7 @@ impl Mounter for FakeMounter {
                 format!("{} is not mounted", source.display()),
             ));
         }
-        t.insert(target.to_path_buf(), FakeMount::Bind { source: source.to_path_buf(), read_only });
+        self.insert(&mut t, target, FakeMount::Bind { source: source.to_path_buf(), read_only });
         Ok(())
     }
 
