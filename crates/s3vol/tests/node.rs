@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use s3vol_csi::pb::{self, volume_capability};
@@ -1506,4 +1506,76 @@ async fn each_pod_gets_its_own_fsgroup() {
     unstage(&mut node, vid, &staging).await;
     assert_eq!(mounted_under(dir.path()), Vec::<String>::new());
     assert_eq!(std::fs::read_dir(dir.path().join("state/volumes")).unwrap().count(), 0, "no record left");
+}
+
+/// Crash consistency (issue 13 §2): `kill -9` of the FUSE server at 20 points of a
+/// 256 MiB upload over an existing object. Each time the stored object is the previous
+/// version or the whole new one, never a mix or a part; the successor aborts the
+/// multipart upload the dead writer left, so no parts stay in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_twenty_points_of_an_upload_never_leaves_a_partial_object() {
+    if !can_mount() {
+        return;
+    }
+    const POINTS: u64 = 20;
+    const MIB: usize = 1 << 20;
+    let (srv, dir) = env().await;
+    let plugin = Plugin::start(dir.path(), &srv.endpoint(), "1");
+    let (mut node, mut ctl) = plugin.clients().await;
+    let (vol, staging, target) = stage_and_publish(&mut node, &mut ctl, dir.path(), "pvc-torn").await;
+    let old = vec![0xAAu8; MIB];
+    let writer = |name: &str| {
+        Command::new("python3")
+            .arg("-c")
+            .arg("import sys\nf=open(sys.argv[1],'wb')\nb=b'\\x5a'*(1<<20)\nfor i in range(256): f.write(b)\nf.close()")
+            .arg(target.join(name))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // One undisturbed write tells how long an upload takes here.
+    let t = Instant::now();
+    assert!(tokio::task::spawn_blocking({
+        let mut w = writer("calm.bin");
+        move || w.wait().unwrap().success()
+    })
+    .await
+    .unwrap());
+    let took = t.elapsed();
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let (mut old_kept, mut new_whole, mut absent) = (0, 0, 0);
+    for point in 0..POINTS {
+        srv.backend.put("shared", "pvc-torn/big.bin", &old, &[]);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let at = took.mul_f64(0.05 + 0.9 * (x % 1000) as f64 / 1000.0);
+        let mut w = writer("big.bin");
+        std::thread::sleep(at);
+        let pid = server_pid(dir.path(), &vol.volume_id);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+        tokio::task::spawn_blocking(move || w.wait().unwrap()).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while server_pid(dir.path(), &vol.volume_id) == pid {
+            assert!(Instant::now() < deadline, "point {point}: the server was not replaced");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let stored = srv.backend.get("shared", "pvc-torn/big.bin");
+        match stored.as_deref() {
+            Some(b) if b == &old[..] => old_kept += 1,
+            Some(b) if b.len() == 256 * MIB && b.iter().all(|&c| c == 0x5a) => new_whole += 1,
+            None => absent += 1,
+            Some(b) => panic!("point {point} ({at:?} of {took:?}): a partial object of {} bytes is stored", b.len()),
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while srv.backend.pending_uploads() > 0 {
+            assert!(Instant::now() < deadline, "point {point}: the dead writer's multipart upload was never aborted");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    report(&format!(
+        "kill -9 at {POINTS} points of a 256 MiB upload ({took:.1?} undisturbed): previous version kept {old_kept}, new version whole {new_whole}, absent {absent}, partial 0, orphaned uploads 0"
+    ));
+    unpublish(&mut node, &vol.volume_id, &target).await;
+    unstage(&mut node, &vol.volume_id, &staging).await;
 }
