@@ -148,13 +148,16 @@ impl Registry {
                 let _ = std::fs::remove_file(path);
             }
             Some(c) => {
+                // Written aside and renamed: a crash mid-write never leaves torn keys.
+                let tmp = path.with_extension("tmp");
                 let res = std::fs::OpenOptions::new()
                     .write(true)
                     .create(true)
                     .truncate(true)
                     .mode(0o600)
-                    .open(&path)
-                    .and_then(|mut f| std::io::Write::write_all(&mut f, &serde_json::to_vec(c).unwrap_or_default()));
+                    .open(&tmp)
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, &serde_json::to_vec(c).unwrap_or_default()))
+                    .and_then(|()| std::fs::rename(&tmp, &path));
                 if let Err(e) = res {
                     tracing::warn!(error = %e, "could not keep credentials for repair");
                 }
