@@ -168,7 +168,9 @@ fn s3fs_item(name: &str, value: Option<&str>) -> Meaning {
         | "max_stat_cache_size"
         | "storage_class"
         | "dir_mode"
-        | "file_mode" => typed(name, value),
+        | "file_mode"
+        | "retries"
+        | "readwrite_timeout" => typed(name, value),
         "stat_cache_expire" => match value {
             Some(v) => Meaning::Typed(format!("stat_cache_ttl={v}")),
             None => Meaning::Ignored,
@@ -196,6 +198,11 @@ fn long_flag(name: &str, value: Option<&str>) -> Meaning {
         "uid" | "gid" | "umask" => typed(name, value),
         "allow-other" | "allow_other" => typed("allow_other", None),
         "read-only" | "ro" => typed("ro", None),
+        // geesefs: MiB of buffers, the same meaning as ours.
+        "memory-limit" => match value {
+            Some(v) => Meaning::Typed(format!("memory_limit={v}")),
+            None => Meaning::Ignored,
+        },
         "stat-cache-ttl" | "dir-cache-time" => match value.and_then(parse_duration) {
             Some(d) => Meaning::Typed(format!("stat_cache_ttl={}", d.as_secs_f64())),
             None => Meaning::Ignored,
@@ -226,7 +233,8 @@ fn parse_duration(s: &str) -> Option<Duration> {
         total += n * scale;
         rest = &rest[unit_end..];
     }
-    Some(Duration::from_secs_f64(total))
+    // try_from: a duration too large for the clock is not one (never a panic).
+    Duration::try_from_secs_f64(total).ok()
 }
 
 #[cfg(test)]
@@ -235,19 +243,22 @@ mod tests {
     use crate::MountOptions;
 
     #[test]
-    fn k8s_csi_s3_chart_default_maps_modes_and_ignores_memory_limit() {
+    fn k8s_csi_s3_chart_default_maps_modes_and_memory_limit() {
         let t = translate_foreign("--memory-limit 1000 --dir-mode 0777 --file-mode 0666").unwrap();
-        assert_eq!(t.items, vec!["dir_mode=0777", "file_mode=0666"]);
-        assert_eq!(t.ignored, vec!["--memory-limit 1000"]);
+        assert_eq!(t.items, vec!["memory_limit=1000", "dir_mode=0777", "file_mode=0666"]);
+        assert!(t.ignored.is_empty(), "{:?}", t.ignored);
         let o = MountOptions::parse(&t.items).unwrap();
-        assert_eq!((o.dir_mode, o.file_mode), (0o777, 0o666));
+        assert_eq!((o.dir_mode, o.file_mode, o.memory_limit), (0o777, 0o666, 1000 << 20));
+        // A duration beyond the clock's range panicked.
+        assert!(translate_foreign("--stat-cache-ttl 99999999999999999999999999s").unwrap().items.is_empty());
     }
 
     #[test]
     fn s3fs_and_rclone_options_map_or_are_ignored() {
         let t = translate_foreign(
             "-o allow_other -o umask=0002,mp_umask=0002 -o use_cache=/tmp -o stat_cache_expire=30 \
-             --vfs-cache-mode writes --allow-other --uid=1000 --dir-cache-time 1m30s -o enable_noobj_cache",
+             --vfs-cache-mode writes --allow-other --uid=1000 --dir-cache-time 1m30s -o enable_noobj_cache \
+             -o retries=7,readwrite_timeout=60,connect_timeout=10",
         )
         .unwrap();
         assert_eq!(
@@ -259,10 +270,15 @@ mod tests {
                 "stat_cache_ttl=30",
                 "allow_other",
                 "uid=1000",
-                "stat_cache_ttl=90"
+                "stat_cache_ttl=90",
+                "retries=7",
+                "readwrite_timeout=60"
             ]
         );
-        assert_eq!(t.ignored, vec!["use_cache=/tmp", "--vfs-cache-mode writes", "enable_noobj_cache"]);
+        assert_eq!(
+            t.ignored,
+            vec!["use_cache=/tmp", "--vfs-cache-mode writes", "enable_noobj_cache", "connect_timeout=10"]
+        );
         MountOptions::parse(&t.items).unwrap();
     }
 

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use s3vol_store::{collect_body, ErrorKind, ListRequest, ObjectStore, PutOptions};
 
 use crate::attr::{Attr, FileKind, SpecialKind, StoredMeta, S_IFDIR, S_IFLNK, S_IFREG};
+use crate::budget::MemoryBudget;
 use crate::dir::{DirEntry, DirStream, VOLUME_MARKER};
 use crate::dir_index::DirIndex;
 use crate::error::{store_errno, Errno, FsResult};
@@ -241,6 +242,7 @@ impl Fs {
             concurrency: o.upload_concurrency,
             cache_dir: o.cache_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("s3vol-cache")),
             cache_limit: o.cache_size,
+            budget: MemoryBudget::new(o.memory_limit),
         };
         let cfg_capacity = cfg.capacity.unwrap_or(0);
         // With list_attrs the listing itself carries the attributes (readdirplus).
@@ -523,7 +525,8 @@ impl Fs {
                 let o = &self.cfg.options;
                 Handle::Read {
                     ino,
-                    reader: Reader::new(self.store.clone(), self.cfg.bucket.clone(), key, attr.size, o.read_ahead),
+                    reader: Reader::new(self.store.clone(), self.cfg.bucket.clone(), key, attr.size, o.read_ahead)
+                        .with_budget(self.wcfg.budget.clone()),
                 }
             }
             HandleKind::Write => {
@@ -1195,7 +1198,8 @@ impl Fs {
             // Close-to-open: a stale entry is checked against the store before reading.
             let attr = self.revalidated(&i).await?;
             let o = &self.cfg.options;
-            let reader = Reader::new(self.store.clone(), self.cfg.bucket.clone(), key, attr.size, o.read_ahead);
+            let reader = Reader::new(self.store.clone(), self.cfg.bucket.clone(), key, attr.size, o.read_ahead)
+                .with_budget(self.wcfg.budget.clone());
             return Ok(self.add_handle(Handle::Read { ino, reader }));
         }
         self.writable()?;

@@ -18,6 +18,7 @@
 //! - `mime`: Content-Type by extension.
 
 mod attr;
+mod budget;
 mod dir;
 mod dir_index;
 mod error;
@@ -33,6 +34,7 @@ mod read;
 mod write;
 
 pub use attr::{Attr, FileKind, SpecialKind, StoredMeta};
+pub use budget::{MemoryBudget, Reservation};
 pub use dir::{DirEntry, VOLUME_MARKER};
 pub use error::{Errno, FsResult};
 pub use foreign_options::{translate_foreign, Translated};

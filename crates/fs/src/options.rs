@@ -57,6 +57,9 @@ pub struct MountOptions {
     /// listing's attributes expire, mode/owner/mtime shown for listed files are the mount's
     /// defaults (access is still checked against the object's own mode at open).
     pub list_attrs: bool,
+    /// Bytes the mount may hold in part buffers and read-ahead together; under pressure
+    /// read-ahead shrinks first, then writers wait for buffers.
+    pub memory_limit: u64,
     /// Times a failed request (throttled, 5xx, reset, timed out) is tried again, with
     /// jittered exponential backoff (1 s doubling to at most 20 s) between attempts.
     pub retries: u32,
@@ -94,6 +97,7 @@ impl Default for MountOptions {
             sse: None,
             mime: true,
             list_attrs: false,
+            memory_limit: 512 * MIB,
             retries: 4,
             request_timeout: Duration::from_secs(120),
             readwrite_timeout: Duration::from_secs(30),
@@ -115,7 +119,7 @@ const FOREIGN: &[(&str, &str)] = &[
     ("multipart_size", "use part_size (MiB)"),
     ("parallel_count", "use upload_concurrency"),
     ("stat_cache_expire", "use stat_cache_ttl (seconds)"),
-    ("memory-limit", "s3vol bounds memory with read_ahead, part_size and upload_concurrency"),
+    ("memory-limit", "use memory_limit (MiB)"),
     ("dir-mode", "use dir_mode"),
     ("file-mode", "use file_mode"),
 ];
@@ -222,6 +226,7 @@ impl MountOptions {
                 "mime" => o.mime = flag(name, value)?,
                 "debug" => o.debug = flag(name, value)?,
                 "list_attrs" => o.list_attrs = flag(name, value)?,
+                "memory_limit" => o.memory_limit = number::<u64>(name, need()?)?.clamp(16, 1 << 20) * MIB,
                 "retries" => o.retries = number::<u32>(name, need()?)?.min(100),
                 "request_timeout" => o.request_timeout = seconds(name, need()?)?,
                 "readwrite_timeout" => o.readwrite_timeout = seconds(name, need()?)?,
@@ -231,7 +236,7 @@ impl MountOptions {
                     return Err(OptionError(match foreign_hint(bare) {
                         Some(instead) => format!("mount option {n:?} is not supported by s3vol: {instead}"),
                         None => format!(
-                            "unknown mount option {n:?} (supported: uid, gid, umask, file_mode, dir_mode, allow_other, ro, stat_cache_ttl, max_stat_cache_size, list_type, cache_dir, cache_size, read_ahead, part_size, upload_concurrency, storage_class, sse, mime, list_attrs, retries, request_timeout, readwrite_timeout, debug)"
+                            "unknown mount option {n:?} (supported: uid, gid, umask, file_mode, dir_mode, allow_other, ro, stat_cache_ttl, max_stat_cache_size, list_type, cache_dir, cache_size, read_ahead, part_size, upload_concurrency, storage_class, sse, mime, list_attrs, memory_limit, retries, request_timeout, readwrite_timeout, debug)"
                         ),
                     }));
                 }

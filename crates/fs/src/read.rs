@@ -10,6 +10,7 @@ use futures::StreamExt;
 use s3vol_store::{ErrorKind, ObjectStore, StoreError, StoreResult};
 use tokio::task::JoinHandle;
 
+use crate::budget::{MemoryBudget, Reservation};
 use crate::error::{store_errno, Errno, FsResult};
 
 /// First prefetch request size: small, so the first bytes come back fast.
@@ -22,6 +23,8 @@ struct Chunk {
     start: u64,
     end: u64,
     data: ChunkData,
+    /// Read-ahead's share of the mount's memory budget (none for what a read waits on).
+    _reserved: Option<Reservation>,
 }
 
 enum ChunkData {
@@ -45,6 +48,8 @@ pub struct Reader {
     window: u64,
     max_window: u64,
     chunk_size: u64,
+    /// The mount's memory budget; read-ahead only takes what it can spare.
+    budget: Option<MemoryBudget>,
 }
 
 /// Attempts at one ranged GET whose body broke off or came up short. The store client
@@ -117,7 +122,14 @@ impl Reader {
             window: FIRST_CHUNK,
             max_window: read_ahead.max(FIRST_CHUNK),
             chunk_size: CHUNK.min(read_ahead.max(FIRST_CHUNK)),
+            budget: None,
         }
+    }
+
+    /// Prefetches only within `budget` (shared by the mount's readers and writers).
+    pub fn with_budget(mut self, budget: MemoryBudget) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// The file was renamed while open: read from `key` from now on. Prefetched data
@@ -140,7 +152,9 @@ impl Reader {
         self.window = FIRST_CHUNK;
     }
 
-    fn schedule(&mut self, from: u64, upto: u64) {
+    /// Schedules GETs from `from` up to `upto`: what a read waits on (before `needed`)
+    /// always, read-ahead beyond it only as far as the memory budget allows.
+    fn schedule(&mut self, from: u64, needed: u64, upto: u64) {
         if self.chunks.is_empty() {
             self.scheduled_end = from;
         }
@@ -152,8 +166,16 @@ impl Reader {
                 self.chunk_size.min(self.window)
             };
             let end = (start + len).min(self.size);
+            let reserved = match &self.budget {
+                Some(b) if start >= needed => match b.try_reserve_optional(end - start) {
+                    Some(r) => Some(r),
+                    // Memory is short: read-ahead stops here and grows back later.
+                    None => break,
+                },
+                _ => None,
+            };
             let h = tokio::spawn(fetch(self.store.clone(), self.bucket.clone(), self.key.clone(), start, end));
-            self.chunks.push_back(Chunk { start, end, data: ChunkData::Pending(h) });
+            self.chunks.push_back(Chunk { start, end, data: ChunkData::Pending(h), _reserved: reserved });
             self.scheduled_end = end;
         }
     }
@@ -188,7 +210,7 @@ impl Reader {
         while self.chunks.len() > 1 && self.chunks.get(1).is_some_and(|c| c.start <= off) {
             self.chunks.pop_front();
         }
-        self.schedule(off, end.max(off + self.window));
+        self.schedule(off, end, end.max(off + self.window));
         self.window = (self.window * 2).min(self.max_window);
         // Most reads fall inside one chunk: hand out a slice of it, no copy.
         let single = self.chunks.iter().position(|c| c.start <= off && end <= c.end);

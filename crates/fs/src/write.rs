@@ -14,6 +14,7 @@ use futures::StreamExt;
 use s3vol_store::{CompletedPart, ErrorKind, ObjectStore, PutOptions, StoreResult};
 use tokio::task::JoinSet;
 
+use crate::budget::{MemoryBudget, Reservation};
 use crate::error::{store_errno, Errno, FsResult};
 
 /// Upload settings shared by every writer of a mount.
@@ -27,6 +28,8 @@ pub struct WriteConfig {
     pub cache_dir: PathBuf,
     /// Largest file that may be staged.
     pub cache_limit: u64,
+    /// The mount's memory budget: every part buffer is reserved from it.
+    pub budget: MemoryBudget,
 }
 
 struct Streaming {
@@ -39,6 +42,9 @@ struct Streaming {
     /// Buffers of uploaded parts, reused for the next parts: no fresh memory (page faults,
     /// zeroing) per part, and at most `upload_concurrency + 1` part buffers per file.
     spare: Vec<BytesMut>,
+    /// One reservation from the mount's budget per part buffer this writer holds (being
+    /// filled, uploading, or spare); given back with the buffer.
+    reserved: Vec<Reservation>,
 }
 
 impl Streaming {
@@ -47,16 +53,23 @@ impl Streaming {
         &mut self,
         res: Result<(StoreResult<CompletedPart>, Bytes), tokio::task::JoinError>,
         keep: usize,
+        budget: &MemoryBudget,
     ) -> FsResult<()> {
         let (res, body) = res.map_err(|e| {
             tracing::error!(error = %e, "a part upload task failed");
             Errno::EIO
         })?;
-        if let Ok(mut buf) = body.try_into_mut() {
-            if self.spare.len() < keep {
+        let kept = match body.try_into_mut() {
+            // Under memory pressure the buffer goes back to the budget instead.
+            Ok(mut buf) if self.spare.len() < keep && !budget.under_pressure() => {
                 buf.clear();
                 self.spare.push(buf);
+                true
             }
+            _ => false,
+        };
+        if !kept {
+            self.reserved.pop();
         }
         self.parts.push(res.map_err(|e| store_errno("write", &e))?);
         Ok(())
@@ -131,6 +144,7 @@ impl Writer {
             parts: Vec::new(),
             inflight: JoinSet::new(),
             spare: Vec::new(),
+            reserved: Vec::new(),
         });
         Writer { store, bucket, key, put, cfg, mode, size: 0, dirty: true, failed: None, detached: false }
     }
@@ -178,7 +192,7 @@ impl Writer {
         }
         let Mode::Streaming(s) = &mut self.mode else { return Ok(None) };
         while let Some(h) = s.inflight.join_next().await {
-            s.finished(h, 0)?;
+            s.finished(h, 0, &self.cfg.budget)?;
         }
         Ok(Some(StreamState {
             upload_id: s.upload_id.clone(),
@@ -207,6 +221,7 @@ impl Writer {
             parts: st.parts,
             inflight: JoinSet::new(),
             spare: Vec::new(),
+            reserved: Vec::new(),
         });
         Writer { store, bucket, key, put, cfg, mode, size: st.size, dirty: true, failed: None, detached: false }
     }
@@ -323,7 +338,13 @@ impl Writer {
             while !rest.is_empty() {
                 let Mode::Streaming(s) = &mut self.mode else { unreachable!("checked above") };
                 if s.buf.is_empty() && s.buf.capacity() < part {
-                    s.buf = s.spare.pop().unwrap_or_else(|| BytesMut::with_capacity(part));
+                    match next_buffer(s, &self.cfg).await {
+                        Ok(b) => s.buf = b,
+                        Err(e) => {
+                            self.failed = Some(e);
+                            return Err(e);
+                        }
+                    }
                 }
                 let take = part.saturating_sub(s.buf.len()).max(1).min(rest.len());
                 s.buf.extend_from_slice(&rest[..take]);
@@ -424,12 +445,12 @@ impl Writer {
             // Wait for whichever part finishes first, so one slow part does not stall the rest.
             while s.inflight.len() >= self.cfg.concurrency {
                 let h = s.inflight.join_next().await.expect("non-empty");
-                s.finished(h, self.cfg.concurrency)?;
+                s.finished(h, self.cfg.concurrency, &self.cfg.budget)?;
             }
         }
         if all {
             while let Some(h) = s.inflight.join_next().await {
-                s.finished(h, self.cfg.concurrency)?;
+                s.finished(h, self.cfg.concurrency, &self.cfg.budget)?;
             }
         }
         Ok(())
@@ -516,6 +537,29 @@ impl Writer {
                     abort_later(self.store.clone(), self.bucket.clone(), self.key.clone(), id);
                 }
             }
+        }
+    }
+}
+
+/// The next part buffer: a spare one, else one reserved from the mount's budget. While
+/// the budget is spent, a part of this file finishing uploading gives its buffer instead,
+/// so a writer never waits on memory that it holds itself.
+async fn next_buffer(s: &mut Streaming, cfg: &WriteConfig) -> FsResult<BytesMut> {
+    let part = cfg.part_size.max(1);
+    loop {
+        if let Some(b) = s.spare.pop() {
+            return Ok(b);
+        }
+        if s.inflight.is_empty() {
+            s.reserved.push(cfg.budget.reserve(part).await);
+            return Ok(BytesMut::with_capacity(part as usize));
+        }
+        tokio::select! {
+            r = cfg.budget.reserve(part) => {
+                s.reserved.push(r);
+                return Ok(BytesMut::with_capacity(part as usize));
+            }
+            Some(h) = s.inflight.join_next() => s.finished(h, cfg.concurrency, &cfg.budget)?,
         }
     }
 }
@@ -614,4 +658,57 @@ fn next_stage_id() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use s3vol_store::MemoryStore;
+
+    /// Eight files written at once through a budget that holds three part buffers: every
+    /// writer finishes (none waits on memory it holds itself), every object is whole,
+    /// and every byte of the budget comes back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_share_a_small_budget_and_give_it_all_back() {
+        const MIB: usize = 1 << 20;
+        let store: Arc<dyn ObjectStore> = Arc::new(MemoryStore::with_buckets(&["b"]));
+        let budget = MemoryBudget::new(16 * MIB as u64);
+        let cfg = WriteConfig {
+            part_size: 5 * MIB as u64,
+            concurrency: 4,
+            cache_dir: std::env::temp_dir(),
+            cache_limit: 1 << 30,
+            budget: budget.clone(),
+        };
+        let mut tasks = JoinSet::new();
+        for w in 0..8u8 {
+            let (store, cfg) = (store.clone(), cfg.clone());
+            tasks.spawn(async move {
+                let mut wr = Writer::new_stream(store, "b".into(), format!("f{w}"), PutOptions::default(), cfg);
+                let chunk = vec![w; MIB];
+                for i in 0..30 {
+                    wr.write((i * MIB) as u64, &chunk).await.unwrap();
+                }
+                wr.commit().await.unwrap();
+            });
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            while let Some(r) = tasks.join_next().await {
+                r.unwrap();
+            }
+        })
+        .await
+        .expect("writers waited forever on the budget");
+        for w in 0..8u8 {
+            let mut body = store.get_object("b", &format!("f{w}"), None).await.unwrap().body;
+            let mut n = 0;
+            while let Some(c) = body.next().await {
+                let c = c.unwrap();
+                assert!(c.iter().all(|&b| b == w));
+                n += c.len();
+            }
+            assert_eq!(n, 30 * MIB);
+        }
+        assert_eq!(budget.available(), budget.total(), "{budget:?}");
+    }
 }

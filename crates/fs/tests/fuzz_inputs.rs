@@ -1,10 +1,11 @@
 //! Property-based fuzzing (issue 13 §3) of the filesystem's outside inputs: mount option
-//! strings (ours, fstab's and other tools') and the state journal a predecessor left,
+//! strings (ours, fstab's), other tools' option strings as existing PVs carry them
+//! (geesefs, rclone, s3fs/ossfs, cosfs), and the state journal a predecessor left,
 //! torn or garbled. No input may panic; a refused option is named in its error.
 //! `cargo test` runs a short pass; `make fuzz` sets `S3VOL_FUZZ_CASES=1000000`.
 
 use proptest::prelude::*;
-use s3vol_fs::{decode_all, encode, HandleKind, JournalRecord, MountOptions};
+use s3vol_fs::{decode_all, encode, translate_foreign, HandleKind, JournalRecord, MountOptions};
 
 fn config() -> ProptestConfig {
     let cases = std::env::var("S3VOL_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(2000);
@@ -94,6 +95,25 @@ proptest! {
         if let Err(e) = MountOptions::parse(&input) {
             // The message names one of the options given.
             prop_assert!(items.iter().any(|(n, _)| e.0.contains(n.trim_start_matches('-'))), "{} for {input:?}", e.0);
+        }
+    }
+
+    #[test]
+    fn foreign_option_strings(words in proptest::collection::vec(prop_oneof![
+        Just("-o".to_string()),
+        "--(memory-limit|dir-mode|file-mode|stat-cache-ttl|dir-cache-time|uid|vfs-cache-mode|endpoint|allow-other)(=[0-9a-z.]{0,25})?",
+        "-o[a-z_]{1,16}(=[0-9a-z./]{0,25})?",
+        "[0-9]{1,30}(ms|s|m|h)?",
+        "[a-z_]{1,12}=[^ ]{0,12}",
+        "[^ ]{1,12}",
+    ], 0..8)) {
+        let s = words.join(" ");
+        if let Err(e) = translate_foreign(&s) {
+            // Only options that point at other data or keys are refused, quoted.
+            prop_assert!(["url", "endpoint", "passwd_file", "bucket"].iter().any(|n| e.0.contains(n)), "{e} for {s:?}");
+        } else {
+            // Whatever it translates, the typed parser takes.
+            prop_assert!(MountOptions::parse(&translate_foreign(&s).unwrap().items).is_ok(), "{s:?}");
         }
     }
 
