@@ -30,9 +30,11 @@ test:
 check: fmt-check clippy test
 
 # The fault-storm suite at the sizes of issue 13 (1 GiB, 1000 files, 512 MiB, 10k names,
-# 500 objects; tens of minutes). `make test` runs its short variant. Needs root, /dev/fuse.
+# 500 objects) and the ten-minute soak (32 writers + 32 readers); about an hour.
+# `make test` runs the short variants. Needs root and /dev/fuse.
 reliability:
 	S3VOL_RELIABILITY=full cargo test -p s3vol --test reliability -- --nocapture
+	S3VOL_SOAK_SECS=600 cargo test -p s3vol --test soak -- --nocapture
 
 # Property-based fuzzing of every outside input (volume ids, attributes, secrets,
 # parameters, capacities, control messages, mount options, journals, locations) with a

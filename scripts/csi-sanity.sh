@@ -35,7 +35,7 @@ PY
 # The endpoint comes as a StorageClass parameter (no driver default), as in a cluster.
 printf 'bucket: sanity\nendpoint: %s\n' "$S3VOL_MOTO_ENDPOINT" > "$work/params.yaml"
 : > "$work/secrets.yaml"
-for k in CreateVolumeSecret DeleteVolumeSecret ControllerValidateVolumeCapabilitiesSecret \
+for k in CreateVolumeSecret DeleteVolumeSecret ControllerValidateVolumeCapabilitiesSecret CreateSnapshotSecret DeleteSnapshotSecret \
          ControllerExpandVolumeSecret NodeStageVolumeSecret NodePublishVolumeSecret; do
   printf '%s:\n  accessKeyID: testing\n  secretAccessKey: testing\n' "$k" >> "$work/secrets.yaml"
 done

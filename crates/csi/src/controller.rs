@@ -10,6 +10,7 @@ use crate::pb::{
     ControllerServiceCapability, VolumeCapability,
 };
 use crate::provision::{CapacityRequest, Provisioner};
+use crate::snapshot::{ContentSource, SnapshotInfo};
 
 /// The Controller service: provisioning against the object store.
 pub struct ControllerService {
@@ -62,6 +63,31 @@ fn capacity(range: Option<&pb::CapacityRange>) -> CapacityRequest {
     range.map(|r| CapacityRequest { required: r.required_bytes, limit: r.limit_bytes }).unwrap_or_default()
 }
 
+/// The snapshot or volume a new volume is made from, if any.
+fn content_source(src: Option<&pb::VolumeContentSource>) -> Result<Option<ContentSource>, CsiError> {
+    use pb::volume_content_source::Type;
+    Ok(match src.map(|s| s.r#type.as_ref()) {
+        None => None,
+        Some(Some(Type::Snapshot(s))) if !s.snapshot_id.is_empty() => {
+            Some(ContentSource::Snapshot(s.snapshot_id.clone()))
+        }
+        Some(Some(Type::Volume(v))) if !v.volume_id.is_empty() => Some(ContentSource::Volume(v.volume_id.clone())),
+        Some(_) => return Err(CsiError::invalid("volume_content_source: a snapshot_id or volume_id is required")),
+    })
+}
+
+/// A snapshot as CSI reports it.
+fn snapshot_pb(s: SnapshotInfo) -> pb::Snapshot {
+    pb::Snapshot {
+        size_bytes: s.marker.size,
+        snapshot_id: s.id,
+        source_volume_id: s.marker.source_volume_id,
+        creation_time: Some(prost_types::Timestamp { seconds: s.marker.created_unix, nanos: 0 }),
+        ready_to_use: s.marker.ready,
+        group_snapshot_id: String::new(),
+    }
+}
+
 fn rpc_cap(t: controller_service_capability::rpc::Type) -> ControllerServiceCapability {
     ControllerServiceCapability {
         r#type: Some(controller_service_capability::Type::Rpc(controller_service_capability::Rpc { r#type: t as i32 })),
@@ -79,18 +105,18 @@ impl Controller for ControllerService {
             return Err(CsiError::invalid("name is required").into());
         }
         check_capabilities(&r.volume_capabilities)?;
-        if r.volume_content_source.is_some() {
-            return Err(CsiError::invalid("volume_content_source: cloning and snapshots are not supported yet").into());
-        }
+        let source = content_source(r.volume_content_source.as_ref())?;
         let _guard = self.inflight.claim(&r.name)?;
-        let v =
-            self.provisioner.create(&r.name, capacity(r.capacity_range.as_ref()), &r.parameters, &r.secrets).await?;
+        let v = self
+            .provisioner
+            .create(&r.name, capacity(r.capacity_range.as_ref()), &r.parameters, &r.secrets, source.as_ref())
+            .await?;
         Ok(Response::new(pb::CreateVolumeResponse {
             volume: Some(pb::Volume {
                 capacity_bytes: v.capacity,
                 volume_id: v.id,
                 volume_context: v.context,
-                content_source: None,
+                content_source: r.volume_content_source,
                 accessible_topology: Vec::new(),
             }),
         }))
@@ -146,10 +172,44 @@ impl Controller for ControllerService {
         Ok(Response::new(pb::ControllerGetCapabilitiesResponse {
             capabilities: vec![
                 rpc_cap(Type::CreateDeleteVolume),
+                rpc_cap(Type::CreateDeleteSnapshot),
+                rpc_cap(Type::CloneVolume),
                 rpc_cap(Type::ExpandVolume),
                 rpc_cap(Type::SingleNodeMultiWriter),
             ],
         }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        req: Request<pb::CreateSnapshotRequest>,
+    ) -> Result<Response<pb::CreateSnapshotResponse>, Status> {
+        let r = req.into_inner();
+        if r.name.is_empty() {
+            return Err(CsiError::invalid("name is required").into());
+        }
+        let _guard = self.inflight.claim(&format!("snapshot/{}", r.name))?;
+        let s = self.provisioner.create_snapshot(&r.name, &r.source_volume_id, &r.secrets).await?;
+        Ok(Response::new(pb::CreateSnapshotResponse { snapshot: Some(snapshot_pb(s)) }))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        req: Request<pb::DeleteSnapshotRequest>,
+    ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
+        let r = req.into_inner();
+        let _guard = self.inflight.claim(&format!("snapshot-id/{}", r.snapshot_id))?;
+        self.provisioner.delete_snapshot(&r.snapshot_id, &r.secrets).await?;
+        Ok(Response::new(pb::DeleteSnapshotResponse {}))
+    }
+
+    async fn list_snapshots(
+        &self,
+        _req: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        // Not advertised: snapshots live in the stores, and without a database of which
+        // buckets hold them an unfiltered list cannot be answered truthfully.
+        Err(Status::unimplemented("ListSnapshots is not supported (LIST_SNAPSHOTS is not advertised)"))
     }
 
     async fn controller_expand_volume(

@@ -27,6 +27,7 @@ pub mod pod_identity;
 
 pub mod provision;
 pub mod server;
+pub mod snapshot;
 pub mod volume;
 
 /// Generated CSI types, clients and servers.

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::connect::StoreFactory;
 use crate::error::{CsiError, CsiResult};
+use crate::snapshot::ContentSource;
 use crate::volume::{
     bucket_name_for, Endpoint, OnDelete, ProvisionParams, SecretValues, VolumeId, VolumeSpec, DEFAULT_CAPACITY,
     MAX_VOLUME_ID,
@@ -39,6 +40,16 @@ pub struct Marker {
     pub owns_bucket: bool,
     /// Creation time, RFC 3339.
     pub created: String,
+    /// Where the content came from (`snapshot:ID`, `volume:ID`), if not empty at birth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Whether the copy from `source` finished (a retried CreateVolume completes it).
+    #[serde(default = "populated_by_default")]
+    pub populated: bool,
+}
+
+fn populated_by_default() -> bool {
+    true
 }
 
 /// A provisioned volume as CreateVolume reports it.
@@ -93,11 +104,11 @@ pub struct Provisioner {
 }
 
 /// Shortest per-volume directory name: a few characters of the name and a 12-digit hash.
-const MIN_DIR_NAME: usize = 16;
+pub(crate) const MIN_DIR_NAME: usize = 16;
 
 /// The per-volume directory name: the volume name, or a cut of it with a hash when the
 /// whole name would not fit in a volume id.
-fn dir_name_for(name: &str, budget: usize) -> String {
+pub(crate) fn dir_name_for(name: &str, budget: usize) -> String {
     if name.len() <= budget {
         return name.to_string();
     }
@@ -127,7 +138,7 @@ impl Provisioner {
 
     /// The store a request talks to: StorageClass parameter, then secret, then the
     /// volume id's record, then the driver's defaults.
-    async fn store_for(
+    pub(crate) async fn store_for(
         &self,
         param: &Endpoint,
         recorded: Option<&VolumeId>,
@@ -189,6 +200,7 @@ impl Provisioner {
         capacity: CapacityRequest,
         params: &HashMap<String, String>,
         secrets: &HashMap<String, String>,
+        source: Option<&ContentSource>,
     ) -> CsiResult<ProvisionedVolume> {
         let p = ProvisionParams::parse(params)?;
         let secret = SecretValues::from_map(secrets)?;
@@ -241,7 +253,27 @@ impl Provisioner {
             pod_identity: p.pod_identity.clone(),
         };
 
+        // The source must exist (and be in this bucket) before anything is made.
+        let copy_from = match source {
+            Some(src) => Some(self.resolve_source(src, &bucket, secrets).await?.1),
+            None => None,
+        };
+        let source_text = source.map(ContentSource::describe);
         match Self::read_marker(store.as_ref(), &bucket, &prefix).await? {
+            Some(m) if m.name == name && m.fingerprint == fingerprint && m.source != source_text => {
+                return Err(CsiError::AlreadyExists(format!(
+                    "volume {name:?} already exists with another content source ({})",
+                    m.source.as_deref().unwrap_or("none")
+                )))
+            }
+            Some(m) if m.name == name && m.fingerprint == fingerprint && !m.populated => {
+                // A copy interrupted by a restart: finish it.
+                let from = copy_from.as_deref().unwrap_or_default();
+                crate::snapshot::copy_prefix(&store, &bucket, from, &prefix).await?;
+                Self::write_marker(store.as_ref(), &bucket, &prefix, &Marker { populated: true, ..m.clone() }).await?;
+                let spec = VolumeSpec { capacity: Some(m.capacity), ..spec };
+                return Ok(ProvisionedVolume { id, capacity: m.capacity, context: spec.to_context() });
+            }
             Some(m) if m.name == name && m.fingerprint == fingerprint => {
                 if !capacity.accepts(m.capacity) {
                     return Err(CsiError::AlreadyExists(format!(
@@ -297,8 +329,16 @@ impl Provisioner {
             on_delete: p.on_delete,
             owns_bucket,
             created: now_rfc3339(),
+            source: source_text,
+            populated: copy_from.is_none(),
         };
         Self::write_marker(store.as_ref(), &bucket, &prefix, &marker).await?;
+        if let Some(from) = &copy_from {
+            // Marked unpopulated first: a restart mid-copy is finished by the retry.
+            let bytes = crate::snapshot::copy_prefix(&store, &bucket, from, &prefix).await?;
+            Self::write_marker(store.as_ref(), &bucket, &prefix, &Marker { populated: true, ..marker.clone() }).await?;
+            tracing::info!(volume = %name, from = %from, bytes, "volume filled from its content source");
+        }
         tracing::info!(volume = %name, %bucket, %prefix, capacity = cap, "volume created");
         Ok(ProvisionedVolume { id, capacity: cap, context: spec.to_context() })
     }

@@ -133,7 +133,13 @@ async fn identity_reports_name_capabilities_and_readiness() {
         })
         .collect();
     got.sort_unstable();
-    let mut want = vec![Type::CreateDeleteVolume as i32, Type::ExpandVolume as i32, Type::SingleNodeMultiWriter as i32];
+    let mut want = vec![
+        Type::CreateDeleteVolume as i32,
+        Type::CreateDeleteSnapshot as i32,
+        Type::CloneVolume as i32,
+        Type::ExpandVolume as i32,
+        Type::SingleNodeMultiWriter as i32,
+    ];
     want.sort_unstable();
     assert_eq!(got, want, "the controller advertises exactly what it implements");
 }
@@ -470,4 +476,125 @@ async fn longest_names_keep_the_endpoint_so_delete_works() {
     let e = h.ctl.create_volume(create_req("pvc-x", p, 0)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("shorter prefix"), "{e:?}");
+}
+
+fn snapshot_req(name: &str, source: &str) -> pb::CreateSnapshotRequest {
+    pb::CreateSnapshotRequest {
+        source_volume_id: source.into(),
+        name: name.into(),
+        secrets: secrets(),
+        parameters: HashMap::new(),
+    }
+}
+
+fn from_source(
+    name: &str,
+    p: HashMap<String, String>,
+    src: pb::volume_content_source::Type,
+) -> pb::CreateVolumeRequest {
+    pb::CreateVolumeRequest {
+        volume_content_source: Some(pb::VolumeContentSource { r#type: Some(src) }),
+        ..create_req(name, p, 0)
+    }
+}
+
+/// Snapshots (issue 14 §3), as the external-snapshotter drives them: a snapshot is a
+/// copy taken at CreateSnapshot (later writes to the volume do not reach it), a volume
+/// made from it or cloned from a volume holds the content, names are idempotent, a
+/// second source under the same name is ALREADY_EXISTS, missing sources NOT_FOUND,
+/// DeleteSnapshot removes only the copy, and an interrupted fill is finished by the retry.
+#[tokio::test]
+async fn snapshots_and_clones_copy_the_volume_server_side() {
+    use pb::volume_content_source::{SnapshotSource, Type, VolumeSource};
+    let mut h = start().await;
+    let caps = h.ctl.controller_get_capabilities(pb::ControllerGetCapabilitiesRequest {}).await.unwrap().into_inner();
+    use pb::controller_service_capability::{rpc::Type as Rpc, Type as CapType};
+    let advertised: Vec<i32> = caps
+        .capabilities
+        .iter()
+        .filter_map(|c| match &c.r#type {
+            Some(CapType::Rpc(r)) => Some(r.r#type),
+            _ => None,
+        })
+        .collect();
+    for want in [Rpc::CreateDeleteSnapshot, Rpc::CloneVolume] {
+        assert!(advertised.contains(&(want as i32)), "{want:?} not advertised: {advertised:?}");
+    }
+    assert!(!advertised.contains(&(Rpc::ListSnapshots as i32)), "ListSnapshots is not implemented");
+    let p = params(&[("bucket", "shared"), ("prefix", "vols")]);
+    let v = h.ctl.create_volume(create_req("pvc-src", p.clone(), 0)).await.unwrap().into_inner().volume.unwrap();
+    h.srv.backend.put("shared", "vols/pvc-src/a.txt", b"first", &[]);
+    h.srv.backend.put("shared", "vols/pvc-src/dir/b.bin", &[7u8; 3000], &[]);
+
+    let snap =
+        h.ctl.create_snapshot(snapshot_req("snap-1", &v.volume_id)).await.unwrap().into_inner().snapshot.unwrap();
+    assert!(snap.ready_to_use && snap.size_bytes == 3005, "{snap:?}");
+    assert_eq!(snap.source_volume_id, v.volume_id);
+    assert!(snap.creation_time.is_some_and(|t| t.seconds > 0));
+    assert!(snap.snapshot_id.len() <= 128);
+    let again =
+        h.ctl.create_snapshot(snapshot_req("snap-1", &v.volume_id)).await.unwrap().into_inner().snapshot.unwrap();
+    assert_eq!(again.snapshot_id, snap.snapshot_id, "idempotent");
+    // Writes after the snapshot do not reach it.
+    h.srv.backend.put("shared", "vols/pvc-src/a.txt", b"second", &[]);
+
+    let other = h.ctl.create_volume(create_req("pvc-other", p.clone(), 0)).await.unwrap().into_inner().volume.unwrap();
+    let e = h.ctl.create_snapshot(snapshot_req("snap-1", &other.volume_id)).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    let e = h.ctl.create_snapshot(snapshot_req("snap-x", "v1|shared|vols/nosuch/||")).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = h.ctl.create_snapshot(snapshot_req("", &v.volume_id)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+    // A volume from the snapshot holds the snapshot's content.
+    let restore = Type::Snapshot(SnapshotSource { snapshot_id: snap.snapshot_id.clone() });
+    let r = h.ctl.create_volume(from_source("pvc-restored", p.clone(), restore.clone())).await.unwrap().into_inner();
+    let rv = r.volume.unwrap();
+    assert!(rv.content_source.is_some());
+    let rp = rv.volume_context["prefix"].clone();
+    assert_eq!(h.srv.backend.get("shared", &format!("{rp}a.txt")).unwrap(), &b"first"[..]);
+    assert_eq!(h.srv.backend.get("shared", &format!("{rp}dir/b.bin")).unwrap().len(), 3000);
+    assert!(h.srv.backend.get("shared", &format!("{rp}.s3vol-snapshot.json")).is_none(), "no snapshot marker copied");
+    let again = h.ctl.create_volume(from_source("pvc-restored", p.clone(), restore)).await.unwrap().into_inner();
+    assert_eq!(again.volume.unwrap().volume_id, rv.volume_id);
+
+    // A clone of the volume holds its current content.
+    let clone = Type::Volume(VolumeSource { volume_id: v.volume_id.clone() });
+    let c = h.ctl.create_volume(from_source("pvc-clone", p.clone(), clone)).await.unwrap().into_inner().volume.unwrap();
+    let cp = c.volume_context["prefix"].clone();
+    assert_eq!(h.srv.backend.get("shared", &format!("{cp}a.txt")).unwrap(), &b"second"[..]);
+
+    // Missing sources: NOT_FOUND, and nothing created.
+    let gone = Type::Snapshot(SnapshotSource { snapshot_id: "v1|shared|vols/.s3vol-snapshots/none/||".into() });
+    let e = h.ctl.create_volume(from_source("pvc-none", p.clone(), gone)).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let gone = Type::Volume(VolumeSource { volume_id: "v1|shared|vols/none/||".into() });
+    let e = h.ctl.create_volume(from_source("pvc-none", p.clone(), gone)).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(h.srv.backend.keys("shared").iter().all(|k| !k.contains("pvc-none")));
+
+    // An interrupted fill (marker says unpopulated) is finished by the retry.
+    let marker_key = format!("{cp}.s3vol-volume.json");
+    let m = String::from_utf8(h.srv.backend.get("shared", &marker_key).unwrap().to_vec()).unwrap();
+    assert!(m.contains("\"populated\": true"), "{m}");
+    h.srv.backend.put("shared", &marker_key, m.replace("\"populated\": true", "\"populated\": false").as_bytes(), &[]);
+    h.srv.backend.delete("shared", &format!("{cp}a.txt"));
+    let clone = Type::Volume(VolumeSource { volume_id: v.volume_id.clone() });
+    h.ctl.create_volume(from_source("pvc-clone", p.clone(), clone)).await.unwrap();
+    assert!(h.srv.backend.get("shared", &format!("{cp}a.txt")).is_some(), "the retry finished the copy");
+
+    // DeleteSnapshot removes the copy only; twice is fine; the source volume is intact.
+    for _ in 0..2 {
+        h.ctl
+            .delete_snapshot(pb::DeleteSnapshotRequest { snapshot_id: snap.snapshot_id.clone(), secrets: secrets() })
+            .await
+            .unwrap();
+    }
+    assert!(h.srv.backend.keys("shared").iter().all(|k| !k.contains(".s3vol-snapshots/snap-1/")));
+    assert!(h.srv.backend.get("shared", "vols/pvc-src/a.txt").is_some());
+    h.ctl
+        .delete_snapshot(pb::DeleteSnapshotRequest { snapshot_id: v.volume_id.clone(), secrets: secrets() })
+        .await
+        .unwrap();
+    assert!(h.srv.backend.get("shared", "vols/pvc-src/a.txt").is_some(), "a volume id is not a snapshot to delete");
 }

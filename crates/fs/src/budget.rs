@@ -65,6 +65,11 @@ impl MemoryBudget {
         self.sem.clone().try_acquire_many_owned(units).ok().map(|permit| Reservation { _permit: permit })
     }
 
+    /// Reserves `bytes` if they are free now, without waiting (a read's own chunk).
+    pub fn try_reserve(&self, bytes: u64) -> Option<Reservation> {
+        self.sem.clone().try_acquire_many_owned(self.units(bytes)).ok().map(|permit| Reservation { _permit: permit })
+    }
+
     /// Whether the budget is more than three quarters reserved: writers then give spare
     /// buffers back instead of keeping them for reuse.
     pub fn under_pressure(&self) -> bool {

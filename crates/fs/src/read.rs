@@ -165,14 +165,23 @@ impl Reader {
             } else {
                 self.chunk_size.min(self.window)
             };
-            let end = (start + len).min(self.size);
+            let mut end = (start + len).min(self.size);
             let reserved = match &self.budget {
                 Some(b) if start >= needed => match b.try_reserve_optional(end - start) {
                     Some(r) => Some(r),
                     // Memory is short: read-ahead stops here and grows back later.
                     None => break,
                 },
-                _ => None,
+                Some(b) => match b.try_reserve(end - start) {
+                    Some(r) => Some(r),
+                    // Not even the read's own chunk fits: fetch only what the read needs
+                    // (at most a read's size per reader goes beyond the budget).
+                    None => {
+                        end = needed.min(self.size).max(start + 1);
+                        None
+                    }
+                },
+                None => None,
             };
             let h = tokio::spawn(fetch(self.store.clone(), self.bucket.clone(), self.key.clone(), start, end));
             self.chunks.push_back(Chunk { start, end, data: ChunkData::Pending(h), _reserved: reserved });

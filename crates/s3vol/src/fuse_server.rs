@@ -14,7 +14,9 @@ use parking_lot::Mutex;
 use s3vol_csi::node::handoff::{self, ControlRequest, ControlResponse, ServeConfig};
 use s3vol_fs::{Fs, FsConfig, MountOptions};
 use s3vol_fuse::{DrainControl, FileJournal, Resend};
-use s3vol_store::{CountingStore, CredentialSource, FileStore, ObjectStore, S3Config, S3Store};
+use s3vol_store::{CountingStore, CredentialSource, ObjectStore};
+
+use crate::open_store::{open_store, StoreTarget};
 use std::os::fd::{AsFd, OwnedFd};
 
 /// `s3vol fuse-server` arguments.
@@ -197,19 +199,13 @@ fn start(
 ) -> anyhow::Result<Option<String>> {
     let options = MountOptions::parse(&config.options).map_err(|e| anyhow::anyhow!("{e}"))?;
     let source = config.credentials.clone().map(|c| CredentialSource::fixed(c.into()));
-    let store: Arc<dyn ObjectStore> = match config.endpoint.as_deref().and_then(|e| e.strip_prefix("file://")) {
-        Some(dir) => Arc::new(FileStore::new(dir)),
-        None => {
-            let mut cfg = S3Config::new(
-                config.endpoint.clone(),
-                config.region.clone(),
-                source.clone().unwrap_or(CredentialSource::DefaultChain),
-            );
-            cfg.addressing = config.addressing.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-            options.tune_store(&mut cfg);
-            Arc::new(rt.block_on(S3Store::new(cfg))?)
-        }
+    let target = StoreTarget {
+        endpoint: config.endpoint.as_deref(),
+        region: &config.region,
+        addressing: &config.addressing,
+        credentials: source.clone().unwrap_or(CredentialSource::DefaultChain),
     };
+    let store = rt.block_on(open_store(target, &options))?;
     let counting = Arc::new(CountingStore::new(store, config.volume_id.clone()));
     let counts = counting.counts();
     let store: Arc<dyn ObjectStore> = counting;

@@ -10,10 +10,25 @@ mod fuse_server;
 mod logging;
 mod metrics;
 mod mount_cmd;
+mod open_store;
 
 use clap::Parser;
 
+/// Buffers of this size and up (part buffers, prefetched chunks) get pages of their own
+/// from the kernel and give them back when freed. glibc otherwise raises the threshold
+/// after the first such free and carves later buffers from its arenas, which keep freed
+/// memory: the process's RSS then exceeds the memory budget it keeps (seen: 856 MiB for a
+/// 512 MiB budget in bench/memory.sh).
+const MMAP_THRESHOLD: libc::c_int = 4 << 20;
+
 fn main() -> std::process::ExitCode {
+    // SAFETY: mallopt only changes allocator parameters; it is called first thing in
+    // main, before any thread exists, and with a valid parameter and value.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        // Fewer arenas: freed memory of one thread's arena is reused by the others.
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
     let cli = cli::Cli::parse();
     logging::init(&cli.log_format, cli.command.debug());
     let result = match cli.command {

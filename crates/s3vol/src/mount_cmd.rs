@@ -7,11 +7,11 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use s3vol_fs::{Fs, FsConfig, MountOptions};
 use s3vol_store::{
-    CountingStore, CredentialSource, ErrorKind, FileStore, ListRequest, Location, ObjectStore, S3Config, S3Store,
-    StaticCredentials, StoreKind,
+    CountingStore, CredentialSource, ErrorKind, ListRequest, Location, ObjectStore, StaticCredentials, StoreKind,
 };
 
 use crate::cli::MountArgs;
+use crate::open_store::{open_store, StoreTarget};
 
 /// Environment variable naming the pipe a background child reports readiness on.
 const READY_FD_ENV: &str = "S3VOL_READY_FD";
@@ -103,25 +103,22 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
 /// Builds the store and checks, before mounting, that the bucket and prefix can be
 /// reached with these credentials, so failures are one clear line, not a dead mount.
 async fn prepare(args: &MountArgs, loc: &Location, opts: &MountOptions) -> anyhow::Result<Arc<dyn ObjectStore>> {
-    let store: Arc<dyn ObjectStore> = match &loc.kind {
+    let file_url;
+    let endpoint = match &loc.kind {
         StoreKind::File(dir) => {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            Arc::new(FileStore::new(dir))
+            file_url = format!("file://{}", dir.display());
+            Some(file_url.as_str())
         }
-        StoreKind::S3 => {
-            // Keys in the environment are what the default chain would find first; using
-            // them directly skips building the chain (most of the mount time).
-            let source = match keys_from_env() {
-                Some(keys) => CredentialSource::fixed(keys),
-                None => CredentialSource::DefaultChain,
-            };
-            let mut cfg = S3Config::new(args.endpoint.clone(), args.region.clone(), source);
-            cfg.addressing =
-                args.addressing_style.parse().map_err(|e: String| anyhow::anyhow!("--addressing-style: {e}"))?;
-            opts.tune_store(&mut cfg);
-            Arc::new(S3Store::new(cfg).await?)
-        }
+        StoreKind::S3 => args.endpoint.as_deref(),
     };
+    // Keys in the environment are what the default chain would find first; using them
+    // directly skips building the chain (most of the mount time).
+    let credentials = match keys_from_env() {
+        Some(keys) => CredentialSource::fixed(keys),
+        None => CredentialSource::DefaultChain,
+    };
+    let target = StoreTarget { endpoint, region: &args.region, addressing: &args.addressing_style, credentials };
+    let store = open_store(target, opts).await?;
     // A whole-bucket mount is checked with the cheap HeadBucket; only when that fails (or
     // for a prefix) a one-key LIST runs, whose error body carries the store's code.
     if loc.prefix.is_empty() && store.head_bucket(&loc.bucket).await.is_ok() {
