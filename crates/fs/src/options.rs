@@ -57,8 +57,9 @@ pub struct MountOptions {
     /// listing's attributes expire, mode/owner/mtime shown for listed files are the mount's
     /// defaults (access is still checked against the object's own mode at open).
     pub list_attrs: bool,
-    /// Bytes the mount may hold in part buffers and read-ahead together; under pressure
-    /// read-ahead shrinks first, then writers wait for buffers.
+    /// Memory the mount process should stay under; part buffers and read-ahead share
+    /// it less a fixed 128 MiB for everything else. Under pressure read-ahead shrinks
+    /// first, then writers wait for buffers.
     pub memory_limit: u64,
     /// Times a failed request (throttled, 5xx, reset, timed out) is tried again, with
     /// jittered exponential backoff (1 s doubling to at most 20 s) between attempts.
@@ -226,7 +227,7 @@ impl MountOptions {
                 "mime" => o.mime = flag(name, value)?,
                 "debug" => o.debug = flag(name, value)?,
                 "list_attrs" => o.list_attrs = flag(name, value)?,
-                "memory_limit" => o.memory_limit = number::<u64>(name, need()?)?.clamp(16, 1 << 20) * MIB,
+                "memory_limit" => o.memory_limit = number::<u64>(name, need()?)?.clamp(144, 1 << 20) * MIB,
                 "retries" => o.retries = number::<u32>(name, need()?)?.min(100),
                 "request_timeout" => o.request_timeout = seconds(name, need()?)?,
                 "readwrite_timeout" => o.readwrite_timeout = seconds(name, need()?)?,

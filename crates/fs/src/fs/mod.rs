@@ -220,6 +220,15 @@ pub struct Drained {
     pub committed: usize,
 }
 
+/// What `memory_limit` leaves for part buffers and read-ahead: the limit is for the whole
+/// process (what a mount pod's memory limit is set to), and FUSE requests in flight,
+/// connections and caches take their share first.
+const FIXED_MEMORY: u64 = 128 << 20;
+
+fn buffer_budget(memory_limit: u64) -> u64 {
+    memory_limit.saturating_sub(FIXED_MEMORY).max(16 << 20)
+}
+
 fn check_name(name: &str) -> FsResult<()> {
     if name.len() > 255 {
         return Err(Errno::ENAMETOOLONG);
@@ -254,7 +263,7 @@ impl Fs {
             concurrency: o.upload_concurrency,
             cache_dir: o.cache_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("s3vol-cache")),
             cache_limit: o.cache_size,
-            budget: MemoryBudget::new(o.memory_limit),
+            budget: MemoryBudget::new(buffer_budget(o.memory_limit)),
         };
         let cfg_capacity = cfg.capacity.unwrap_or(0);
         // With list_attrs the listing itself carries the attributes (readdirplus).
