@@ -122,6 +122,39 @@ pub(crate) fn dir_name_for(name: &str, budget: usize) -> String {
     format!("{}-{hash}", &name[..cut])
 }
 
+/// A JSON marker object (`what` names it in errors), or `None` when there is none.
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+    store: &dyn ObjectStore,
+    bucket: &str,
+    key: &str,
+    what: &str,
+) -> CsiResult<Option<T>> {
+    match store.get_object(bucket, key, None).await {
+        Ok(resp) => {
+            let body = collect_body(resp.body).await?;
+            serde_json::from_slice(&body)
+                .map(Some)
+                .map_err(|e| CsiError::Internal(format!("{what} {bucket}/{key} is unreadable: {e}")))
+        }
+        Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::NoSuchBucket) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes a JSON marker object.
+pub(crate) async fn write_json<T: Serialize>(store: &dyn ObjectStore, bucket: &str, key: &str, m: &T) -> CsiResult<()> {
+    let body = serde_json::to_vec_pretty(m).map_err(|e| CsiError::Internal(e.to_string()))?;
+    let opts = PutOptions { content_type: Some("application/json".into()), ..Default::default() };
+    store.put_object(bucket, key, Bytes::from(body), &opts).await?;
+    Ok(())
+}
+
+/// The prefix that holds the volume at `prefix` (`a/b/vol/` → `a/b/`, `vol/` → ``): where
+/// archives and snapshots go, beside the volumes.
+pub(crate) fn parent_prefix(prefix: &str) -> &str {
+    prefix.trim_end_matches('/').rfind('/').map_or("", |i| &prefix[..=i])
+}
+
 fn marker_key(prefix: &str) -> String {
     format!("{prefix}{MARKER_NAME}")
 }
@@ -166,24 +199,11 @@ impl Provisioner {
     /// The ownership marker of the volume at `bucket`/`prefix`, if it is one we created
     /// (it records the current capacity, expansions included).
     pub async fn read_marker(store: &dyn ObjectStore, bucket: &str, prefix: &str) -> CsiResult<Option<Marker>> {
-        match store.get_object(bucket, &marker_key(prefix), None).await {
-            Ok(resp) => {
-                let body = collect_body(resp.body).await?;
-                let m = serde_json::from_slice(&body).map_err(|e| {
-                    CsiError::Internal(format!("ownership marker {bucket}/{} is unreadable: {e}", marker_key(prefix)))
-                })?;
-                Ok(Some(m))
-            }
-            Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::NoSuchBucket) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        read_json(store, bucket, &marker_key(prefix), "ownership marker").await
     }
 
     async fn write_marker(store: &dyn ObjectStore, bucket: &str, prefix: &str, m: &Marker) -> CsiResult<()> {
-        let body = serde_json::to_vec_pretty(m).map_err(|e| CsiError::Internal(e.to_string()))?;
-        let opts = PutOptions { content_type: Some("application/json".into()), ..Default::default() };
-        store.put_object(bucket, &marker_key(prefix), Bytes::from(body), &opts).await?;
-        Ok(())
+        write_json(store, bucket, &marker_key(prefix), m).await
     }
 
     async fn is_empty(store: &dyn ObjectStore, bucket: &str, prefix: &str) -> CsiResult<bool> {
@@ -363,9 +383,7 @@ impl Provisioner {
             tracing::info!(volume_id, "onDelete=retain: data kept");
             return Ok(());
         }
-        let trimmed = id.prefix.trim_end_matches('/');
-        let base = trimmed.rfind('/').map_or("", |i| &id.prefix[..=i]);
-        let archive_root = format!("{base}_archived/");
+        let archive_root = format!("{}_archived/", parent_prefix(&id.prefix));
         let archive_to = format!("{archive_root}{}/{}/", marker.name, time::OffsetDateTime::now_utc().unix_timestamp());
         let marker_k = marker_key(&id.prefix);
         // Deleting while paging would skip keys, so each batch lists from the start again;
@@ -410,7 +428,7 @@ impl Provisioner {
     }
 
     /// Deletes `keys` with multi-object deletes, failing on the first key the store kept.
-    async fn delete_keys(store: &dyn ObjectStore, bucket: &str, keys: &[String]) -> CsiResult<()> {
+    pub(crate) async fn delete_keys(store: &dyn ObjectStore, bucket: &str, keys: &[String]) -> CsiResult<()> {
         let failed = store.delete_objects(bucket, keys).await?;
         if let Some((k, e)) = failed.first() {
             return Err(CsiError::Internal(format!("{} objects could not be deleted, first {k}: {e}", failed.len())));

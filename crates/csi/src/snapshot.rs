@@ -8,13 +8,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use s3vol_store::{collect_body, ErrorKind, ListRequest, ObjectStore, PutOptions};
+use s3vol_store::{ListRequest, ObjectStore};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CsiError, CsiResult};
-use crate::provision::{dir_name_for, Provisioner, MARKER_NAME, MIN_DIR_NAME};
+use crate::provision::{dir_name_for, parent_prefix, read_json, write_json, Provisioner, MARKER_NAME, MIN_DIR_NAME};
 use crate::volume::{Endpoint, SecretValues, VolumeId, MAX_VOLUME_ID};
 
 /// Name of a snapshot's marker object, relative to the snapshot prefix.
@@ -71,9 +70,7 @@ impl ContentSource {
 
 /// The snapshot directory beside the volume at `prefix` (`a/b/vol/` → `a/b/.s3vol-snapshots/`).
 fn snapshot_root(prefix: &str) -> String {
-    let trimmed = prefix.trim_end_matches('/');
-    let base = trimmed.rfind('/').map_or("", |i| &prefix[..=i]);
-    format!("{base}{SNAPSHOT_DIR}")
+    format!("{}{SNAPSHOT_DIR}", parent_prefix(prefix))
 }
 
 fn snapshot_marker_key(prefix: &str) -> String {
@@ -85,19 +82,7 @@ async fn read_snapshot_marker(
     bucket: &str,
     prefix: &str,
 ) -> CsiResult<Option<SnapshotMarker>> {
-    match store.get_object(bucket, &snapshot_marker_key(prefix), None).await {
-        Ok(resp) => {
-            let body = collect_body(resp.body).await?;
-            serde_json::from_slice(&body).map(Some).map_err(|e| {
-                CsiError::Internal(format!(
-                    "snapshot marker {bucket}/{} is unreadable: {e}",
-                    snapshot_marker_key(prefix)
-                ))
-            })
-        }
-        Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::NoSuchBucket) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    read_json(store, bucket, &snapshot_marker_key(prefix), "snapshot marker").await
 }
 
 async fn write_snapshot_marker(
@@ -106,10 +91,7 @@ async fn write_snapshot_marker(
     prefix: &str,
     m: &SnapshotMarker,
 ) -> CsiResult<()> {
-    let body = serde_json::to_vec_pretty(m).map_err(|e| CsiError::Internal(e.to_string()))?;
-    let opts = PutOptions { content_type: Some("application/json".into()), ..Default::default() };
-    store.put_object(bucket, &snapshot_marker_key(prefix), Bytes::from(body), &opts).await?;
-    Ok(())
+    write_json(store, bucket, &snapshot_marker_key(prefix), m).await
 }
 
 /// Copies every object under `from` to the same name under `to` (both in `bucket`), but
@@ -157,10 +139,7 @@ async fn delete_prefix(store: &dyn ObjectStore, bucket: &str, prefix: &str, last
         if keys.is_empty() {
             break;
         }
-        let failed = store.delete_objects(bucket, &keys).await?;
-        if let Some((k, e)) = failed.first() {
-            return Err(CsiError::Internal(format!("{} objects could not be deleted, first {k}: {e}", failed.len())));
-        }
+        Provisioner::delete_keys(store, bucket, &keys).await?;
     }
     store.delete_object(bucket, last).await?;
     Ok(())
@@ -238,18 +217,31 @@ impl Provisioner {
         if snapshot_id.is_empty() {
             return Err(CsiError::invalid("snapshot_id is required"));
         }
-        let Some(id) = VolumeId::parse(snapshot_id).filter(|id| id.prefix.contains(SNAPSHOT_DIR)) else {
-            tracing::info!(snapshot_id, "DeleteSnapshot of an id s3vol did not issue: nothing to do");
+        let Some((store, id, _)) = self.find_snapshot(snapshot_id, secrets).await? else {
+            tracing::info!(
+                snapshot_id,
+                "DeleteSnapshot of an id s3vol did not issue, or already deleted: nothing to do"
+            );
             return Ok(());
         };
-        let secret = SecretValues::from_map(secrets)?;
-        let (store, _) = self.store_for(&Endpoint::default(), Some(&id), &secret).await?;
-        if read_snapshot_marker(store.as_ref(), &id.bucket, &id.prefix).await?.is_none() {
-            return Ok(());
-        }
         delete_prefix(store.as_ref(), &id.bucket, &id.prefix, &snapshot_marker_key(&id.prefix)).await?;
         tracing::info!(snapshot_id, "snapshot deleted");
         Ok(())
+    }
+
+    /// The snapshot `snapshot_id` names, with its store and marker; `None` for an id we
+    /// did not issue or a snapshot that is gone.
+    async fn find_snapshot(
+        &self,
+        snapshot_id: &str,
+        secrets: &HashMap<String, String>,
+    ) -> CsiResult<Option<(Arc<dyn ObjectStore>, VolumeId, SnapshotMarker)>> {
+        let Some(id) = VolumeId::parse(snapshot_id).filter(|id| id.prefix.contains(SNAPSHOT_DIR)) else {
+            return Ok(None);
+        };
+        let secret = SecretValues::from_map(secrets)?;
+        let (store, _) = self.store_for(&Endpoint::default(), Some(&id), &secret).await?;
+        Ok(read_snapshot_marker(store.as_ref(), &id.bucket, &id.prefix).await?.map(|m| (store, id, m)))
     }
 
     /// Checks a new volume's content source before anything is created: NOT_FOUND for a
@@ -266,21 +258,11 @@ impl Provisioner {
                 let (store, id, _) = self.lookup(v, secrets).await?;
                 (store, id)
             }
-            ContentSource::Snapshot(s) => {
-                let id = VolumeId::parse(s).filter(|id| id.prefix.contains(SNAPSHOT_DIR)).ok_or_else(|| {
-                    CsiError::NotFound(format!("snapshot {s:?} does not exist (not an s3vol snapshot id)"))
-                })?;
-                let secret = SecretValues::from_map(secrets)?;
-                let (store, _) = self.store_for(&Endpoint::default(), Some(&id), &secret).await?;
-                match read_snapshot_marker(store.as_ref(), &id.bucket, &id.prefix).await? {
-                    Some(m) if m.ready => {}
-                    Some(_) => {
-                        return Err(CsiError::Unavailable(format!("snapshot {s:?} is still being taken; retry")))
-                    }
-                    None => return Err(CsiError::NotFound(format!("snapshot {s:?} does not exist"))),
-                }
-                (store, id)
-            }
+            ContentSource::Snapshot(s) => match self.find_snapshot(s, secrets).await? {
+                Some((store, id, m)) if m.ready => (store, id),
+                Some(_) => return Err(CsiError::Unavailable(format!("snapshot {s:?} is still being taken; retry"))),
+                None => return Err(CsiError::NotFound(format!("snapshot {s:?} does not exist"))),
+            },
         };
         if id.bucket != bucket {
             return Err(CsiError::invalid(format!(

@@ -10,17 +10,16 @@ use s3vol_testkit::{TestS3, ACCESS_KEY, SECRET_KEY};
 
 const BIN: &str = env!("CARGO_BIN_EXE_s3vol");
 
+mod standalone;
+use standalone::is_mounted;
+
 struct Env {
     srv: TestS3,
     rt: tokio::runtime::Runtime,
 }
 
 fn can_mount() -> bool {
-    let ok = nix::unistd::geteuid().is_root() && Path::new("/dev/fuse").exists();
-    if !ok {
-        s3vol_testkit::skip_or_fail("FUSE mount tests need root and /dev/fuse");
-    }
-    ok
+    standalone::can_mount("FUSE mount tests")
 }
 
 /// A test server holding `n` one-byte objects `{stem}00000`, `{stem}00001`, ... in `bkt`.
@@ -98,12 +97,6 @@ fn run_as(uid: u32, dir: &Path, args: &[&str]) -> Output {
         .current_dir(dir)
         .output()
         .unwrap()
-}
-
-fn is_mounted(p: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    let p = p.to_string_lossy();
-    mounts.lines().any(|l| l.split_whitespace().nth(1) == Some(&*p))
 }
 
 fn mount_cmd(e: &Env, source: &str, mnt: &Path, opts: &[&str]) -> Command {

@@ -13,15 +13,16 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::IntoRawFd;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use s3s::S3ErrorCode;
 use s3vol_testkit::{Storm, TestS3, ACCESS_KEY, SECRET_KEY};
 
-const BIN: &str = env!("CARGO_BIN_EXE_s3vol");
+mod standalone;
+use standalone::{mount, Mounted};
+
 const MIB: usize = 1 << 20;
 
 /// Sizes of the workloads.
@@ -197,57 +198,6 @@ fn scenarios(s: Scale) -> Vec<Scenario> {
             all_succeed: false,
         },
     ]
-}
-
-struct Mounted {
-    mnt: PathBuf,
-    log: PathBuf,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-fn is_mounted(p: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    let p = p.to_string_lossy();
-    mounts.lines().any(|l| l.split_whitespace().nth(1) == Some(&*p))
-}
-
-fn mount(srv: &TestS3) -> Mounted {
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    let log = dir.path().join("mount.log");
-    std::fs::create_dir(&mnt).unwrap();
-    let child = Command::new(BIN)
-        .args(["mount", "s3://bkt"])
-        .arg(&mnt)
-        .args(["--endpoint", &srv.endpoint(), "--foreground", "--log-file"])
-        .arg(&log)
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !is_mounted(&mnt) {
-        assert!(Instant::now() < deadline, "mount did not appear");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Mounted { mnt, log, child, _dir: dir }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if Command::new("umount").arg(&self.mnt).status().map(|s| !s.success()).unwrap_or(true) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Writes `data` to `path` and returns what close(2) said (where the upload's fate shows).
@@ -456,8 +406,7 @@ fn workloads(srv: &TestS3, m: &Mounted, s: Scale, t: &mut Tally) {
 
 #[test]
 fn fault_storms_lose_nothing_and_never_kill_the_mount() {
-    if !(nix::unistd::geteuid().is_root() && Path::new("/dev/fuse").exists()) {
-        s3vol_testkit::skip_or_fail("the fault-storm suite mounts with FUSE: needs root and /dev/fuse");
+    if !standalone::can_mount("the fault-storm suite's mounts") {
         return;
     }
     let s = scale();

@@ -7,15 +7,15 @@
 
 use std::io::Write;
 use std::os::fd::IntoRawFd;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use s3vol_testkit::{TestS3, ACCESS_KEY, SECRET_KEY};
+use s3vol_testkit::TestS3;
 
-const BIN: &str = env!("CARGO_BIN_EXE_s3vol");
+mod standalone;
+
 const MIB: usize = 1 << 20;
 const WRITERS: usize = 32;
 const READERS: usize = 32;
@@ -51,36 +51,9 @@ fn sample(pid: u32, start: Instant) -> Sample {
     }
 }
 
-fn is_mounted(p: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    let p = p.to_string_lossy();
-    mounts.lines().any(|l| l.split_whitespace().nth(1) == Some(&*p))
-}
-
-struct Mounted {
-    mnt: PathBuf,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if Command::new("umount").arg(&self.mnt).status().map(|s| !s.success()).unwrap_or(true) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn thirty_two_writers_and_readers_for_a_minute_hold_memory_fds_and_threads_flat() {
-    if !(nix::unistd::geteuid().is_root() && Path::new("/dev/fuse").exists()) {
-        s3vol_testkit::skip_or_fail("the soak test mounts with FUSE: needs root and /dev/fuse");
+    if !standalone::can_mount("the soak test's mounts") {
         return;
     }
     let secs: u64 = std::env::var("S3VOL_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
@@ -90,25 +63,8 @@ fn thirty_two_writers_and_readers_for_a_minute_hold_memory_fds_and_threads_flat(
     for r in 0..READERS {
         srv.backend.put("bkt", &format!("r/{r:02}"), &pattern(r as u64, 8 * MIB), &[]);
     }
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let child = Command::new(BIN)
-        .args(["mount", "s3://bkt"])
-        .arg(&mnt)
-        .args(["--endpoint", &srv.endpoint(), "--foreground"])
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !is_mounted(&mnt) {
-        assert!(Instant::now() < deadline, "mount did not appear");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let m = Mounted { mnt: mnt.clone(), child, _dir: dir };
+    let m = standalone::mount(&srv);
+    let mnt = m.mnt.clone();
     let pid = m.child.id();
     std::fs::create_dir(mnt.join("w")).unwrap();
     srv.control.reset_counts();

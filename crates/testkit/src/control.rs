@@ -32,6 +32,13 @@ struct State {
     weather: Option<Weather>,
 }
 
+impl State {
+    /// One more of `what` (an operation, or something seen in a request).
+    fn count(&mut self, what: &str) {
+        *self.counters.entry(what.to_string()).or_default() += 1;
+    }
+}
+
 /// The test's handle on the server's behaviour; cheap to clone.
 #[derive(Clone, Default)]
 pub struct Control {
@@ -87,10 +94,10 @@ impl Control {
             None => return (Duration::ZERO, Wire::Pass),
         };
         if !spike.is_zero() {
-            *st.counters.entry("storm:spike".into()).or_default() += 1;
+            st.count("storm:spike");
         }
         if wire != Wire::Pass {
-            *st.counters.entry(format!("storm:{wire:?}")).or_default() += 1;
+            st.count(&format!("storm:{wire:?}"));
         }
         (spike, wire)
     }
@@ -100,7 +107,7 @@ impl Control {
         let mut st = self.state.lock();
         let on = st.weather.as_ref().is_some_and(Weather::wrong_etag);
         if on {
-            *st.counters.entry("storm:WrongEtag".into()).or_default() += 1;
+            st.count("storm:WrongEtag");
         }
         on
     }
@@ -164,12 +171,12 @@ impl Control {
     /// Counts a request of `op` and returns the injected error for it, if any.
     /// Counts something seen in a request (`UnsignedPayload`), readable with `count`.
     pub(crate) fn note(&self, what: &str) {
-        *self.state.lock().counters.entry(what.to_string()).or_default() += 1;
+        self.state.lock().count(what);
     }
 
     pub(crate) fn enter(&self, op: &str) -> S3Result<()> {
         let mut st = self.state.lock();
-        *st.counters.entry(op.to_string()).or_default() += 1;
+        st.count(op);
         let hit = st.faults.iter().position(|f| f.count > 0 && f.op.as_deref().is_none_or(|o| o == op));
         if let Some(i) = hit {
             let f = &mut st.faults[i];
@@ -183,7 +190,7 @@ impl Control {
             return Err(S3Error::with_message(code, format!("injected fault on {op}")));
         }
         if let Some(code) = st.weather.as_mut().and_then(Weather::error) {
-            *st.counters.entry("storm:error".into()).or_default() += 1;
+            st.count("storm:error");
             return Err(S3Error::with_message(code, format!("storm on {op}")));
         }
         Ok(())

@@ -113,11 +113,11 @@ impl Weather {
 
     /// What to do to the connection of a request of `kind`.
     pub fn wire(&mut self, kind: RequestKind) -> Wire {
-        let s = self.storm.clone();
+        let (stall, cut, reset) = (self.storm.stall_rate, self.storm.cut_rate, self.storm.reset_upload_rate);
         match kind {
-            RequestKind::GetObject if self.hit(s.stall_rate) => Wire::Stall,
-            RequestKind::GetObject if self.hit(s.cut_rate) => Wire::Cut,
-            RequestKind::Upload if self.hit(s.reset_upload_rate) => Wire::ResetUpload,
+            RequestKind::GetObject if self.hit(stall) => Wire::Stall,
+            RequestKind::GetObject if self.hit(cut) => Wire::Cut,
+            RequestKind::Upload if self.hit(reset) => Wire::ResetUpload,
             _ => Wire::Pass,
         }
     }
