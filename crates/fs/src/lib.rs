@@ -31,6 +31,7 @@ mod open_files;
 mod options;
 mod prefetch;
 mod read;
+mod staging;
 mod write;
 
 pub use attr::{Attr, FileKind, SpecialKind, StoredMeta};

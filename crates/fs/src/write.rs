@@ -5,7 +5,6 @@
 //! read-write handle) moves the file into a local staging file under `cache_dir`, which
 //! is uploaded whole on flush. Upload errors are returned by flush/fsync, never dropped.
 
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -16,6 +15,7 @@ use tokio::task::JoinSet;
 
 use crate::budget::{MemoryBudget, Reservation};
 use crate::error::{store_errno, Errno, FsResult};
+use crate::staging::{StagingFile, StagingReader};
 
 /// Upload settings shared by every writer of a mount.
 #[derive(Clone)]
@@ -76,20 +76,9 @@ impl Streaming {
     }
 }
 
-struct Staged {
-    file: std::fs::File,
-    path: PathBuf,
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 enum Mode {
     Streaming(Streaming),
-    Staged(Staged),
+    Staged(StagingFile),
     /// Uploaded; the next write stages the object from the store first.
     Committed,
 }
@@ -281,13 +270,7 @@ impl Writer {
             tracing::warn!(key = %self.key, size = self.size, limit = self.cfg.cache_limit, "file too large for the staging cache (cache_size)");
             return Err(Errno::EFBIG);
         }
-        std::fs::create_dir_all(&self.cfg.cache_dir).map_err(|e| staging_errno("creating cache_dir", e))?;
-        let path = self.cfg.cache_dir.join(format!("stage-{}-{}", std::process::id(), next_stage_id()));
-        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(|e| {
-            tracing::warn!(path = %path.display(), "cannot create a staging file in cache_dir");
-            staging_errno("create", e)
-        })?;
-        let staged = Staged { file, path };
+        let staged = StagingFile::create(&self.cfg.cache_dir).await?;
         match std::mem::replace(&mut self.mode, Mode::Committed) {
             Mode::Streaming(s) => {
                 if s.upload_id.is_some() {
@@ -296,7 +279,7 @@ impl Writer {
                     tracing::warn!(key = %self.key, "out-of-order write after part of the file was uploaded; not supported (see SEMANTICS.md)");
                     return Err(Errno::EINVAL);
                 }
-                staged.file.write_all_at(&s.buf, 0).map_err(|e| staging_errno("write", e))?;
+                staged.write_at(s.buf.freeze(), 0).await?;
             }
             Mode::Committed if self.size > 0 => {
                 let resp =
@@ -305,8 +288,9 @@ impl Writer {
                 let mut off = 0u64;
                 while let Some(chunk) = body.next().await {
                     let chunk = chunk.map_err(|e| store_errno("stage", &e))?;
-                    staged.file.write_all_at(&chunk, off).map_err(|e| staging_errno("write", e))?;
-                    off += chunk.len() as u64;
+                    let n = chunk.len() as u64;
+                    staged.write_at(chunk, off).await?;
+                    off += n;
                 }
                 self.size = off;
             }
@@ -363,7 +347,7 @@ impl Writer {
         if off + data.len() as u64 > self.cfg.cache_limit {
             return Err(Errno::EFBIG);
         }
-        st.file.write_all_at(data, off).map_err(|e| staging_errno("write", e))?;
+        st.write_at(Bytes::copy_from_slice(data), off).await?;
         self.size = self.size.max(off + data.len() as u64);
         self.dirty = true;
         Ok(data.len() as u32)
@@ -377,9 +361,7 @@ impl Writer {
         if off >= end {
             return Ok(Bytes::new());
         }
-        let mut buf = vec![0u8; (end - off) as usize];
-        st.file.read_exact_at(&mut buf, off).map_err(|e| staging_errno("read", e))?;
-        Ok(Bytes::from(buf))
+        st.read_at(off, end - off).await
     }
 
     /// Changes the size (truncate/extend).
@@ -408,7 +390,7 @@ impl Writer {
         }
         self.stage().await?;
         let Mode::Staged(st) = &self.mode else { unreachable!("staged above") };
-        st.file.set_len(size).map_err(|e| staging_errno("truncate", e))?;
+        st.set_len(size).await?;
         self.size = size;
         self.dirty = true;
         Ok(())
@@ -520,7 +502,7 @@ impl Writer {
                 }
             }
             Mode::Staged(st) => {
-                let file = st.file.try_clone().map_err(|e| staging_errno("reopen", e))?;
+                let file = st.reader();
                 upload_file(self.store.clone(), &self.bucket, &self.key, &self.put, file, self.size, &self.cfg).await
             }
             Mode::Committed => Ok(()),
@@ -601,17 +583,12 @@ async fn upload_file(
     bucket: &str,
     key: &str,
     put: &PutOptions,
-    file: std::fs::File,
+    file: StagingReader,
     size: u64,
     cfg: &WriteConfig,
 ) -> FsResult<()> {
-    let read_part = |off: u64, len: u64| -> FsResult<Bytes> {
-        let mut buf = vec![0u8; len as usize];
-        file.read_exact_at(&mut buf, off).map_err(|e| staging_errno("read", e))?;
-        Ok(Bytes::from(buf))
-    };
     if size <= cfg.part_size {
-        let body = read_part(0, size)?;
+        let body = file.read_at(0, size).await?;
         return store.put_object(bucket, key, body, put).await.map_err(|e| store_errno("flush", &e));
     }
     let id = store.create_multipart(bucket, key, put).await.map_err(|e| store_errno("flush", &e))?;
@@ -622,7 +599,7 @@ async fn upload_file(
     let result: FsResult<()> = async {
         while off < size {
             let len = cfg.part_size.min(size - off);
-            let body = read_part(off, len)?;
+            let body = file.read_at(off, len).await?;
             let (s, b, k, i) = (store.clone(), bucket.to_string(), key.to_string(), id.clone());
             inflight.spawn(async move { s.upload_part(&b, &k, &i, n, body).await });
             n += 1;
@@ -642,22 +619,6 @@ async fn upload_file(
         let _ = store.abort_multipart(bucket, key, &id).await;
     }
     result
-}
-
-/// A failure of the local staging file (`cache_dir`), logged with its cause; a full or
-/// over-quota disk is ENOSPC to the application, anything else EIO.
-fn staging_errno(what: &str, e: std::io::Error) -> Errno {
-    tracing::warn!(error = %e, "staging file (cache_dir): {what} failed");
-    match e.raw_os_error() {
-        Some(libc::ENOSPC) | Some(libc::EDQUOT) => Errno::ENOSPC,
-        _ => Errno::EIO,
-    }
-}
-
-fn next_stage_id() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 #[cfg(test)]
