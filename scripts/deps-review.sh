@@ -39,3 +39,18 @@ for u in unknown:
     print(f"deps review: no license field: {u}", file=sys.stderr)
 sys.exit(1 if bad or unknown else 0)
 PY
+
+# The layering the crates promise (docs/ARCHITECTURE.md): the CSI driver never links
+# fuser, and the data plane (filesystem, FUSE adapter, server, handoff protocol) never
+# depends on the CSI driver.
+layering_ok=yes
+if cargo tree -p s3vol-csi -e normal --prefix none --locked | grep -q '^fuser '; then
+    echo "deps review: s3vol-csi depends on fuser" >&2; layering_ok=no
+fi
+for crate in s3vol-fs s3vol-fuse s3vol-server s3vol-handoff s3vol-store; do
+    if cargo tree -p "$crate" -e normal --prefix none --locked | grep -q '^s3vol-csi '; then
+        echo "deps review: $crate depends on s3vol-csi" >&2; layering_ok=no
+    fi
+done
+echo "deps review: layering (csi without fuser, data plane without csi): $layering_ok"
+[ "$layering_ok" = yes ]

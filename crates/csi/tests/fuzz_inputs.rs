@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 
 use proptest::prelude::*;
-use s3vol_csi::node::handoff::ControlRequest;
 use s3vol_csi::volume::{parse_capacity, ProvisionParams, SecretValues, VolumeId, VolumeSpec, KNOWN_ATTRIBUTES};
+use s3vol_handoff::ControlRequest;
 
 fn config() -> ProptestConfig {
     let cases = std::env::var("S3VOL_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(2000);

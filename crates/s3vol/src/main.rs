@@ -10,7 +10,6 @@ mod fuse_server;
 mod logging;
 mod metrics;
 mod mount_cmd;
-mod open_store;
 
 use clap::Parser;
 

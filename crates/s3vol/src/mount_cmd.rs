@@ -11,7 +11,7 @@ use s3vol_store::{
 };
 
 use crate::cli::MountArgs;
-use crate::open_store::{open_store, StoreTarget};
+use s3vol_server::{open_store, StoreTarget};
 
 /// Environment variable naming the pipe a background child reports readiness on.
 const READY_FD_ENV: &str = "S3VOL_READY_FD";

@@ -6,7 +6,7 @@ use std::os::fd::AsFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use s3vol_csi::node::handoff::{self, ControlRequest, ControlResponse};
+use s3vol_handoff::{self as handoff, ControlRequest, ControlResponse};
 
 #[test]
 fn an_unknown_request_gets_a_quick_error_not_silence() {

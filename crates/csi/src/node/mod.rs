@@ -8,7 +8,6 @@
 //! resend requests) is the volume mounted again.
 
 pub mod fake_launcher;
-pub mod handoff;
 pub mod launcher;
 mod manager;
 pub mod mounter;
@@ -21,6 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use s3vol_handoff as handoff;
 use tonic::{Request, Response, Status};
 
 use crate::connect::StoreFactory;

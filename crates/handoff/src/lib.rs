@@ -250,7 +250,7 @@ impl ControlListener {
         let sock = seqpacket()?;
         socket::bind(sock.as_raw_fd(), &UnixAddr::new(path)?)?;
         std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+            .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO)))?;
         socket::listen(&sock, Backlog::new(16)?)?;
         Ok(ControlListener { sock })
     }

@@ -4,9 +4,8 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
 use s3vol_fs::MountOptions;
-use s3vol_store::{CredentialSource, FileStore, ObjectStore, S3Config, S3Store};
+use s3vol_store::{CredentialSource, FileStore, ObjectStore, S3Config, S3Store, StoreError};
 
 /// Where the store is and how to sign for it.
 pub struct StoreTarget<'a> {
@@ -20,14 +19,36 @@ pub struct StoreTarget<'a> {
     pub credentials: CredentialSource,
 }
 
+/// Why a store client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenStoreError {
+    /// The directory of a `file://` store cannot be created.
+    #[error("cannot create {dir}: {source}")]
+    Directory {
+        /// The directory.
+        dir: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The addressing style is neither `path` nor `virtual`.
+    #[error("--addressing-style: {0}")]
+    Addressing(String),
+    /// The S3 client could not be set up (credentials, TLS, endpoint).
+    #[error(transparent)]
+    S3(#[from] StoreError),
+}
+
 /// A store client for a mount with `options`.
-pub async fn open_store(target: StoreTarget<'_>, options: &MountOptions) -> anyhow::Result<Arc<dyn ObjectStore>> {
+pub async fn open_store(
+    target: StoreTarget<'_>,
+    options: &MountOptions,
+) -> Result<Arc<dyn ObjectStore>, OpenStoreError> {
     if let Some(dir) = target.endpoint.and_then(|e| e.strip_prefix("file://")) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir}"))?;
+        std::fs::create_dir_all(dir).map_err(|source| OpenStoreError::Directory { dir: dir.to_string(), source })?;
         return Ok(Arc::new(FileStore::new(dir)));
     }
     let mut cfg = S3Config::new(target.endpoint.map(str::to_string), target.region.to_string(), target.credentials);
-    cfg.addressing = target.addressing.parse().map_err(|e: String| anyhow::anyhow!("--addressing-style: {e}"))?;
+    cfg.addressing = target.addressing.parse().map_err(OpenStoreError::Addressing)?;
     options.tune_store(&mut cfg);
     Ok(Arc::new(S3Store::new(cfg).await?))
 }
