@@ -334,6 +334,31 @@ impl ProvisionParams {
     }
 }
 
+/// The `subPath` volume attribute: the directory of the volume a publish binds instead of
+/// its root (several PVs of one bucket, one mount per node). Checked here for form (a
+/// relative path of plain names); the node then opens it without following symlinks.
+pub fn sub_path(ctx: &HashMap<String, String>) -> CsiResult<Option<std::path::PathBuf>> {
+    let Some(v) = ctx.get("subPath").map(|v| v.trim_end_matches('/')).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let bad = |why: &str| CsiError::invalid(format!("volume attribute subPath={v:?}: {why}"));
+    if v.len() > 1024 {
+        return Err(bad("longer than 1024 bytes"));
+    }
+    if v.starts_with('/') {
+        return Err(bad("must be relative to the volume's root"));
+    }
+    for part in v.split('/') {
+        match part {
+            "" => return Err(bad("has an empty component (//)")),
+            "." | ".." => return Err(bad("may not contain . or .. components")),
+            p if p.contains('\0') => return Err(bad("contains a NUL byte")),
+            _ => {}
+        }
+    }
+    Ok(Some(std::path::PathBuf::from(v)))
+}
+
 /// Splits `mountOptions` given as one string: comma- or space-separated.
 pub fn split_option_list(v: &str) -> Vec<String> {
     v.split([',', ' ', '\n']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
@@ -429,6 +454,7 @@ pub const KNOWN_ATTRIBUTES: &[&str] = &[
     "roleArn",
     "stsEndpoint",
     "oidcProviderArn",
+    "subPath",
 ];
 
 impl VolumeSpec {

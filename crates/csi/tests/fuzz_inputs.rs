@@ -86,6 +86,21 @@ proptest! {
         }
     }
 
+    /// A `subPath` the parser accepts is relative and made of plain names only: nothing
+    /// it lets through can climb out of the volume or start at `/`.
+    #[test]
+    fn sub_paths(v in prop_oneof!["[a-z./]{0,30}", "(\\.\\.|[a-z]{1,3}|\\.|)(/(\\.\\.|[a-z]{1,3}|\\.|)){0,5}/?", ".{0,40}"]) {
+        let ctx: HashMap<String, String> = [("subPath".to_string(), v.clone())].into();
+        match s3vol_csi::volume::sub_path(&ctx) {
+            Ok(Some(p)) => {
+                prop_assert!(p.components().all(|c| matches!(c, std::path::Component::Normal(_))), "{v:?} -> {p:?}");
+                prop_assert!(p.components().count() > 0);
+            }
+            Ok(None) => prop_assert!(v.trim_end_matches('/').is_empty(), "{v:?} ignored"),
+            Err(e) => prop_assert!(e.to_string().contains("subPath"), "{e}"),
+        }
+    }
+
     #[test]
     fn control_socket_messages(bytes in prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..200),

@@ -394,3 +394,66 @@ async fn two_hundred_volumes_churn_with_concurrent_calls_and_leak_nothing() {
     assert_eq!(env.launcher.launches() as usize, VOLUMES * ROUNDS, "one server per stage, none twice");
     eprintln!("200-volume churn: {} calls, {aborted} ABORTED answers, 0 leaks", VOLUMES * ROUNDS * 8);
 }
+
+fn with_sub_path(mut r: pb::NodePublishVolumeRequest, sub: &str) -> Request<pb::NodePublishVolumeRequest> {
+    r.volume_context.insert("subPath".into(), sub.into());
+    Request::new(r)
+}
+
+/// Two PVs with the same volume handle and different `subPath`s (kubelet stages them at
+/// the same path): one mount, one server, each pod bound to its own directory, created
+/// when missing. A sub-path through a symlink or a file, or with `..`, is the PV's
+/// INVALID_ARGUMENT naming it; the same target asked again with another sub-path is
+/// ALREADY_EXISTS; a remount re-binds each target to its own sub-path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pvs_of_one_volume_share_a_mount_and_each_binds_its_sub_path() {
+    let env = Env::with_secrets_tmpfs();
+    let (staging, ta, tb) = (env.path("staging"), env.path("pods/a/vol"), env.path("pods/b/vol"));
+    let node = env.node();
+    let mut stage_b = stage(VOL, &staging).into_inner();
+    stage_b.volume_context.insert("subPath".into(), "team-b".into());
+    node.node_stage_volume(stage(VOL, &staging)).await.unwrap();
+    node.node_stage_volume(Request::new(stage_b)).await.expect("a second PV's stage is the same stage");
+    assert_eq!(env.launcher.launches(), 1);
+
+    node.node_publish_volume(with_sub_path(publish(VOL, &staging, &ta, false), "team-a/data/")).await.unwrap();
+    node.node_publish_volume(with_sub_path(publish(VOL, &staging, &tb, true), "team-b")).await.unwrap_err();
+    std::fs::create_dir(staging.join("team-b")).unwrap();
+    node.node_publish_volume(with_sub_path(publish(VOL, &staging, &tb, true), "team-b")).await.unwrap();
+    assert!(staging.join("team-a/data").is_dir(), "a writable publish creates its sub-path");
+    let bound = |t: &Path| {
+        env.mounter.mounts().into_iter().find(|(p, _)| p == t).map(|(_, m)| m).unwrap_or_else(|| panic!("{t:?}"))
+    };
+    assert_eq!(bound(&ta), FakeMount::Bind { source: staging.join("team-a/data"), read_only: false });
+    assert_eq!(bound(&tb), FakeMount::Bind { source: staging.join("team-b"), read_only: true });
+
+    // Idempotent with the same sub-path; another one on the same target is refused.
+    node.node_publish_volume(with_sub_path(publish(VOL, &staging, &ta, false), "team-a/data")).await.unwrap();
+    let e = node.node_publish_volume(with_sub_path(publish(VOL, &staging, &ta, false), "team-b")).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+
+    std::os::unix::fs::symlink("/etc", staging.join("escape")).unwrap();
+    std::fs::write(staging.join("file"), b"x").unwrap();
+    for (sub, says) in [
+        ("escape", "\"escape\" is a symbolic link"),
+        ("escape/ssl", "\"escape\" is a symbolic link"),
+        ("file/x", "\"file\" is not a directory"),
+        ("../other", "may not contain . or .."),
+        ("/etc", "must be relative"),
+    ] {
+        let t = env.path("pods/c/vol");
+        let e = node.node_publish_volume(with_sub_path(publish(VOL, &staging, &t, false), sub)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{sub}: {e:?}");
+        assert!(e.message().contains(says) && e.message().contains("subPath"), "{sub}: {}", e.message());
+        assert!(!env.mounts().contains(&t), "{sub}: nothing bound");
+    }
+
+    // Plugin and server gone: the volume is mounted again and each target re-bound to
+    // its own sub-path.
+    drop(node);
+    env.launcher.crash_all();
+    let node = env.node();
+    node.recover().await;
+    assert_eq!(bound(&ta), FakeMount::Bind { source: staging.join("team-a/data"), read_only: false });
+    assert_eq!(bound(&tb), FakeMount::Bind { source: staging.join("team-b"), read_only: true });
+}

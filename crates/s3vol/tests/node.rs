@@ -143,6 +143,66 @@ async fn a_k8s_csi_s3_pv_in_a_shared_bucket_sees_only_its_prefix() {
     unstage(&mut node, handle, &staging).await;
 }
 
+/// Two static PVs of one bucket prefix, as an admin writes them: the same volume handle,
+/// each with its own `subPath`. One FUSE mount and one server on the node; each pod sees
+/// only its directory (created on first publish), and its files land under it in the
+/// bucket. A symlink that someone with write access to the bucket put where a sub-path
+/// goes, pointing at the node's `/`, is refused by name instead of becoming a pod's volume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pvs_with_sub_paths_share_one_mount_and_never_follow_a_symlink_out() {
+    if !can_mount() {
+        return;
+    }
+    let (srv, dir) = env().await;
+    srv.backend.put("shared", "team/a/mine.txt", b"mine", &[]);
+    srv.backend.put("shared", "team/top.txt", b"not for pods of a sub-path", &[]);
+    let plugin = Plugin::start(dir.path(), "http://127.0.0.1:1", "1");
+    let (mut node, _) = plugin.clients().await;
+    let handle = "shared/team";
+    let mut sec = secrets(ACCESS_KEY, SECRET_KEY);
+    sec.insert("endpoint".into(), srv.endpoint());
+    let ctx = |sub: &str| -> HashMap<String, String> { [("subPath".to_string(), sub.to_string())].into() };
+    let staging = dir.path().join("staging");
+    let (ta, tb) = (dir.path().join("pods/a/vol"), dir.path().join("pods/b/vol"));
+    node.node_stage_volume(stage_req(handle, &staging, ctx("a"), sec.clone())).await.unwrap();
+    node.node_stage_volume(stage_req(handle, &staging, ctx("b/deeper"), sec.clone())).await.unwrap();
+    let pid = server_pid(dir.path(), handle);
+    let publish = |t: &Path, sub: &str| {
+        let mut r = publish_req(handle, &staging, t, false, HashMap::new());
+        r.volume_context = ctx(sub);
+        r
+    };
+    node.node_publish_volume(publish(&ta, "a")).await.unwrap();
+    node.node_publish_volume(publish(&tb, "b/deeper")).await.unwrap();
+    assert_eq!(server_pid(dir.path(), handle), pid, "one server for both PVs");
+    let names = |t: &Path| -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(t).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&ta), vec!["mine.txt"]);
+    assert!(names(&tb).is_empty(), "{:?}", names(&tb));
+    std::fs::write(tb.join("new.txt"), b"from pod b").unwrap();
+    assert_eq!(srv.backend.get("shared", "team/b/deeper/new.txt").unwrap(), &b"from pod b"[..]);
+
+    // A symlink in the bucket where a sub-path goes.
+    std::os::unix::fs::symlink("/", staging.join("escape")).unwrap();
+    assert!(std::fs::symlink_metadata(staging.join("escape")).unwrap().file_type().is_symlink());
+    let tc = dir.path().join("pods/c/vol");
+    for sub in ["escape", "escape/etc"] {
+        let e = node.node_publish_volume(publish(&tc, sub)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{sub}: {e:?}");
+        assert!(e.message().contains("\"escape\" is a symbolic link"), "{sub}: {}", e.message());
+        assert!(!mounted_under(dir.path()).contains(&tc.display().to_string()), "{sub}: bound anyway");
+    }
+    for t in [&ta, &tb] {
+        unpublish(&mut node, handle, t).await;
+    }
+    unstage(&mut node, handle, &staging).await;
+    assert!(mounted_under(dir.path()).is_empty(), "{:?}", mounted_under(dir.path()));
+}
+
 /// A dynamic volume created, staged and published to one pod, as kubelet does it.
 /// `kill -9` of the FUSE server under a pod in its own mount namespace: the node plugin
 /// holds the connection, a new server takes it over from the journal, and the pod sees

@@ -482,6 +482,7 @@ impl VolumeManager {
         }
         let target = PathBuf::from(&r.target_path);
         let read_only = r.readonly || is_readonly_mode(cap);
+        let sub_path = crate::volume::sub_path(&r.volume_context)?;
         // Which of the recorded targets (and this one) are mounted, in one blocking call.
         let (paths, at) = (rec.targets.iter().map(|t| t.path.clone()).collect::<Vec<_>>(), target.clone());
         let (mounted, target_mounted) = self
@@ -508,18 +509,22 @@ impl VolumeManager {
                         t.read_only
                     )));
                 }
+                if t.sub_path != sub_path {
+                    return Err(CsiError::AlreadyExists(format!(
+                        "{} is already published with subPath {:?}",
+                        target.display(),
+                        t.sub_path.as_deref().unwrap_or(Path::new(""))
+                    )));
+                }
                 return Ok(());
             }
         }
         std::fs::create_dir_all(&target).map_err(|e| io_err("create target", &target, e))?;
         if !target_mounted {
-            let (source, at) = (rec.staging_path.clone(), target.clone());
-            self.mounts(move |m| m.bind(&source, &at, read_only))
-                .await
-                .map_err(|e| io_err("bind mount", &target, e))?;
+            bind_target(self, &rec.staging_path, sub_path.as_deref(), &target, read_only).await?;
         }
         rec.targets.retain(|t| t.path != target);
-        rec.targets.push(TargetRecord { path: target, read_only });
+        rec.targets.push(TargetRecord { path: target, read_only, sub_path });
         self.inner.registry.save(&rec).map_err(|e| CsiError::Internal(e.to_string()))?;
         Ok(())
     }
@@ -759,4 +764,30 @@ impl VolumeManager {
             }),
         }
     }
+}
+
+/// Binds the staged volume (or its `sub` directory, created unless read-only) at
+/// `target`. A sub-path that is a symlink, a file or missing is the PV's error
+/// (INVALID_ARGUMENT, naming it), not the node's.
+pub(super) async fn bind_target(
+    manager: &VolumeManager,
+    staging: &Path,
+    sub: Option<&Path>,
+    target: &Path,
+    read_only: bool,
+) -> CsiResult<()> {
+    let (source, sub, at) = (staging.to_path_buf(), sub.map(Path::to_path_buf), target.to_path_buf());
+    let shown = sub.clone();
+    manager
+        .mounts(move |m| match &sub {
+            None => m.bind(&source, &at, read_only),
+            Some(sub) => m.bind_subdir(&source, sub, &at, read_only, !read_only),
+        })
+        .await
+        .map_err(|e| match (e.kind(), shown) {
+            (std::io::ErrorKind::InvalidInput, Some(sub)) => {
+                CsiError::invalid(format!("volume attribute subPath={:?}: {e}", sub.display().to_string()))
+            }
+            _ => io_err("bind mount", target, e),
+        })
 }

@@ -19,6 +19,18 @@ pub trait Mounter: Send + Sync + 'static {
     /// Binds `source` at `target`, read-only in every mount namespace when asked.
     fn bind(&self, source: &Path, target: &Path, read_only: bool) -> std::io::Result<()>;
 
+    /// Binds the directory `sub` inside the mount `source` at `target`, never through a
+    /// symbolic link; missing directories are created when `create`. A sub-path that is
+    /// not a real directory is an `InvalidInput` error naming it.
+    fn bind_subdir(
+        &self,
+        source: &Path,
+        sub: &Path,
+        target: &Path,
+        read_only: bool,
+        create: bool,
+    ) -> std::io::Result<()>;
+
     /// Unmounts `path` if it is a mount point; a busy or broken mount is detached lazily.
     fn unmount(&self, path: &Path) -> std::io::Result<()>;
 
@@ -47,6 +59,20 @@ impl Mounter for SystemMounter {
         s3vol_mount::bind_mount(source, target, read_only).map_err(std::io::Error::from)
     }
 
+    fn bind_subdir(
+        &self,
+        source: &Path,
+        sub: &Path,
+        target: &Path,
+        read_only: bool,
+        create: bool,
+    ) -> std::io::Result<()> {
+        let dir = s3vol_mount::open_subdir(source, sub, create).map_err(subdir_error)?;
+        // The descriptor's magic link names the directory reached without following links.
+        let via = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&dir)));
+        s3vol_mount::bind_mount(&via, target, read_only).map_err(std::io::Error::from)
+    }
+
     fn unmount(&self, path: &Path) -> std::io::Result<()> {
         if !s3vol_mount::is_mount_point(path) {
             return Ok(());
@@ -72,6 +98,15 @@ impl Mounter for SystemMounter {
     fn abort_connection(&self, path: &Path) -> std::io::Result<()> {
         s3vol_mount::abort_connection(path)
     }
+}
+
+/// A sub-path the caller named wrongly is its error (`InvalidInput`); a failing mount is not.
+fn subdir_error(e: s3vol_mount::SubdirError) -> std::io::Error {
+    let kind = match &e {
+        s3vol_mount::SubdirError::Io { source, .. } => source.kind(),
+        _ => std::io::ErrorKind::InvalidInput,
+    };
+    std::io::Error::new(kind, e.to_string())
 }
 
 /// What the fake knows of one mount point.
@@ -156,6 +191,28 @@ impl Mounter for FakeMounter {
             ));
         }
         self.insert(&mut t, target, FakeMount::Bind { source: source.to_path_buf(), read_only });
+        Ok(())
+    }
+
+    /// Resolves the sub-path in the (real, unmounted) staging directory with the same
+    /// rules as the real mounter, then records a bind of it.
+    fn bind_subdir(
+        &self,
+        source: &Path,
+        sub: &Path,
+        target: &Path,
+        read_only: bool,
+        create: bool,
+    ) -> std::io::Result<()> {
+        if !self.table.lock().contains_key(source) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} is not mounted", source.display()),
+            ));
+        }
+        s3vol_mount::open_subdir(source, sub, create).map_err(subdir_error)?;
+        let m = FakeMount::Bind { source: source.join(sub), read_only };
+        self.insert(&mut self.table.lock(), target, m);
         Ok(())
     }
 

@@ -292,9 +292,7 @@ impl VolumeManager {
         rec.pid = self.start_server(&rec, config).await?;
         for t in rec.targets.clone() {
             std::fs::create_dir_all(&t.path).map_err(|e| io_err("create target", &t.path, e))?;
-            let source = rec.staging_path.clone();
-            let (target, ro) = (t.path.clone(), t.read_only);
-            self.mounts(move |m| m.bind(&source, &target, ro)).await.map_err(|e| io_err("bind mount", &t.path, e))?;
+            super::manager::bind_target(self, &rec.staging_path, t.sub_path.as_deref(), &t.path, t.read_only).await?;
         }
         self.inner.registry.save(&rec).map_err(|e| CsiError::Internal(e.to_string()))?;
         Ok("mounted again (new connection) and every target re-bound")

@@ -15,6 +15,9 @@ pub struct TargetRecord {
     pub path: PathBuf,
     /// Mounted read-only.
     pub read_only: bool,
+    /// The directory of the volume bound there (`subPath`); `None` = its root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_path: Option<PathBuf>,
 }
 
 /// One staged volume.
