@@ -29,6 +29,8 @@ vsc = minio[("VolumeSnapshotClass", "s3vol-minio")]
 assert vsc["driver"] == "s3vol.csi.io" and vsc["deletionPolicy"] in ("Delete", "Retain"), vsc
 assert set(vsc) == {"apiVersion", "kind", "metadata", "driver", "deletionPolicy", "parameters"}, vsc
 assert vsc["parameters"]["csi.storage.k8s.io/snapshotter-secret-name"] == minio[("Secret", "s3vol-minio")]["metadata"]["name"]
+assert vsc["parameters"]["csi.storage.k8s.io/snapshotter-list-secret-name"] == minio[("Secret", "s3vol-minio")]["metadata"]["name"], "ListSnapshots gets keys"
+assert "endpoint" in minio[("Secret", "s3vol-minio")].get("stringData", {}), "the list secret names the endpoint" 
 snap = minio[("VolumeSnapshot", "data-snapshot")]["spec"]
 assert snap["volumeSnapshotClassName"] == "s3vol-minio"
 assert ("PersistentVolumeClaim", snap["source"]["persistentVolumeClaimName"]) in minio, snap

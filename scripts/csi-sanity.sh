@@ -39,6 +39,9 @@ for k in CreateVolumeSecret DeleteVolumeSecret ControllerValidateVolumeCapabilit
          ControllerExpandVolumeSecret NodeStageVolumeSecret NodePublishVolumeSecret; do
   printf '%s:\n  accessKeyID: testing\n  secretAccessKey: testing\n' "$k" >> "$work/secrets.yaml"
 done
+# ListSnapshots searches every bucket of the endpoint its secret names (no volume to
+# take it from), as the VolumeSnapshotClass's list secret does in a cluster.
+printf 'ListSnapshotsSecret:\n  accessKeyID: testing\n  secretAccessKey: testing\n  endpoint: %s\n' "$S3VOL_MOTO_ENDPOINT" >> "$work/secrets.yaml"
 mkdir -p "$work/secrets"
 mount -t tmpfs -o size=1m,mode=0700 tmpfs "$work/secrets"
 

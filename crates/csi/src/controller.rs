@@ -11,6 +11,7 @@ use crate::pb::{
 };
 use crate::provision::{CapacityRequest, Provisioner};
 use crate::snapshot::{ContentSource, SnapshotInfo};
+use crate::snapshot_list::ListQuery;
 
 /// The Controller service: provisioning against the object store.
 pub struct ControllerService {
@@ -173,6 +174,7 @@ impl Controller for ControllerService {
             capabilities: vec![
                 rpc_cap(Type::CreateDeleteVolume),
                 rpc_cap(Type::CreateDeleteSnapshot),
+                rpc_cap(Type::ListSnapshots),
                 rpc_cap(Type::CloneVolume),
                 rpc_cap(Type::ExpandVolume),
                 rpc_cap(Type::SingleNodeMultiWriter),
@@ -205,11 +207,24 @@ impl Controller for ControllerService {
 
     async fn list_snapshots(
         &self,
-        _req: Request<pb::ListSnapshotsRequest>,
+        req: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
-        // Not advertised: snapshots live in the stores, and without a database of which
-        // buckets hold them an unfiltered list cannot be answered truthfully.
-        Err(Status::unimplemented("ListSnapshots is not supported (LIST_SNAPSHOTS is not advertised)"))
+        let r = req.into_inner();
+        let q = ListQuery {
+            snapshot_id: r.snapshot_id,
+            source_volume_id: r.source_volume_id,
+            max_entries: r.max_entries,
+            starting_token: r.starting_token,
+        };
+        let page = self.provisioner.list_snapshots(&q, &r.secrets).await?;
+        Ok(Response::new(pb::ListSnapshotsResponse {
+            entries: page
+                .entries
+                .into_iter()
+                .map(|s| pb::list_snapshots_response::Entry { snapshot: Some(snapshot_pb(s)) })
+                .collect(),
+            next_token: page.next_token,
+        }))
     }
 
     async fn controller_expand_volume(

@@ -28,6 +28,7 @@ pub mod pod_identity;
 pub mod provision;
 pub mod server;
 pub mod snapshot;
+pub mod snapshot_list;
 pub mod volume;
 
 /// Generated CSI types, clients and servers.

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{CsiError, CsiResult};
 use crate::provision::{dir_name_for, parent_prefix, read_json, write_json, Provisioner, MARKER_NAME, MIN_DIR_NAME};
+use crate::snapshot_list::{index_snapshot, unindex_snapshot};
 use crate::volume::{Endpoint, SecretValues, VolumeId, MAX_VOLUME_ID};
 
 /// Name of a snapshot's marker object, relative to the snapshot prefix.
@@ -77,7 +78,7 @@ fn snapshot_marker_key(prefix: &str) -> String {
     format!("{prefix}{SNAPSHOT_MARKER}")
 }
 
-async fn read_snapshot_marker(
+pub(crate) async fn read_snapshot_marker(
     store: &dyn ObjectStore,
     bucket: &str,
     prefix: &str,
@@ -184,7 +185,9 @@ impl Provisioner {
                 if m.ready {
                     return Ok(SnapshotInfo { id, marker: m });
                 }
-                m // an interrupted copy: finish it
+                // An interrupted copy: finish it (indexing it again costs one small PUT).
+                index_snapshot(store.as_ref(), &vol.bucket, &id).await?;
+                m
             }
             Some(m) => {
                 return Err(CsiError::AlreadyExists(format!(
@@ -202,6 +205,7 @@ impl Provisioner {
                     ready: false,
                 };
                 write_snapshot_marker(store.as_ref(), &vol.bucket, &prefix, &m).await?;
+                index_snapshot(store.as_ref(), &vol.bucket, &id).await?;
                 m
             }
         };
@@ -224,6 +228,9 @@ impl Provisioner {
             );
             return Ok(());
         };
+        // Out of the index first: a delete interrupted after this is retried by the
+        // sidecar (the marker goes last), and no index entry outlives its snapshot.
+        unindex_snapshot(store.as_ref(), &id.bucket, snapshot_id).await?;
         delete_prefix(store.as_ref(), &id.bucket, &id.prefix, &snapshot_marker_key(&id.prefix)).await?;
         tracing::info!(snapshot_id, "snapshot deleted");
         Ok(())
@@ -231,7 +238,7 @@ impl Provisioner {
 
     /// The snapshot `snapshot_id` names, with its store and marker; `None` for an id we
     /// did not issue or a snapshot that is gone.
-    async fn find_snapshot(
+    pub(crate) async fn find_snapshot(
         &self,
         snapshot_id: &str,
         secrets: &HashMap<String, String>,

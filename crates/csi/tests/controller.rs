@@ -517,10 +517,9 @@ async fn snapshots_and_clones_copy_the_volume_server_side() {
             _ => None,
         })
         .collect();
-    for want in [Rpc::CreateDeleteSnapshot, Rpc::CloneVolume] {
+    for want in [Rpc::CreateDeleteSnapshot, Rpc::ListSnapshots, Rpc::CloneVolume] {
         assert!(advertised.contains(&(want as i32)), "{want:?} not advertised: {advertised:?}");
     }
-    assert!(!advertised.contains(&(Rpc::ListSnapshots as i32)), "ListSnapshots is not implemented");
     let p = params(&[("bucket", "shared"), ("prefix", "vols")]);
     let v = h.ctl.create_volume(create_req("pvc-src", p.clone(), 0)).await.unwrap().into_inner().volume.unwrap();
     h.srv.backend.put("shared", "vols/pvc-src/a.txt", b"first", &[]);
@@ -597,4 +596,95 @@ async fn snapshots_and_clones_copy_the_volume_server_side() {
         .await
         .unwrap();
     assert!(h.srv.backend.get("shared", "vols/pvc-src/a.txt").is_some(), "a volume id is not a snapshot to delete");
+}
+
+fn list_req(snapshot_id: &str, source: &str, max: i32, token: &str) -> pb::ListSnapshotsRequest {
+    pb::ListSnapshotsRequest {
+        max_entries: max,
+        starting_token: token.into(),
+        source_volume_id: source.into(),
+        snapshot_id: snapshot_id.into(),
+        secrets: secrets(),
+    }
+}
+
+/// ListSnapshots without a database: snapshots in two buckets (one of them volumes of
+/// another StorageClass prefix) are all found by an unfiltered list, by id, and by
+/// source volume, in pages; a deleted snapshot disappears from every list (also when only
+/// its copy was removed by hand); foreign ids and unknown volumes list nothing; a bad
+/// token is ABORTED.
+#[tokio::test]
+async fn list_snapshots_finds_every_snapshot_in_every_bucket() {
+    let mut h = start().await;
+    h.srv.backend.create_bucket("other");
+    h.srv.backend.put("other", "unrelated.txt", b"x", &[]);
+    let mut snaps = Vec::new();
+    let mut vols = Vec::new();
+    for (i, (bucket, prefix)) in [("shared", "vols"), ("shared", "team/x"), ("other", "p")].iter().enumerate() {
+        let p = params(&[("bucket", bucket), ("prefix", prefix)]);
+        let v = h.ctl.create_volume(create_req(&format!("pvc-l{i}"), p, 0)).await.unwrap().into_inner().volume.unwrap();
+        for n in 0..2 {
+            let s = h
+                .ctl
+                .create_snapshot(snapshot_req(&format!("snap-l{i}-{n}"), &v.volume_id))
+                .await
+                .unwrap()
+                .into_inner()
+                .snapshot
+                .unwrap();
+            snaps.push(s);
+        }
+        vols.push(v);
+    }
+    let ids = |r: pb::ListSnapshotsResponse| -> Vec<String> {
+        r.entries.into_iter().map(|e| e.snapshot.unwrap().snapshot_id).collect::<Vec<_>>()
+    };
+    let mut want: Vec<String> = snaps.iter().map(|s| s.snapshot_id.clone()).collect();
+    want.sort();
+    let all = h.ctl.list_snapshots(list_req("", "", 0, "")).await.unwrap().into_inner();
+    assert!(all.next_token.is_empty());
+    let first = all.entries[0].snapshot.clone().unwrap();
+    assert!(first.ready_to_use && first.creation_time.is_some() && !first.source_volume_id.is_empty(), "{first:?}");
+    assert_eq!(ids(all), want, "every snapshot of every bucket, in id order");
+
+    // Pages of 4: the second page holds the rest.
+    let p1 = h.ctl.list_snapshots(list_req("", "", 4, "")).await.unwrap().into_inner();
+    assert_eq!(p1.next_token, "4");
+    let p2 = h.ctl.list_snapshots(list_req("", "", 0, &p1.next_token)).await.unwrap().into_inner();
+    assert!(p2.next_token.is_empty());
+    assert_eq!([ids(p1), ids(p2)].concat(), want);
+    let e = h.ctl.list_snapshots(list_req("", "", 0, "not-a-token")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Aborted, "{e:?}");
+
+    // By id, by source.
+    let one = h.ctl.list_snapshots(list_req(&snaps[3].snapshot_id, "", 0, "")).await.unwrap().into_inner();
+    assert_eq!(ids(one), vec![snaps[3].snapshot_id.clone()]);
+    let by_src = h.ctl.list_snapshots(list_req("", &vols[2].volume_id, 0, "")).await.unwrap().into_inner();
+    let mut of_v2 = vec![snaps[4].snapshot_id.clone(), snaps[5].snapshot_id.clone()];
+    of_v2.sort();
+    assert_eq!(ids(by_src), of_v2);
+    for (id, src) in [("none-exist-id", ""), ("", "not-a-volume-id"), ("", "v1|shared|vols/pvc-nosuch/||")] {
+        let r = h.ctl.list_snapshots(list_req(id, src, 0, "")).await.unwrap().into_inner();
+        assert!(r.entries.is_empty(), "{id:?} {src:?}: {r:?}");
+    }
+
+    // Deleted: gone from every list. A copy removed by hand (its marker gone) is not listed.
+    h.ctl
+        .delete_snapshot(pb::DeleteSnapshotRequest { snapshot_id: snaps[0].snapshot_id.clone(), secrets: secrets() })
+        .await
+        .unwrap();
+    let marker = h
+        .srv
+        .backend
+        .keys("other")
+        .into_iter()
+        .find(|k| k.ends_with(".s3vol-snapshot.json") && k.contains("snap-l2-1"))
+        .expect("snapshot marker");
+    h.srv.backend.delete("other", &marker);
+    let left = ids(h.ctl.list_snapshots(list_req("", "", 0, "")).await.unwrap().into_inner());
+    let expect: Vec<String> =
+        want.iter().filter(|id| **id != snaps[0].snapshot_id && **id != snaps[5].snapshot_id).cloned().collect();
+    assert_eq!(left, expect);
+    let r = h.ctl.list_snapshots(list_req(&snaps[0].snapshot_id, "", 0, "")).await.unwrap().into_inner();
+    assert!(r.entries.is_empty());
 }

@@ -163,6 +163,10 @@ impl ObjectStore for CountingStore {
     async fn delete_bucket(&self, bucket: &str) -> StoreResult<()> {
         counted!(self, "DeleteBucket", self.inner.delete_bucket(bucket))
     }
+
+    async fn list_buckets(&self) -> StoreResult<Vec<String>> {
+        counted!(self, "ListBuckets", self.inner.list_buckets())
+    }
 }
 
 #[cfg(test)]

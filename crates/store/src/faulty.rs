@@ -195,4 +195,8 @@ impl ObjectStore for FaultyStore {
     async fn delete_bucket(&self, bucket: &str) -> StoreResult<()> {
         self.inner.delete_bucket(bucket).await
     }
+
+    async fn list_buckets(&self) -> StoreResult<Vec<String>> {
+        self.inner.list_buckets().await
+    }
 }

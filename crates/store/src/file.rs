@@ -454,6 +454,19 @@ impl ObjectStore for FileStore {
         self.existing_bucket(bucket).await.map(|_| ())
     }
 
+    async fn list_buckets(&self) -> StoreResult<Vec<String>> {
+        let mut names = Vec::new();
+        let mut rd = tokio::fs::read_dir(&self.root).await?;
+        while let Some(e) = rd.next_entry().await? {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.file_type().await?.is_dir() && self.bucket_dir(&name).is_ok() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     async fn delete_bucket(&self, bucket: &str) -> StoreResult<()> {
         let dir = self.existing_bucket(bucket).await?;
         let mut rd = tokio::fs::read_dir(&dir).await?;

@@ -266,6 +266,13 @@ impl ObjectStore for MemoryStore {
         Ok(())
     }
 
+    async fn list_buckets(&self) -> StoreResult<Vec<String>> {
+        self.count();
+        let mut names: Vec<String> = self.state.lock().buckets.keys().cloned().collect();
+        names.sort();
+        Ok(names)
+    }
+
     async fn head_bucket(&self, bucket: &str) -> StoreResult<()> {
         self.count();
         if self.state.lock().buckets.contains_key(bucket) {

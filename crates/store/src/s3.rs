@@ -734,6 +734,25 @@ impl ObjectStore for S3Store {
         }
     }
 
+    async fn list_buckets(&self) -> StoreResult<Vec<String>> {
+        let mut names = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .list_buckets()
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| map_err("ListBuckets", e))?;
+            names.extend(out.buckets().iter().filter_map(|b| b.name().map(str::to_string)));
+            match out.continuation_token().filter(|t| !t.is_empty()) {
+                Some(t) => token = Some(t.to_string()),
+                None => return Ok(names),
+            }
+        }
+    }
+
     async fn delete_bucket(&self, bucket: &str) -> StoreResult<()> {
         self.client
             .delete_bucket()

@@ -97,6 +97,10 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// Deletes an empty bucket.
     async fn delete_bucket(&self, bucket: &str) -> StoreResult<()>;
+
+    /// The buckets these credentials own, by name (what an unfiltered ListSnapshots
+    /// searches); keys scoped to some buckets may be refused (`AccessDenied`).
+    async fn list_buckets(&self) -> StoreResult<Vec<String>>;
 }
 
 /// Reads a whole body into memory; for small objects (markers, tests) only.
