@@ -136,6 +136,7 @@ async fn identity_reports_name_capabilities_and_readiness() {
     let mut want = vec![
         Type::CreateDeleteVolume as i32,
         Type::CreateDeleteSnapshot as i32,
+        Type::ListSnapshots as i32,
         Type::CloneVolume as i32,
         Type::ExpandVolume as i32,
         Type::SingleNodeMultiWriter as i32,
