@@ -12,6 +12,7 @@
 #        S3VOL_BASE_BIN=/path/to/older/s3vol: also runs that binary at its defaults as
 #        client "s3vol-base" and prints s3vol / s3vol-base ratios: a regression check in one run
 #        BENCH_DIR=/tmp/s3vol-bench (server data, mount point, results)
+# Runs are interleaved: run 1 of every client, then run 2 (starting with the next client), ...
 # Per s3vol client it also prints the store requests of each phase (from the unmount log
 # line), so a change in request counts shows even when timings are noisy.
 # Install once: apt-get install s3fs rclone fuse3 python3-boto3 (or pip install boto3);
@@ -48,6 +49,8 @@ echo "== direct client (boto3)" >&2
 python3 "$BENCH/s3.py" direct "$SRC" | tee "$RESULTS/direct.txt" >&2
 
 keys='env AWS_ACCESS_KEY_ID=$AK AWS_SECRET_ACCESS_KEY=$SK'
+declare -A CMD
+order=()
 for c in $CLIENTS; do
   case $c in
     s3vol) cmd="$keys $S3VOL mount s3://\$BUCKET \$MNT --endpoint \$ENDPOINT --foreground 2>>$RESULTS/s3vol-mount.log" ;;
@@ -61,8 +64,19 @@ for c in $CLIENTS; do
       cmd='rclone mount :s3:$BUCKET $MNT --config /dev/null --s3-provider Other --s3-endpoint $ENDPOINT --s3-region us-east-1 --s3-access-key-id $AK --s3-secret-access-key $SK --s3-chunk-size 16M --s3-upload-concurrency 8 --vfs-cache-mode off' ;;
     *) echo "bench: unknown client $c" >&2; exit 2 ;;
   esac
-  echo "== $c" >&2
-  python3 "$BENCH/workload.py" "$c" "$cmd"
+  CMD[$c]=$cmd
+  order+=("$c")
+done
+# Run by run, every client once, the first of a run moving along: a machine that drifts
+# (page cache, the server's data, thermal) then weighs on every client alike, and no
+# client always follows the same one.
+n=${#order[@]}
+for ((run = 1; run <= RUNS; run++)); do
+  for ((i = 0; i < n; i++)); do
+    c=${order[$(((i + run - 1) % n))]}
+    echo "== $c (run $run/$RUNS)" >&2
+    RUN_ONLY=$run python3 "$BENCH/workload.py" "$c" "${CMD[$c]}"
+  done
 done
 
 python3 - "$RESULTS" <<'PY'

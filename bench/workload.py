@@ -13,10 +13,12 @@ Per run, each phase on a fresh mount after dropping the page cache:
   write  SIZE_MB written sequentially, until the close returns and until the store has it
          (md5 checked in run 1); then SMALL_N files of SMALL_KB, until the store lists all
 Per-run values go to $RESULTS/NAME.runs.tsv, medians to $RESULTS/summary.tsv (one row
-per client, replaced on a rerun).
+per client, replaced on a rerun). With RUN_ONLY=K only run K is made and added to the
+values of the runs before it (run.sh interleaves the clients that way, run by run, so a
+machine that drifts during the benchmark affects every client alike).
 
 Env: RESULTS, RUNS (3), SIZE_MB (1024), LS_N (10000), SMALL_N (1000), SMALL_KB (4),
-SKIP ("": any of stat ls read write small), BENCH_DIR (/tmp/s3vol-bench), ENDPOINT, AK, SK,
+SKIP ("": any of stat ls read write small), RUN_ONLY (0: all runs), BENCH_DIR (/tmp/s3vol-bench), ENDPOINT, AK, SK,
 BUCKET, SRC (the source file of SIZE_MB random bytes).
 """
 
@@ -47,6 +49,7 @@ class Bench:
         self.small_n = int(e.get("SMALL_N", "1000"))
         self.small_kb = int(e.get("SMALL_KB", "4"))
         self.skip = set(e.get("SKIP", "").split())
+        self.only = int(e.get("RUN_ONLY", "0"))
         self.src = e.get("SRC", "/dev/shm/s3vol-bench-src-%dm" % self.size_mb)
         self.mnt = os.path.join(self.bench_dir, "mnt")
         self.logdir = os.path.join(self.results, "logs", name)
@@ -189,7 +192,9 @@ class Bench:
     def run(self):
         big = self.s3("setup", self.src, str(self.ls_n))
         src_md5 = md5_of(self.src)
-        for run in range(1, self.runs + 1):
+        if self.only > 1:
+            self.load_earlier_runs()
+        for run in [self.only] if self.only else range(1, self.runs + 1):
             self.log("run %d/%d" % (run, self.runs))
             for phase in ("stat", "ls"):
                 if phase not in self.skip:
@@ -210,6 +215,15 @@ class Bench:
                 self.s3("rm-prefix", "seqw-")
                 self.s3("rm-prefix", "small-")
         self.save()
+
+    def load_earlier_runs(self):
+        """The values of this client's runs before RUN_ONLY, as save() wrote them."""
+        path = os.path.join(self.results, self.name + ".runs.tsv")
+        if not os.path.exists(path):
+            return
+        for r in csv.DictReader(open(path), delimiter="\t"):
+            if int(r["run"]) < self.only:
+                self.values.append((int(r["run"]), r["metric"], float(r["value"])))
 
     def save(self):
         with open(os.path.join(self.results, self.name + ".runs.tsv"), "w") as f:
