@@ -321,7 +321,7 @@ impl Writer {
             let mut rest = data;
             while !rest.is_empty() {
                 let Mode::Streaming(s) = &mut self.mode else { unreachable!("checked above") };
-                if s.buf.is_empty() && s.buf.capacity() < part {
+                if s.buf.is_empty() && s.buf.capacity() < part.min(FIRST_BUFFER) {
                     match next_buffer(s, &self.cfg).await {
                         Ok(b) => s.buf = b,
                         Err(e) => {
@@ -331,6 +331,13 @@ impl Writer {
                     }
                 }
                 let take = part.saturating_sub(s.buf.len()).max(1).min(rest.len());
+                if s.buf.len() + take > s.buf.capacity() && s.buf.capacity() < part {
+                    // The file outgrew its small first buffer: on to a whole part (its
+                    // memory was reserved with the first one).
+                    let mut whole = BytesMut::with_capacity(part);
+                    whole.extend_from_slice(&s.buf);
+                    s.buf = whole;
+                }
                 s.buf.extend_from_slice(&rest[..take]);
                 rest = &rest[take..];
                 self.size += take as u64;
@@ -528,23 +535,32 @@ impl Writer {
 /// so a writer never waits on memory that it holds itself.
 async fn next_buffer(s: &mut Streaming, cfg: &WriteConfig) -> FsResult<BytesMut> {
     let part = cfg.part_size.max(1);
+    // A file's first buffer starts small (see FIRST_BUFFER); the budget is charged a
+    // whole part for it all the same.
+    let capacity = if s.next_part == 1 { (part as usize).min(FIRST_BUFFER) } else { part as usize };
     loop {
         if let Some(b) = s.spare.pop() {
             return Ok(b);
         }
         if s.inflight.is_empty() {
             s.reserved.push(cfg.budget.reserve(part).await);
-            return Ok(BytesMut::with_capacity(part as usize));
+            return Ok(BytesMut::with_capacity(capacity));
         }
         tokio::select! {
             r = cfg.budget.reserve(part) => {
                 s.reserved.push(r);
-                return Ok(BytesMut::with_capacity(part as usize));
+                return Ok(BytesMut::with_capacity(capacity));
             }
             Some(h) = s.inflight.join_next() => s.finished(h, cfg.concurrency, &cfg.budget)?,
         }
     }
 }
+
+/// Capacity of a file's first part buffer. Most files of a tree are small: they never take
+/// a whole part buffer, which (larger than glibc's mmap threshold, set in main) would be a
+/// fresh mapping, faulted in and unmapped again, for every file. A file that grows past it
+/// moves to a part-sized buffer once (one copy of at most this much).
+const FIRST_BUFFER: usize = 256 << 10;
 
 /// Pauses between background attempts to abort an upload: the store refused the abort
 /// (keys revoked, store down) at the time the write failed. About ten minutes in all.
@@ -625,6 +641,43 @@ async fn upload_file(
 mod tests {
     use super::*;
     use s3vol_store::MemoryStore;
+
+    /// A small file keeps a small buffer; one that grows past it moves to a whole part,
+    /// and every byte arrives in order either way.
+    #[tokio::test]
+    async fn a_file_starts_with_a_small_buffer_and_grows_into_a_part() {
+        let store: Arc<dyn ObjectStore> = Arc::new(MemoryStore::with_buckets(&["b"]));
+        let cfg = WriteConfig {
+            part_size: 5 << 20,
+            concurrency: 2,
+            cache_dir: std::env::temp_dir(),
+            cache_limit: 1 << 30,
+            budget: MemoryBudget::new(64 << 20),
+        };
+        let capacity = |w: &Writer| match &w.mode {
+            Mode::Streaming(s) => s.buf.capacity(),
+            _ => panic!("not streaming"),
+        };
+        let mut w = Writer::new_stream(store.clone(), "b".into(), "f".into(), PutOptions::default(), cfg.clone());
+        let data: Vec<u8> = (0..6 << 20).map(|i: u32| (i % 251) as u8).collect();
+        w.write(0, &data[..4096]).await.unwrap();
+        assert!(capacity(&w) <= FIRST_BUFFER, "a 4 KiB file holds {} bytes", capacity(&w));
+        let mut off = 4096;
+        for chunk in data[4096..].chunks(100_000) {
+            w.write(off as u64, chunk).await.unwrap();
+            off += chunk.len();
+            if off > FIRST_BUFFER && off < 5 << 20 {
+                assert_eq!(capacity(&w), 5 << 20, "at {off}");
+            }
+        }
+        w.commit().await.unwrap();
+        let mut body = store.get_object("b", "f", None).await.unwrap().body;
+        let mut got = Vec::new();
+        while let Some(c) = body.next().await {
+            got.extend_from_slice(&c.unwrap());
+        }
+        assert!(got == data, "content differs");
+    }
 
     /// Eight files written at once through a budget that holds three part buffers: every
     /// writer finishes (none waits on memory it holds itself), every object is whole,
