@@ -109,6 +109,15 @@ fn subdir_error(e: s3vol_mount::SubdirError) -> std::io::Error {
     std::io::Error::new(kind, e.to_string())
 }
 
+/// A bind needs its source mounted (NotFound otherwise, as mount(2) would fail).
+fn mounted(table: &HashMap<PathBuf, FakeMount>, source: &Path) -> std::io::Result<()> {
+    if table.contains_key(source) {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{} is not mounted", source.display())))
+    }
+}
+
 /// What the fake knows of one mount point.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FakeMount {
@@ -184,12 +193,7 @@ impl Mounter for FakeMounter {
 
     fn bind(&self, source: &Path, target: &Path, read_only: bool) -> std::io::Result<()> {
         let mut t = self.table.lock();
-        if !t.contains_key(source) {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("{} is not mounted", source.display()),
-            ));
-        }
+        mounted(&t, source)?;
         self.insert(&mut t, target, FakeMount::Bind { source: source.to_path_buf(), read_only });
         Ok(())
     }
@@ -204,12 +208,7 @@ impl Mounter for FakeMounter {
         read_only: bool,
         create: bool,
     ) -> std::io::Result<()> {
-        if !self.table.lock().contains_key(source) {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("{} is not mounted", source.display()),
-            ));
-        }
+        mounted(&self.table.lock(), source)?;
         s3vol_mount::open_subdir(source, sub, create).map_err(subdir_error)?;
         let m = FakeMount::Bind { source: source.join(sub), read_only };
         self.insert(&mut self.table.lock(), target, m);
