@@ -475,16 +475,32 @@ impl ObjectStore for S3Store {
         };
         let what = format!("GET {bucket}/{key}");
         let idle = self.body_timeout;
-        let body = futures::stream::unfold((out.body, what), move |(mut body, what)| async move {
-            let broken = |msg: String| {
+        // One timer per body, moved on only when it fires early (bytes came since it was
+        // set): a timer made and dropped per frame costs more than the frame's bookkeeping.
+        let state = (out.body, what, Box::pin(tokio::time::sleep(idle)), tokio::time::Instant::now());
+        let body = futures::stream::unfold(state, move |(mut body, what, mut timer, mut last)| async move {
+            let broken = |msg: String, timer| {
                 let err = StoreError::new(ErrorKind::Unavailable, format!("{what}: {msg}"));
-                Some((Err(err), (ByteStream::new(aws_smithy_types::body::SdkBody::empty()), what.clone())))
+                Some((Err(err), (ByteStream::new(aws_smithy_types::body::SdkBody::empty()), what.clone(), timer, last)))
             };
-            match tokio::time::timeout(idle, body.next()).await {
-                Ok(None) => None,
-                Ok(Some(Ok(b))) => Some((Ok(b), (body, what))),
-                Ok(Some(Err(e))) => broken(format!("body interrupted: {}", DisplayErrorContext(&e))),
-                Err(_) => broken(format!("no bytes for {:?} (readwrite_timeout): connection stalled", idle)),
+            loop {
+                tokio::select! {
+                    biased;
+                    item = body.next() => return match item {
+                        None => None,
+                        Some(Ok(b)) => {
+                            last = tokio::time::Instant::now();
+                            Some((Ok(b), (body, what, timer, last)))
+                        }
+                        Some(Err(e)) => broken(format!("body interrupted: {}", DisplayErrorContext(&e)), timer),
+                    },
+                    () = &mut timer => {
+                        if last.elapsed() >= idle {
+                            return broken(format!("no bytes for {idle:?} (readwrite_timeout): connection stalled"), timer);
+                        }
+                        timer.as_mut().reset(last + idle);
+                    }
+                }
             }
         });
         Ok(GetResponse { meta, body: Box::pin(body) })
