@@ -8,6 +8,7 @@
 //! - `attr`: attributes and the s3fs-compatible metadata headers they are kept in.
 //! - `inode`: the inode table, attribute cache and negative cache.
 //! - `dir`: directory listings streamed page by page.
+//! - `dir_check`: directory checks finishing after a lookup answered with a file.
 //! - `dir_index`: what listings and this mount's changes showed each directory to hold.
 //! - `read`: the prefetching reader.
 //! - `write`: streaming multipart uploads and the staging cache.
@@ -20,6 +21,7 @@
 mod attr;
 mod budget;
 mod dir;
+mod dir_check;
 mod dir_index;
 mod error;
 mod foreign_options;

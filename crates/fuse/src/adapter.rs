@@ -157,9 +157,12 @@ impl Filesystem for FuseAdapter {
         let fs = self.fs.clone();
         let name = name_of(name);
         self.run(async move {
-            let ttl = fs.ttl();
-            match async { fs.lookup(parent, &name?).await }.await {
-                Ok(a) => reply.entry(&ttl, &to_file_attr(&a), 0),
+            let looked_up = match name {
+                Ok(name) => fs.lookup(parent, &name).await.map(|a| (a, fs.entry_ttl(parent, &name))),
+                Err(e) => Err(e),
+            };
+            match looked_up {
+                Ok((a, ttl)) => reply.entry(&ttl, &to_file_attr(&a), 0),
                 Err(e) => reply.error(e.0),
             }
         });

@@ -31,22 +31,52 @@ pub enum GetFault {
 pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
     get_faults: Mutex<Vec<GetFault>>,
-    /// When set, each HEAD waits for a permit: a store as slow as the test makes it.
-    head_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
-    heads_waiting: AtomicUsize,
-    heads_done: AtomicUsize,
+    /// When shut, each HEAD waits for a permit: a store as slow as the test makes it.
+    heads: Gate,
+    /// The same for LISTs.
+    lists: Gate,
+}
+
+/// Requests of one kind held until the test lets them through, and counted.
+#[derive(Default)]
+struct Gate {
+    permits: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    waiting: AtomicUsize,
+    done: AtomicUsize,
+}
+
+impl Gate {
+    fn shut(&self) {
+        *self.permits.lock() = Some(Arc::new(tokio::sync::Semaphore::new(0)));
+    }
+
+    fn admit(&self, n: usize) {
+        if let Some(g) = self.permits.lock().as_ref() {
+            g.add_permits(n);
+        }
+    }
+
+    /// Runs `request` once the gate lets it through.
+    async fn pass<T>(&self, request: impl std::future::Future<Output = T>) -> T {
+        let gate = self.permits.lock().clone();
+        if let Some(g) = gate {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            let permit = g.acquire().await;
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            if let Ok(p) = permit {
+                p.forget();
+            }
+        }
+        let res = request.await;
+        self.done.fetch_add(1, Ordering::SeqCst);
+        res
+    }
 }
 
 impl FaultyStore {
     /// A store that behaves like `inner` until faults are queued.
     pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
-        FaultyStore {
-            inner,
-            get_faults: Mutex::new(Vec::new()),
-            head_gate: Mutex::new(None),
-            heads_waiting: AtomicUsize::new(0),
-            heads_done: AtomicUsize::new(0),
-        }
+        FaultyStore { inner, get_faults: Mutex::new(Vec::new()), heads: Gate::default(), lists: Gate::default() }
     }
 
     /// The next `count` GETs each suffer `fault` (after those already queued).
@@ -59,24 +89,42 @@ impl FaultyStore {
 
     /// From now on every HEAD waits until [`FaultyStore::admit_heads`] lets it through.
     pub fn gate_heads(&self) {
-        *self.head_gate.lock() = Some(Arc::new(tokio::sync::Semaphore::new(0)));
+        self.heads.shut();
     }
 
     /// Lets `n` more gated HEADs through.
     pub fn admit_heads(&self, n: usize) {
-        if let Some(g) = self.head_gate.lock().as_ref() {
-            g.add_permits(n);
-        }
+        self.heads.admit(n);
     }
 
     /// HEADs waiting at the gate now (requests in flight on a slow store).
     pub fn heads_waiting(&self) -> usize {
-        self.heads_waiting.load(Ordering::SeqCst)
+        self.heads.waiting.load(Ordering::SeqCst)
     }
 
     /// HEADs answered so far.
     pub fn heads_done(&self) -> usize {
-        self.heads_done.load(Ordering::SeqCst)
+        self.heads.done.load(Ordering::SeqCst)
+    }
+
+    /// From now on every LIST waits until [`FaultyStore::admit_lists`] lets it through.
+    pub fn gate_lists(&self) {
+        self.lists.shut();
+    }
+
+    /// Lets `n` more gated LISTs through.
+    pub fn admit_lists(&self, n: usize) {
+        self.lists.admit(n);
+    }
+
+    /// LISTs waiting at the gate now.
+    pub fn lists_waiting(&self) -> usize {
+        self.lists.waiting.load(Ordering::SeqCst)
+    }
+
+    /// LISTs answered so far.
+    pub fn lists_done(&self) -> usize {
+        self.lists.done.load(Ordering::SeqCst)
     }
 
     /// GET faults still queued.
@@ -92,18 +140,7 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn head_object(&self, bucket: &str, key: &str) -> StoreResult<ObjectMeta> {
-        let gate = self.head_gate.lock().clone();
-        if let Some(g) = gate {
-            self.heads_waiting.fetch_add(1, Ordering::SeqCst);
-            let permit = g.acquire().await;
-            self.heads_waiting.fetch_sub(1, Ordering::SeqCst);
-            if let Ok(p) = permit {
-                p.forget();
-            }
-        }
-        let res = self.inner.head_object(bucket, key).await;
-        self.heads_done.fetch_add(1, Ordering::SeqCst);
-        res
+        self.heads.pass(self.inner.head_object(bucket, key)).await
     }
 
     async fn get_object(&self, bucket: &str, key: &str, range: Option<Range<u64>>) -> StoreResult<GetResponse> {
@@ -163,7 +200,7 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn list(&self, bucket: &str, req: &ListRequest) -> StoreResult<ListPage> {
-        self.inner.list(bucket, req).await
+        self.lists.pass(self.inner.list(bucket, req)).await
     }
 
     async fn copy_object(

@@ -17,6 +17,7 @@ use s3vol_store::{collect_body, ErrorKind, ListRequest, ObjectStore, PutOptions}
 use crate::attr::{Attr, FileKind, SpecialKind, StoredMeta, S_IFDIR, S_IFLNK, S_IFREG};
 use crate::budget::MemoryBudget;
 use crate::dir::{DirEntry, DirStream, VOLUME_MARKER};
+use crate::dir_check::{DirCheck, DirChecks};
 use crate::dir_index::DirIndex;
 use crate::error::{store_errno, Errno, FsResult};
 use crate::inode::{Inode, InodeTable, OPEN_REVALIDATE, ROOT_INO};
@@ -181,6 +182,8 @@ pub struct Fs {
     index: Arc<DirIndex>,
     /// Attributes of listed files fetched ahead of the lookups that follow a listing.
     prefetch: AttrPrefetch,
+    /// Names answered as files while their directory check still runs.
+    dir_checks: DirChecks,
     next_fh: AtomicU64,
     wcfg: WriteConfig,
     /// Where node ids and handles are recorded for a successor server.
@@ -271,6 +274,7 @@ impl Fs {
         let prefetch = AttrPrefetch::new(store.clone(), cfg.bucket.clone(), prefetch_ttl);
         Fs {
             prefetch,
+            dir_checks: DirChecks::default(),
             store,
             table: Mutex::new(InodeTable::new(root, o.max_stat_cache_size)),
             handles: Mutex::new(HashMap::new()),
@@ -317,6 +321,22 @@ impl Fs {
         self.cfg.options.stat_cache_ttl
     }
 
+    /// How long the kernel may cache the entry `name` in `parent` that a lookup just
+    /// returned: not at all while it is a file answer whose directory check still runs
+    /// (the kernel asks again and sees the directory if it is one), else [`Fs::ttl`].
+    pub fn entry_ttl(&self, parent: u64, name: &str) -> std::time::Duration {
+        match self.dir_checks.state(parent, name) {
+            Some(_) => std::time::Duration::ZERO,
+            None => self.ttl(),
+        }
+    }
+
+    /// Names whose lookup answered with a file while the directory check still runs, or
+    /// whose check found a directory not yet looked up again.
+    pub fn pending_dir_checks(&self) -> usize {
+        self.dir_checks.count()
+    }
+
     fn writable(&self) -> FsResult<()> {
         if self.cfg.options.read_only {
             Err(Errno::EROFS)
@@ -330,6 +350,7 @@ impl Fs {
     fn note(&self, parent: u64, name: &str, kind: Option<FileKind>) {
         self.index.record(parent, name, kind);
         self.prefetch.forget(parent, name);
+        self.dir_checks.clear(parent, name);
     }
 
     fn key(&self, path: &str, kind: FileKind) -> String {

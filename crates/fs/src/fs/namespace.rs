@@ -43,11 +43,42 @@ impl Fs {
         let file_key = self.key(&path, FileKind::File);
         let dir_key = self.key(&path, FileKind::Dir);
         let list_req = ListRequest { prefix: dir_key.clone(), max_keys: Some(1), ..Default::default() };
-        let (head, list) = tokio::join!(
-            self.store.head_object(&self.cfg.bucket, &file_key),
-            self.store.list(&self.cfg.bucket, &list_req)
-        );
-        let list = list.map_err(|e| store_errno("lookup", &e))?;
+        let list = {
+            let (store, bucket) = (self.store.clone(), self.cfg.bucket.clone());
+            tokio::spawn(async move { store.list(&bucket, &list_req).await })
+        };
+        let head = self.store.head_object(&self.cfg.bucket, &file_key).await;
+        // A file found needs no wait for the LIST unless the name is known to be a
+        // directory too, or the object is empty (tools that write a `name` placeholder
+        // for a directory write it empty): the LIST ends in the background (DirChecks).
+        let maybe_dir = self.index.kind(parent.ino, name) == Some(FileKind::Dir)
+            || self.dir_checks.state(parent.ino, name) == Some(DirCheck::IsDir)
+            || head.as_ref().is_ok_and(|m| m.size == 0);
+        if let (false, Ok(m)) = (maybe_dir, &head) {
+            let checks = self.dir_checks.clone();
+            checks.start(parent.ino, name);
+            let (dir, name_owned) = (parent.ino, name.to_string());
+            tokio::spawn(async move {
+                let is_dir = match list.await {
+                    Ok(Ok(page)) => !page.objects.is_empty() || !page.common_prefixes.is_empty(),
+                    // The file answer stands; the next lookup after the TTL asks again.
+                    _ => false,
+                };
+                checks.finish(dir, &name_owned, is_dir);
+            });
+            let stored = StoredMeta::from_metadata(&m.metadata);
+            let found =
+                Found { kind: stored.object_kind(), size: m.size, mtime: m.last_modified, stored, has_marker: false };
+            return Ok(Some(self.make_inode(parent, name, found)));
+        }
+        self.dir_checks.clear(parent.ino, name);
+        let list = match list.await {
+            Ok(list) => list.map_err(|e| store_errno("lookup", &e))?,
+            Err(e) => {
+                tracing::warn!(error = %e, "directory check of a lookup did not finish");
+                return Err(Errno::EIO);
+            }
+        };
         if !list.objects.is_empty() || !list.common_prefixes.is_empty() {
             let has_marker = list.objects.first().is_some_and(|o| o.key == dir_key);
             let (stored, mtime) = if has_marker {
@@ -95,6 +126,11 @@ impl Fs {
         }
         {
             let mut t = self.table.lock();
+            // A name answered as a file whose directory check found keys under `name/`:
+            // forget the file answer; the probe below answers with the directory.
+            if self.dir_checks.state(parent, name) == Some(DirCheck::IsDir) {
+                t.remove_name(parent, name, None);
+            }
             if let Some(ino) = t.child(parent, name) {
                 let fresh = t.get(ino).is_some_and(|i| i.expires > Instant::now()) || self.has_writer(ino);
                 if fresh {
@@ -112,7 +148,10 @@ impl Fs {
         match self.probe(&p, name).await? {
             Some(inode) => {
                 let attr = inode.attr;
-                self.note(parent, name, Some(inode.kind));
+                // What the store said, not a change of this mount: a directory check
+                // the probe left running stays.
+                self.index.record(parent, name, Some(inode.kind));
+                self.prefetch.forget(parent, name);
                 {
                     let mut t = self.table.lock();
                     t.upsert(inode);
