@@ -333,6 +333,36 @@ fn objects_written_by_other_tools_appear_correctly() {
 }
 
 #[test]
+fn a_name_that_is_both_an_object_and_a_prefix_becomes_the_directory() {
+    if !can_mount() {
+        return;
+    }
+    let e = env();
+    let b = &e.srv.backend;
+    b.put("bkt", "both", b"file", &[]);
+    b.put("bkt", "both/inner", b"in", &[]);
+    b.put("bkt", "plain", b"p", &[]);
+    let m = mount(&e, "s3://bkt", &[]);
+    // LISTs answer a second after HEADs: a cold lookup answers from the HEAD first.
+    e.srv.control.set_op_latency("ListObjectsV2", Duration::from_secs(1));
+    assert_eq!(m.ok("stat -c %F both plain"), "regular file\nregular file\n", "the HEAD's answer, not waiting");
+    // The provisional answer is not cached by the kernel: once the directory check is
+    // back, the path through `both/` works (a cached file entry would say ENOTDIR for
+    // the whole stat_cache_ttl, 60 s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = m.sh("cat both/inner");
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "in");
+            break;
+        }
+        assert!(Instant::now() < deadline, "both/ never became a directory: {}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(m.ok("stat -c %F both plain"), "directory\nregular file\n");
+}
+
+#[test]
 fn hard_links_are_not_supported() {
     if !can_mount() {
         return;

@@ -231,7 +231,7 @@ impl Backend {
     }
 
     async fn enter(&self, op: &str) -> S3Result<()> {
-        let lat = self.control.latency();
+        let lat = self.control.latency(op);
         if !lat.is_zero() {
             tokio::time::sleep(lat).await;
         }

@@ -26,6 +26,8 @@ struct State {
     faults: Vec<Fault>,
     counters: HashMap<String, u64>,
     latency: Duration,
+    /// Extra delay per operation name (`ListObjectsV2`, ...).
+    op_latency: HashMap<String, Duration>,
     drop_connections: bool,
     max_copy_size: Option<u64>,
     oss_headers: bool,
@@ -72,6 +74,7 @@ impl Control {
         st.faults.clear();
         st.weather = None;
         st.latency = Duration::ZERO;
+        st.op_latency.clear();
         st.drop_connections = false;
     }
 
@@ -122,6 +125,12 @@ impl Control {
         self.state.lock().latency = d;
     }
 
+    /// Delays every request of operation `op` (`ListObjectsV2`, ...) by `d` more: a store
+    /// on which one kind of request is slow.
+    pub fn set_op_latency(&self, op: &str, d: Duration) {
+        self.state.lock().op_latency.insert(op.to_string(), d);
+    }
+
     /// While true, new connections are closed without an answer (a store that is down).
     pub fn set_drop_connections(&self, on: bool) {
         self.state.lock().drop_connections = on;
@@ -164,8 +173,9 @@ impl Control {
         self.state.lock().drop_connections
     }
 
-    pub(crate) fn latency(&self) -> Duration {
-        self.state.lock().latency
+    pub(crate) fn latency(&self, op: &str) -> Duration {
+        let st = self.state.lock();
+        st.latency + st.op_latency.get(op).copied().unwrap_or_default()
     }
 
     /// Counts a request of `op` and returns the injected error for it, if any.

@@ -53,7 +53,9 @@ impl Fs {
         // for a directory write it empty): the LIST ends in the background (DirChecks).
         let maybe_dir = self.index.kind(parent.ino, name) == Some(FileKind::Dir)
             || self.dir_checks.state(parent.ino, name) == Some(DirCheck::IsDir)
-            || head.as_ref().is_ok_and(|m| m.size == 0);
+            || head.as_ref().is_ok_and(|m| m.size == 0)
+            // Already answered: no reason to give a provisional answer.
+            || list.is_finished();
         if let (false, Ok(m)) = (maybe_dir, &head) {
             let checks = self.dir_checks.clone();
             checks.start(parent.ino, name);
