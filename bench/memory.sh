@@ -8,6 +8,7 @@
 #
 # Usage: bench/memory.sh            (as root; needs s3s-fs, see bench/run.sh)
 # Env:   STREAMS=64  SIZE_MB=256  BENCH_DIR=/tmp/s3vol-bench  PORT=9000
+#        S3VOL_BIN=/path/to/s3vol (default: build this tree's release binary)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCH=$ROOT/bench
@@ -17,8 +18,12 @@ SIZE_MB=${SIZE_MB:-256}
 export ENDPOINT=http://127.0.0.1:${PORT:-9000} AK=testkey SK=testsecret BUCKET=bench
 python3 -c 'import boto3' 2>/dev/null || { echo "bench: boto3 missing (pip install boto3)" >&2; exit 1; }
 
-cargo build --release -p s3vol --manifest-path "$ROOT/Cargo.toml" >&2
-S3VOL=$ROOT/target/release/s3vol
+if [ -n "${S3VOL_BIN:-}" ]; then
+  S3VOL=$S3VOL_BIN
+else
+  cargo build --release -p s3vol --manifest-path "$ROOT/Cargo.toml" >&2
+  S3VOL=$ROOT/target/release/s3vol
+fi
 "$BENCH/server.sh" stop >/dev/null 2>&1 || true
 "$BENCH/server.sh" start
 MNT=$BENCH_DIR/mnt-memory

@@ -11,7 +11,6 @@
 //! - `dir_check`: directory checks finishing after a lookup answered with a file.
 //! - `dir_index`: what listings and this mount's changes showed each directory to hold.
 //! - `read`: the prefetching reader.
-//! - `chunk_pool`: prefetch chunk buffers kept for reuse.
 //! - `write`: streaming multipart uploads and the staging cache.
 //! - `open_files`: the handles open on each inode, for unlink, rename and setattr.
 //! - `journal`: the node ids and handles a successor server needs, recorded as they are given out.
@@ -21,7 +20,6 @@
 
 mod attr;
 mod budget;
-mod chunk_pool;
 mod dir;
 mod dir_check;
 mod dir_index;

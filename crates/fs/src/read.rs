@@ -11,14 +11,13 @@ use s3vol_store::{ErrorKind, ObjectStore, StoreError, StoreResult};
 use tokio::task::JoinHandle;
 
 use crate::budget::{MemoryBudget, Reservation};
-use crate::chunk_pool::ChunkPool;
 use crate::error::{store_errno, Errno, FsResult};
 
 /// First prefetch request size: small, so the first bytes come back fast.
 const FIRST_CHUNK: u64 = 256 * 1024;
 /// Size of each later prefetch request: several run in parallel within the window, as a
 /// parallel ranged download does.
-pub(crate) const CHUNK: u64 = 8 * 1024 * 1024;
+const CHUNK: u64 = 8 * 1024 * 1024;
 
 struct Chunk {
     start: u64,
@@ -51,8 +50,6 @@ pub struct Reader {
     chunk_size: u64,
     /// The mount's memory budget; read-ahead only takes what it can spare.
     budget: Option<MemoryBudget>,
-    /// Where chunk buffers come from and go back to.
-    pool: Option<ChunkPool>,
 }
 
 /// Attempts at one ranged GET whose body broke off or came up short. The store client
@@ -64,27 +61,17 @@ const BODY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Bytes `start..end` of the object, exactly: fewer (a body that ended early) is retried,
 /// more (a store that ignored the range) is an error, never data handed out.
-async fn fetch(
-    store: Arc<dyn ObjectStore>,
-    bucket: String,
-    key: String,
-    start: u64,
-    end: u64,
-    pool: Option<ChunkPool>,
-) -> StoreResult<Bytes> {
+async fn fetch(store: Arc<dyn ObjectStore>, bucket: String, key: String, start: u64, end: u64) -> StoreResult<Bytes> {
     let want = (end - start) as usize;
-    let mut buf = match &pool {
-        Some(p) => p.buffer(want),
-        None => ChunkPool::new(want, 0).buffer(want),
-    };
+    let mut buf = BytesMut::with_capacity(want);
     let mut attempt = 0;
     loop {
-        let from = start + buf.filled() as u64;
+        let from = start + buf.len() as u64;
         let res: StoreResult<()> = async {
             let mut body = store.get_object(&bucket, &key, Some(from..end)).await?.body;
             while let Some(chunk) = body.next().await {
                 let chunk = chunk?;
-                if buf.filled() + chunk.len() > want {
+                if buf.len() + chunk.len() > want {
                     return Err(StoreError::new(
                         ErrorKind::Other,
                         format!(
@@ -98,10 +85,10 @@ async fn fetch(
         }
         .await;
         let err = match res {
-            Ok(()) if buf.filled() == want => return Ok(buf.freeze()),
+            Ok(()) if buf.len() == want => return Ok(buf.freeze()),
             Ok(()) => StoreError::new(
                 ErrorKind::Unavailable,
-                format!("GET {bucket}/{key}: body ended after {} of {want} bytes", buf.filled()),
+                format!("GET {bucket}/{key}: body ended after {} of {want} bytes", buf.len()),
             ),
             Err(e) if e.kind.is_retryable() => e,
             Err(e) => return Err(e),
@@ -136,14 +123,7 @@ impl Reader {
             max_window: read_ahead.max(FIRST_CHUNK),
             chunk_size: CHUNK.min(read_ahead.max(FIRST_CHUNK)),
             budget: None,
-            pool: None,
         }
-    }
-
-    /// Takes chunk buffers from `pool` (shared by the mount's readers).
-    pub fn with_pool(mut self, pool: ChunkPool) -> Self {
-        self.pool = Some(pool);
-        self
     }
 
     /// Prefetches only within `budget` (shared by the mount's readers and writers).
@@ -203,14 +183,7 @@ impl Reader {
                 },
                 None => None,
             };
-            let h = tokio::spawn(fetch(
-                self.store.clone(),
-                self.bucket.clone(),
-                self.key.clone(),
-                start,
-                end,
-                self.pool.clone(),
-            ));
+            let h = tokio::spawn(fetch(self.store.clone(), self.bucket.clone(), self.key.clone(), start, end));
             self.chunks.push_back(Chunk { start, end, data: ChunkData::Pending(h), _reserved: reserved });
             self.scheduled_end = end;
         }
@@ -285,7 +258,7 @@ impl Reader {
 impl Reader {
     /// Exactly the bytes asked for, in one GET.
     async fn fetch_exact(&self, off: u64, end: u64) -> FsResult<Bytes> {
-        fetch(self.store.clone(), self.bucket.clone(), self.key.clone(), off, end, None)
+        fetch(self.store.clone(), self.bucket.clone(), self.key.clone(), off, end)
             .await
             .map_err(|e| store_errno("read", &e))
     }

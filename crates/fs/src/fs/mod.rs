@@ -16,7 +16,6 @@ use s3vol_store::{collect_body, ErrorKind, ListRequest, ObjectStore, PutOptions}
 
 use crate::attr::{Attr, FileKind, SpecialKind, StoredMeta, S_IFDIR, S_IFLNK, S_IFREG};
 use crate::budget::MemoryBudget;
-use crate::chunk_pool::ChunkPool;
 use crate::dir::{DirEntry, DirStream, VOLUME_MARKER};
 use crate::dir_check::{DirCheck, DirChecks};
 use crate::dir_index::DirIndex;
@@ -185,8 +184,6 @@ pub struct Fs {
     prefetch: AttrPrefetch,
     /// Names answered as files while their directory check still runs.
     dir_checks: DirChecks,
-    /// Prefetch chunk buffers kept for reuse by the readers.
-    chunk_pool: ChunkPool,
     next_fh: AtomicU64,
     wcfg: WriteConfig,
     /// Where node ids and handles are recorded for a successor server.
@@ -230,10 +227,6 @@ pub struct Drained {
 /// process (what a mount pod's memory limit is set to), and FUSE requests in flight,
 /// connections and caches take their share first.
 const FIXED_MEMORY: u64 = 128 << 20;
-
-/// Prefetch chunk buffers kept for reuse (8 MiB each): enough for a sequential reader's
-/// finished chunks to feed its next ones; part of [`FIXED_MEMORY`].
-const CHUNK_POOL_IDLE: usize = 4;
 
 fn buffer_budget(memory_limit: u64) -> u64 {
     memory_limit.saturating_sub(FIXED_MEMORY).max(16 << 20)
@@ -282,7 +275,6 @@ impl Fs {
         Fs {
             prefetch,
             dir_checks: DirChecks::default(),
-            chunk_pool: ChunkPool::new(crate::read::CHUNK as usize, CHUNK_POOL_IDLE),
             store,
             table: Mutex::new(InodeTable::new(root, o.max_stat_cache_size)),
             handles: Mutex::new(HashMap::new()),
