@@ -209,7 +209,7 @@ impl Provisioner {
     async fn is_empty(store: &dyn ObjectStore, bucket: &str, prefix: &str) -> CsiResult<bool> {
         let req = ListRequest { prefix: prefix.to_string(), max_keys: Some(1), ..Default::default() };
         let page = store.list(bucket, &req).await?;
-        Ok(page.objects.is_empty() && page.common_prefixes.is_empty())
+        Ok(page.is_empty())
     }
 
     /// CreateVolume: idempotent for the same name and parameters, ALREADY_EXISTS for the

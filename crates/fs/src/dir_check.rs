@@ -31,7 +31,12 @@ pub struct DirChecks {
 impl DirChecks {
     /// Where the check of `name` in `dir` stands; `None`: nothing pending or to correct.
     pub fn state(&self, dir: u64, name: &str) -> Option<DirCheck> {
-        self.inner.lock().get(&(dir, name.to_string())).copied()
+        let inner = self.inner.lock();
+        // Every lookup asks: no key to build while nothing is pending (the usual case).
+        if inner.is_empty() {
+            return None;
+        }
+        inner.get(&(dir, name.to_string())).copied()
     }
 
     /// A lookup answered `name` as a file before its directory check finished.

@@ -11,6 +11,9 @@ use bytes::Bytes;
 use s3vol_fs::{FileKind, Fs, FsConfig, MountOptions, ROOT_INO};
 use s3vol_store::{FaultyStore, MemoryStore, ObjectStore, PutOptions};
 
+mod common;
+use common::until;
+
 const B: &str = "bkt";
 
 async fn store_with(keys: &[&str]) -> Arc<FaultyStore> {
@@ -32,12 +35,12 @@ fn fs_over(store: Arc<FaultyStore>) -> Arc<Fs> {
     Arc::new(Fs::new(store, cfg))
 }
 
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+/// Looks `name` up in the root, failing the test if the answer needs the gated LIST.
+async fn answered_without_the_list(fs: &Fs, name: &str) -> s3vol_fs::Attr {
+    tokio::time::timeout(Duration::from_secs(10), fs.lookup(ROOT_INO, name))
+        .await
+        .expect("the lookup waited for the LIST")
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,10 +50,7 @@ async fn a_found_file_is_answered_while_the_directory_check_still_runs() {
     store.gate_lists();
 
     // The LIST cannot answer: the lookup must not need it.
-    let a = tokio::time::timeout(Duration::from_secs(10), fs.lookup(ROOT_INO, "f"))
-        .await
-        .expect("the lookup waited for the LIST")
-        .unwrap();
+    let a = answered_without_the_list(&fs, "f").await;
     assert_eq!((a.kind, a.size), (FileKind::File, 4));
     until("the directory check, asked all the same", || store.lists_waiting() == 1).await;
     assert_eq!(fs.entry_ttl(ROOT_INO, "f"), Duration::ZERO, "a provisional answer is not cached by the kernel");
@@ -69,10 +69,7 @@ async fn a_name_that_is_also_a_prefix_becomes_the_directory_once_its_check_ends(
     let fs = fs_over(store.clone());
     store.gate_lists();
 
-    let first = tokio::time::timeout(Duration::from_secs(10), fs.lookup(ROOT_INO, "a"))
-        .await
-        .expect("the lookup waited for the LIST")
-        .unwrap();
+    let first = answered_without_the_list(&fs, "a").await;
     assert_eq!(first.kind, FileKind::File, "answered from the HEAD before the LIST");
     assert_eq!(fs.entry_ttl(ROOT_INO, "a"), Duration::ZERO);
 

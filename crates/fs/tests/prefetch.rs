@@ -4,11 +4,14 @@
 //! changes are never answered from a fetch made before them.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use s3vol_fs::{Caller, Errno, Fs, FsConfig, MountOptions, ROOT_INO};
 use s3vol_store::{CountingStore, FaultyStore, MemoryStore, ObjectStore, PutOptions};
+
+mod common;
+use common::until;
 
 const B: &str = "bkt";
 const ME: Caller = Caller { uid: 1000, gid: 1000, pid: 0 };
@@ -45,14 +48,6 @@ async fn read_names(fs: &Fs, ino: u64, fh: u64) -> Vec<String> {
                 out.push(e.name);
             }
         }
-    }
-}
-
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -69,6 +69,14 @@ pub struct ListPage {
     pub next_continuation: Option<String>,
 }
 
+impl ListPage {
+    /// Whether the page holds neither an object nor a common prefix: with `max_keys` 1 and
+    /// a `dir/` prefix, whether nothing is under that directory.
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty() && self.common_prefixes.is_empty()
+    }
+}
+
 /// Options for writing an object.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PutOptions {

@@ -74,7 +74,7 @@ impl Fs {
         let key = self.key(&dir.path, FileKind::Dir);
         let req = ListRequest { prefix: key.clone(), max_keys: Some(1), ..Default::default() };
         let page = self.store.list(&self.cfg.bucket, &req).await.map_err(|e| store_errno("unlink", &e))?;
-        if page.objects.is_empty() && page.common_prefixes.is_empty() {
+        if page.is_empty() {
             let put = PutOptions::default();
             self.store
                 .put_object(&self.cfg.bucket, &key, Bytes::new(), &put)

@@ -160,6 +160,15 @@ struct Found {
     has_marker: bool,
 }
 
+impl Found {
+    /// The object a HEAD found: its kind (a file, or a symlink or special node by the
+    /// stored mode), size, mtime and stored attributes.
+    fn object(m: &s3vol_store::ObjectMeta) -> Found {
+        let stored = StoredMeta::from_metadata(&m.metadata);
+        Found { kind: stored.object_kind(), size: m.size, mtime: m.last_modified, stored, has_marker: false }
+    }
+}
+
 /// How long attributes that came from a listing serve `stat`, at least: long enough for an
 /// `ls -l` of a large directory to stat what it listed without a request per entry.
 const LISTING_TTL: std::time::Duration = std::time::Duration::from_secs(10);

@@ -18,15 +18,7 @@ impl Fs {
             };
             match head {
                 Ok(m) => {
-                    let stored = StoredMeta::from_metadata(&m.metadata);
-                    let found = Found {
-                        kind: stored.object_kind(),
-                        size: m.size,
-                        mtime: m.last_modified,
-                        stored,
-                        has_marker: false,
-                    };
-                    let mut inode = self.make_inode(parent, name, found);
+                    let mut inode = self.make_inode(parent, name, Found::object(&m));
                     if let Some(at) = fetched {
                         // Trusted from when it was fetched, not from now.
                         inode.checked = at;
@@ -62,16 +54,13 @@ impl Fs {
             let (dir, name_owned) = (parent.ino, name.to_string());
             tokio::spawn(async move {
                 let is_dir = match list.await {
-                    Ok(Ok(page)) => !page.objects.is_empty() || !page.common_prefixes.is_empty(),
+                    Ok(Ok(page)) => !page.is_empty(),
                     // The file answer stands; the next lookup after the TTL asks again.
                     _ => false,
                 };
                 checks.finish(dir, &name_owned, is_dir);
             });
-            let stored = StoredMeta::from_metadata(&m.metadata);
-            let found =
-                Found { kind: stored.object_kind(), size: m.size, mtime: m.last_modified, stored, has_marker: false };
-            return Ok(Some(self.make_inode(parent, name, found)));
+            return Ok(Some(self.make_inode(parent, name, Found::object(m))));
         }
         self.dir_checks.clear(parent.ino, name);
         let list = match list.await {
@@ -81,7 +70,7 @@ impl Fs {
                 return Err(Errno::EIO);
             }
         };
-        if !list.objects.is_empty() || !list.common_prefixes.is_empty() {
+        if !list.is_empty() {
             let has_marker = list.objects.first().is_some_and(|o| o.key == dir_key);
             let (stored, mtime) = if has_marker {
                 // Marker metadata (mode/owner); some stores fail HEAD of `dir/` keys, so
@@ -100,20 +89,7 @@ impl Fs {
             )));
         }
         match head {
-            Ok(m) => {
-                let stored = StoredMeta::from_metadata(&m.metadata);
-                Ok(Some(self.make_inode(
-                    parent,
-                    name,
-                    Found {
-                        kind: stored.object_kind(),
-                        size: m.size,
-                        mtime: m.last_modified,
-                        stored,
-                        has_marker: false,
-                    },
-                )))
-            }
+            Ok(m) => Ok(Some(self.make_inode(parent, name, Found::object(&m)))),
             Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(store_errno("lookup", &e)),
         }
