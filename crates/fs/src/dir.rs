@@ -132,7 +132,15 @@ impl DirStream {
             },
             None => self.store.list(&self.bucket, &req).await,
         };
-        let page = page.map_err(|e| store_errno("readdir", &e))?;
+        let page = match page {
+            Ok(page) => page,
+            Err(e) => {
+                // The reader may ask again: the same page then, from the same place (not
+                // the directory's first page at this page's offsets).
+                self.token = req.continuation;
+                return Err(store_errno("readdir", &e));
+            }
+        };
         self.started = true;
         let plen = self.dir_key.len();
         // The page's last key or common prefix, relative to the directory: where it stops.

@@ -35,6 +35,9 @@ pub struct FaultyStore {
     heads: Gate,
     /// The same for LISTs.
     lists: Gate,
+    /// LISTs still to fail (after passing the gate) as a store that stays unavailable
+    /// through the client's retries.
+    list_failures: AtomicUsize,
 }
 
 /// Requests of one kind held until the test lets them through, and counted.
@@ -76,7 +79,13 @@ impl Gate {
 impl FaultyStore {
     /// A store that behaves like `inner` until faults are queued.
     pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
-        FaultyStore { inner, get_faults: Mutex::new(Vec::new()), heads: Gate::default(), lists: Gate::default() }
+        FaultyStore {
+            inner,
+            get_faults: Mutex::new(Vec::new()),
+            heads: Gate::default(),
+            lists: Gate::default(),
+            list_failures: AtomicUsize::new(0),
+        }
     }
 
     /// The next `count` GETs each suffer `fault` (after those already queued).
@@ -115,6 +124,11 @@ impl FaultyStore {
     /// Lets `n` more gated LISTs through.
     pub fn admit_lists(&self, n: usize) {
         self.lists.admit(n);
+    }
+
+    /// The next `count` LISTs to pass the gate fail as unavailable.
+    pub fn fail_lists(&self, count: usize) {
+        self.list_failures.fetch_add(count, Ordering::SeqCst);
     }
 
     /// LISTs waiting at the gate now.
@@ -200,7 +214,18 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn list(&self, bucket: &str, req: &ListRequest) -> StoreResult<ListPage> {
-        self.lists.pass(self.inner.list(bucket, req)).await
+        self.lists
+            .pass(async {
+                let fail = self.list_failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+                if fail.is_ok() {
+                    return Err(StoreError::new(
+                        ErrorKind::Unavailable,
+                        format!("injected: LIST {bucket}/{}", req.prefix),
+                    ));
+                }
+                self.inner.list(bucket, req).await
+            })
+            .await
     }
 
     async fn copy_object(
