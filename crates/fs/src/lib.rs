@@ -20,6 +20,7 @@
 
 mod attr;
 mod budget;
+mod chunk_buf;
 mod dir;
 mod dir_check;
 mod dir_index;

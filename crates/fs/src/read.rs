@@ -6,6 +6,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+
+use crate::chunk_buf::{ChunkBuf, ChunkPool, PoolUser};
 use futures::StreamExt;
 use s3vol_store::{ErrorKind, ObjectStore, StoreError, StoreResult};
 use tokio::task::JoinHandle;
@@ -50,6 +52,8 @@ pub struct Reader {
     chunk_size: u64,
     /// The mount's memory budget; read-ahead only takes what it can spare.
     budget: Option<MemoryBudget>,
+    /// The mount's kept chunk buffers (none: each chunk on the heap).
+    chunks_pool: Option<(ChunkPool, PoolUser)>,
 }
 
 /// Attempts at one ranged GET whose body broke off or came up short. The store client
@@ -61,9 +65,19 @@ const BODY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Bytes `start..end` of the object, exactly: fewer (a body that ended early) is retried,
 /// more (a store that ignored the range) is an error, never data handed out.
-async fn fetch(store: Arc<dyn ObjectStore>, bucket: String, key: String, start: u64, end: u64) -> StoreResult<Bytes> {
+async fn fetch(
+    store: Arc<dyn ObjectStore>,
+    bucket: String,
+    key: String,
+    start: u64,
+    end: u64,
+    pool: Option<ChunkPool>,
+) -> StoreResult<Bytes> {
     let want = (end - start) as usize;
-    let mut buf = BytesMut::with_capacity(want);
+    let mut buf = match pool {
+        Some(p) => p.buffer(want),
+        None => ChunkBuf::heap(want),
+    };
     let mut attempt = 0;
     loop {
         let from = start + buf.len() as u64;
@@ -123,7 +137,19 @@ impl Reader {
             max_window: read_ahead.max(FIRST_CHUNK),
             chunk_size: CHUNK.min(read_ahead.max(FIRST_CHUNK)),
             budget: None,
+            chunks_pool: None,
         }
+    }
+
+    /// Fills chunks into `pool`'s buffers, kept for the next chunks while readers exist.
+    pub(crate) fn with_chunk_pool(mut self, pool: ChunkPool) -> Self {
+        let user = pool.user();
+        self.chunks_pool = Some((pool, user));
+        self
+    }
+
+    fn pool(&self) -> Option<ChunkPool> {
+        self.chunks_pool.as_ref().map(|(p, _)| p.clone())
     }
 
     /// Prefetches only within `budget` (shared by the mount's readers and writers).
@@ -183,7 +209,8 @@ impl Reader {
                 },
                 None => None,
             };
-            let h = tokio::spawn(fetch(self.store.clone(), self.bucket.clone(), self.key.clone(), start, end));
+            let h =
+                tokio::spawn(fetch(self.store.clone(), self.bucket.clone(), self.key.clone(), start, end, self.pool()));
             self.chunks.push_back(Chunk { start, end, data: ChunkData::Pending(h), _reserved: reserved });
             self.scheduled_end = end;
         }
@@ -258,7 +285,7 @@ impl Reader {
 impl Reader {
     /// Exactly the bytes asked for, in one GET.
     async fn fetch_exact(&self, off: u64, end: u64) -> FsResult<Bytes> {
-        fetch(self.store.clone(), self.bucket.clone(), self.key.clone(), off, end)
+        fetch(self.store.clone(), self.bucket.clone(), self.key.clone(), off, end, self.pool())
             .await
             .map_err(|e| store_errno("read", &e))
     }

@@ -25,7 +25,8 @@ impl Fs {
             let attr = self.revalidated(&i).await?;
             let o = &self.cfg.options;
             let reader = Reader::new(self.store.clone(), self.cfg.bucket.clone(), key, attr.size, o.read_ahead)
-                .with_budget(self.wcfg.budget.clone());
+                .with_budget(self.wcfg.budget.clone())
+                .with_chunk_pool(self.chunk_pool.clone());
             return Ok(self.add_handle(Handle::Read { ino, reader }));
         }
         self.writable()?;

@@ -244,7 +244,8 @@ impl Fs {
                 Handle::Read {
                     ino,
                     reader: Reader::new(self.store.clone(), self.cfg.bucket.clone(), key, attr.size, o.read_ahead)
-                        .with_budget(self.wcfg.budget.clone()),
+                        .with_budget(self.wcfg.budget.clone())
+                        .with_chunk_pool(self.chunk_pool.clone()),
                 }
             }
             HandleKind::Write => {

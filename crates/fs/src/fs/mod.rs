@@ -16,6 +16,7 @@ use s3vol_store::{collect_body, ErrorKind, ListRequest, ObjectStore, PutOptions}
 
 use crate::attr::{Attr, FileKind, SpecialKind, StoredMeta, S_IFDIR, S_IFLNK, S_IFREG};
 use crate::budget::MemoryBudget;
+use crate::chunk_buf::ChunkPool;
 use crate::dir::{DirEntry, DirStream, VOLUME_MARKER};
 use crate::dir_check::{DirCheck, DirChecks};
 use crate::dir_index::DirIndex;
@@ -191,6 +192,8 @@ pub struct Fs {
     index: Arc<DirIndex>,
     /// Attributes of listed files fetched ahead of the lookups that follow a listing.
     prefetch: AttrPrefetch,
+    /// Chunk buffers the mount's readers reuse.
+    chunk_pool: ChunkPool,
     /// Names answered as files while their directory check still runs.
     dir_checks: DirChecks,
     next_fh: AtomicU64,
@@ -283,6 +286,7 @@ impl Fs {
         let prefetch = AttrPrefetch::new(store.clone(), cfg.bucket.clone(), prefetch_ttl);
         Fs {
             prefetch,
+            chunk_pool: ChunkPool::with_budget(wcfg.budget.clone()),
             dir_checks: DirChecks::default(),
             store,
             table: Mutex::new(InodeTable::new(root, o.max_stat_cache_size)),
