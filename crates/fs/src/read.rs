@@ -6,13 +6,12 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-
-use crate::chunk_buf::{ChunkBuf, ChunkPool, PoolUser};
 use futures::StreamExt;
 use s3vol_store::{ErrorKind, ObjectStore, StoreError, StoreResult};
 use tokio::task::JoinHandle;
 
 use crate::budget::{MemoryBudget, Reservation};
+use crate::chunk_buf::{ChunkBuf, ChunkPool, PoolUser};
 use crate::error::{store_errno, Errno, FsResult};
 
 /// First prefetch request size: small, so the first bytes come back fast.
@@ -53,7 +52,7 @@ pub struct Reader {
     /// The mount's memory budget; read-ahead only takes what it can spare.
     budget: Option<MemoryBudget>,
     /// The mount's kept chunk buffers (none: each chunk on the heap).
-    chunks_pool: Option<(ChunkPool, PoolUser)>,
+    chunk_pool: Option<(ChunkPool, PoolUser)>,
 }
 
 /// Attempts at one ranged GET whose body broke off or came up short. The store client
@@ -137,19 +136,19 @@ impl Reader {
             max_window: read_ahead.max(FIRST_CHUNK),
             chunk_size: CHUNK.min(read_ahead.max(FIRST_CHUNK)),
             budget: None,
-            chunks_pool: None,
+            chunk_pool: None,
         }
     }
 
     /// Fills chunks into `pool`'s buffers, kept for the next chunks while readers exist.
     pub(crate) fn with_chunk_pool(mut self, pool: ChunkPool) -> Self {
         let user = pool.user();
-        self.chunks_pool = Some((pool, user));
+        self.chunk_pool = Some((pool, user));
         self
     }
 
     fn pool(&self) -> Option<ChunkPool> {
-        self.chunks_pool.as_ref().map(|(p, _)| p.clone())
+        self.chunk_pool.as_ref().map(|(p, _)| p.clone())
     }
 
     /// Prefetches only within `budget` (shared by the mount's readers and writers).
@@ -395,6 +394,30 @@ mod tests {
             let got = r.read(off, 512 * 1024).await.expect("reads after the failures");
             assert_eq!(&got[..], &data[off as usize..(off + 512 * 1024) as usize], "at {off}");
         }
+    }
+
+    /// Chunks in mapped, reused buffers (a mount's readers): every byte right across many
+    /// chunks, with bodies that break off and are resumed into the same buffer.
+    #[tokio::test]
+    async fn pooled_chunk_buffers_hold_the_right_bytes() {
+        const MIB: u64 = 1 << 20;
+        let size = 72 * MIB + 12345;
+        let (store, data) = seeded(size).await;
+        let pool = ChunkPool::default();
+        let mut r = Reader::new(store.clone(), "b".into(), "k".into(), size, 32 * MIB).with_chunk_pool(pool.clone());
+        let mut off = 0;
+        while off < size {
+            if off % (16 * MIB) == 0 {
+                store.fail_gets(GetFault::BreakMidBody, 1);
+            }
+            let got = r.read(off, MIB as u32).await.expect("read");
+            let end = (off + MIB).min(size);
+            assert_eq!(&got[..], &data[off as usize..end as usize], "at {off}");
+            off = end;
+        }
+        assert!(pool.kept() > 0, "no chunk buffer was kept for reuse");
+        drop(r);
+        assert_eq!(pool.kept(), 0, "buffers kept after the last reader");
     }
 
     /// A body that breaks off or ends early is resumed, not reported as EIO.
