@@ -120,9 +120,17 @@ async fn prepare(args: &MountArgs, loc: &Location, opts: &MountOptions) -> anyho
     let target = StoreTarget { endpoint, region: &args.region, addressing: &args.addressing_style, credentials };
     let store = open_store(target, opts).await?;
     // A whole-bucket mount is checked with the cheap HeadBucket; only when that fails (or
-    // for a prefix) a one-key LIST runs, whose error body carries the store's code.
-    if loc.prefix.is_empty() && store.head_bucket(&loc.bucket).await.is_ok() {
-        return Ok(store);
+    // for a prefix) a one-key LIST runs, whose error body carries the store's code. An
+    // endpoint HeadBucket could not reach is reported at once: the LIST would only wait
+    // through its own retries again (both together took up to 30 s).
+    if loc.prefix.is_empty() {
+        match store.head_bucket(&loc.bucket).await {
+            Ok(()) => return Ok(store),
+            Err(e) if e.kind == ErrorKind::Unavailable => {
+                bail!("endpoint {} is unreachable: {e}", store.describe())
+            }
+            Err(_) => {}
+        }
     }
     let probe = ListRequest { prefix: loc.prefix.clone(), max_keys: Some(1), ..Default::default() };
     if let Err(e) = store.list(&loc.bucket, &probe).await {
