@@ -70,14 +70,20 @@ impl ChunkPool {
             } else {
                 // Many readers share the budget: kept buffers are given back (a reused
                 // buffer is resident whole from the start, a new one only as it fills).
-                drop(std::mem::take(&mut *self.0.idle.lock()));
+                self.give_back_kept();
                 None
             };
             if let Some(map) = reused.or_else(|| MmapMut::map_anon(POOLED).ok()) {
                 return ChunkBuf::Mapped(Mapped { map: Some(map), len: 0, pool: self.clone() });
             }
         }
-        ChunkBuf::Heap(BytesMut::with_capacity(want))
+        ChunkBuf::heap(want)
+    }
+
+    /// Unmaps the kept buffers (outside the lock) and returns their share of the budget.
+    fn give_back_kept(&self) {
+        let kept = std::mem::take(&mut *self.0.idle.lock());
+        drop(kept);
     }
 }
 
@@ -86,11 +92,9 @@ pub(crate) struct PoolUser(ChunkPool);
 
 impl Drop for PoolUser {
     fn drop(&mut self) {
-        let state = &(self.0).0;
-        if state.readers.fetch_sub(1, Ordering::SeqCst) == 1 {
-            // The last reader is gone: give the kept buffers back to the system.
-            let idle = std::mem::take(&mut *state.idle.lock());
-            drop(idle);
+        if (self.0).0.readers.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // The last reader is gone: nothing stays kept.
+            self.0.give_back_kept();
         }
     }
 }

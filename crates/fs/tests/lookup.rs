@@ -8,13 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use s3vol_fs::{FileKind, Fs, FsConfig, MountOptions, ROOT_INO};
+use s3vol_fs::{FileKind, Fs, MountOptions, ROOT_INO};
 use s3vol_store::{FaultyStore, MemoryStore, ObjectStore, PutOptions};
 
 mod common;
-use common::until;
-
-const B: &str = "bkt";
+use common::{until, B};
 
 async fn store_with(keys: &[&str]) -> Arc<FaultyStore> {
     let mem = Arc::new(MemoryStore::with_buckets(&[B]));
@@ -25,14 +23,7 @@ async fn store_with(keys: &[&str]) -> Arc<FaultyStore> {
 }
 
 fn fs_over(store: Arc<FaultyStore>) -> Arc<Fs> {
-    let cfg = FsConfig {
-        bucket: B.into(),
-        prefix: "vol/".into(),
-        options: MountOptions::default(),
-        capacity: None,
-        hard_quota: false,
-    };
-    Arc::new(Fs::new(store, cfg))
+    Arc::new(common::fs_over(store, MountOptions::default()))
 }
 
 /// Looks `name` up in the root, failing the test if the answer needs the gated LIST.

@@ -7,21 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use s3vol_fs::{Caller, Errno, Fs, FsConfig, MountOptions, ROOT_INO};
+use s3vol_fs::{Caller, Errno, Fs, MountOptions, ROOT_INO};
 use s3vol_store::{CountingStore, FaultyStore, MemoryStore, ObjectStore, PutOptions};
 
 mod common;
-use common::until;
+use common::{fs_over, until, B};
 
-const B: &str = "bkt";
 const ME: Caller = Caller { uid: 1000, gid: 1000, pid: 0 };
-
-fn fs_over(store: Arc<dyn ObjectStore>, opts: MountOptions) -> Fs {
-    Fs::new(
-        store,
-        FsConfig { bucket: B.into(), prefix: "vol/".into(), options: opts, capacity: None, hard_quota: false },
-    )
-}
 
 async fn fill(store: &MemoryStore, n: usize) {
     for i in 0..n {

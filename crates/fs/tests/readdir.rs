@@ -5,13 +5,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use s3vol_fs::{Errno, Fs, FsConfig, MountOptions, ROOT_INO};
+use s3vol_fs::{Errno, MountOptions, ROOT_INO};
 use s3vol_store::{FaultyStore, MemoryStore, ObjectStore, PutOptions};
 
 mod common;
-use common::until;
+use common::{fs_over, until, B};
 
-const B: &str = "bkt";
 /// More names than one LIST page holds (1000), so the listing takes two pages.
 const N: usize = 1500;
 
@@ -22,14 +21,7 @@ async fn a_failed_page_is_listed_again_from_where_it_stopped() {
         mem.put_object(B, &format!("vol/f{i:04}"), Bytes::from_static(b"x"), &PutOptions::default()).await.unwrap();
     }
     let store = Arc::new(FaultyStore::new(mem));
-    let cfg = FsConfig {
-        bucket: B.into(),
-        prefix: "vol/".into(),
-        options: MountOptions::default(),
-        capacity: None,
-        hard_quota: false,
-    };
-    let fs = Fs::new(store.clone(), cfg);
+    let fs = fs_over(store.clone(), MountOptions::default());
 
     // The first page passes; the second (requested ahead of the reader) fails.
     store.gate_lists();
