@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use s3vol_store::{CredentialSource, FileStore, ObjectStore, S3Config, S3Store, StaticCredentials};
 
 use crate::error::{CsiError, CsiResult};
+use crate::policy::StorePolicy;
 use crate::volume::Endpoint;
 
 /// Turns "where and with which keys" into a store. The seam lets tests hand the driver
@@ -18,10 +19,20 @@ pub trait StoreFactory: Send + Sync + 'static {
     ) -> CsiResult<Arc<dyn ObjectStore>>;
 }
 
-/// The production factory: S3 endpoints through aws-sdk-s3, `file:///dir` endpoints
-/// as local directories.
+/// The production factory: S3 endpoints through aws-sdk-s3, `file:///dir` endpoints as
+/// local directories where the admin's [`StorePolicy`] allows them (by default nowhere:
+/// a volume naming `file:///var/lib/kubelet` would otherwise serve the node's files).
 #[derive(Default)]
-pub struct DefaultStoreFactory;
+pub struct DefaultStoreFactory {
+    policy: StorePolicy,
+}
+
+impl DefaultStoreFactory {
+    /// A factory opening `file://` stores only where `policy` allows.
+    pub fn new(policy: StorePolicy) -> Self {
+        DefaultStoreFactory { policy }
+    }
+}
 
 #[async_trait]
 impl StoreFactory for DefaultStoreFactory {
@@ -30,11 +41,12 @@ impl StoreFactory for DefaultStoreFactory {
         endpoint: &Endpoint,
         credentials: Option<StaticCredentials>,
     ) -> CsiResult<Arc<dyn ObjectStore>> {
-        if let Some(path) = endpoint.url.as_deref().and_then(|u| u.strip_prefix("file://")) {
-            std::fs::create_dir_all(path).map_err(|e| {
-                CsiError::FailedPrecondition(format!("endpoint file://{path}: cannot create the directory: {e}"))
+        if let Some(url) = endpoint.url.as_deref().filter(|u| u.starts_with("file://")) {
+            let dir = self.policy.file_store_dir(url)?;
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                CsiError::FailedPrecondition(format!("endpoint {url}: cannot create the directory: {e}"))
             })?;
-            return Ok(counted(Arc::new(FileStore::new(path))));
+            return Ok(counted(Arc::new(FileStore::new(dir))));
         }
         let source = match credentials {
             Some(c) => CredentialSource::fixed(c),
@@ -54,3 +66,29 @@ fn counted(store: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
 
 /// The `volume` label of the driver's own store calls.
 pub const DRIVER_METRICS_LABEL: &str = "csi-driver";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Controller and node open every store here: a `file://` endpoint from a
+    /// StorageClass, PV or secret is refused unless the admin named a root, and no
+    /// directory is made for a refused one.
+    #[tokio::test]
+    async fn file_stores_open_only_below_the_admins_root() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("outside");
+        let at = |p: &std::path::Path| Endpoint { url: Some(format!("file://{}", p.display())), ..Default::default() };
+        for factory in [
+            DefaultStoreFactory::default(),
+            DefaultStoreFactory::new(StorePolicy::new(Some(&d.path().join("root")), &[]).unwrap()),
+        ] {
+            let e = factory.connect(&at(&outside), None).await.err().expect("refused");
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+            assert!(!outside.exists(), "a refused file:// store made its directory");
+        }
+        let root = DefaultStoreFactory::new(StorePolicy::new(Some(&d.path().join("root")), &[]).unwrap());
+        root.connect(&at(&d.path().join("root/a")), None).await.unwrap();
+        assert!(d.path().join("root/a").is_dir());
+    }
+}

@@ -9,6 +9,8 @@
 //! - `volume`: volume ids, StorageClass parameters, static-PV attributes, secrets (with
 //!   the attribute names of other drivers accepted as aliases).
 //! - `connect`: [`connect::StoreFactory`], turning a connection description into an `ObjectStore`.
+//! - `policy`: [`policy::StorePolicy`], the admin's limits on `file://` stores and on the
+//!   endpoints inline volumes may name.
 //! - `provision`: create / delete / expand / look up volumes against a store, with the ownership marker.
 //! - `inflight`: per-volume operation guard (ABORTED for a call already in flight).
 //! - `identity`, `controller`, `node`: the three gRPC services (`node` also holds the
@@ -24,6 +26,7 @@ pub mod inflight;
 pub mod metrics_layer;
 pub mod node;
 pub mod pod_identity;
+pub mod policy;
 
 pub mod provision;
 pub mod server;

@@ -60,7 +60,8 @@ async fn start_with_endpoint(endpoint: Option<String>) -> Harness {
         region: None,
         addressing: Default::default(),
     };
-    let controller = ControllerService::new(Arc::new(Provisioner::new(Arc::new(DefaultStoreFactory), defaults)));
+    let controller =
+        ControllerService::new(Arc::new(Provisioner::new(Arc::new(DefaultStoreFactory::default()), defaults)));
     let identity = IdentityService::new("s3vol.csi.io", true, Arc::new(|| Ok(())));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server::serve(listener, identity, Some(controller), None, async move {

@@ -13,6 +13,7 @@ use s3vol_csi::node::mounter::{FakeMount, FakeMounter};
 use s3vol_csi::node::{NodeConfig, NodeService, UpgradeServers};
 use s3vol_csi::pb::node_server::Node;
 use s3vol_csi::pb::{self, volume_capability};
+use s3vol_csi::policy::StorePolicy;
 use s3vol_csi::volume::Endpoint;
 use tonic::{Code, Request};
 
@@ -43,6 +44,14 @@ impl Env {
 
     /// A node plugin over the fakes (a new one over the same state dir = a restart).
     fn node(&self) -> NodeService {
+        self.node_with(&[])
+    }
+
+    /// The admin's policy of every test: `file://` stores below `store/` only, and inline
+    /// volumes may also name the `allowed` endpoints.
+    fn node_with(&self, allowed: &[&str]) -> NodeService {
+        let allowed: Vec<String> = allowed.iter().map(|a| a.to_string()).collect();
+        let policy = StorePolicy::new(Some(&self.dir.path().join("store")), &allowed).unwrap();
         let cfg = NodeConfig {
             node_id: "node-1".into(),
             state_dir: self.dir.path().join("state"),
@@ -53,9 +62,10 @@ impl Env {
                 ..Default::default()
             },
             upgrade_servers: UpgradeServers::Rolling,
+            policy: policy.clone(),
         };
-        NodeService::with_mounter(&cfg, self.launcher.clone(), Arc::new(DefaultStoreFactory), self.mounter.clone())
-            .unwrap()
+        let factory = Arc::new(DefaultStoreFactory::new(policy));
+        NodeService::with_mounter(&cfg, self.launcher.clone(), factory, self.mounter.clone()).unwrap()
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -300,6 +310,76 @@ async fn an_inline_volume_lives_and_ends_with_its_publish() {
     node.node_unpublish_volume(unpublish("csi-0123abcd", &target)).await.unwrap();
     assert!(env.mounts().is_empty());
     assert_eq!(std::fs::read_dir(env.path("state/volumes")).unwrap().count(), 0);
+}
+
+/// An inline volume as a pod author writes it: attributes and a publish secret of the
+/// author's choice.
+fn inline(env: &Env, attrs: &[(&str, &str)], secrets: HashMap<String, String>) -> pb::NodePublishVolumeRequest {
+    let mut r =
+        publish("csi-feedc0de", Path::new(""), &env.path("pods/uid-2/volumes/kubernetes.io~csi/x/mount"), false);
+    r.staging_target_path = String::new();
+    r.secrets = secrets;
+    r.volume_context = attrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    r.volume_context.insert("csi.storage.k8s.io/ephemeral".into(), "true".into());
+    r
+}
+
+/// A pod author reaches nothing beyond what their own keys reach: no `file://` store
+/// outside the admin's directory (the node's own files), no endpoint the admin did not
+/// allow, never the driver's or node's identity. Each refusal is INVALID_ARGUMENT naming
+/// the value, and leaves nothing behind: no mount, no record, no directory made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_authors_inline_volume_reaches_only_what_the_admin_allows() {
+    let env = Env::new();
+    let node = env.node_with(&["http://minio.allowed:9000"]);
+    let outside = env.path("node-files/kubelet");
+    let outside_url = format!("file://{}", outside.display());
+    let escape_url = format!("file://{}/../node-files", env.path("store").display());
+    let refusals: Vec<(pb::NodePublishVolumeRequest, &str)> = vec![
+        (inline(&env, &[("bucket", "kubelet"), ("endpoint", &outside_url)], keys()), outside_url.as_str()),
+        (inline(&env, &[("bucket", "escape"), ("endpoint", &escape_url)], keys()), escape_url.as_str()),
+        (
+            inline(&env, &[("bucket", "metadata"), ("endpoint", "http://169.254.169.254")], keys()),
+            "http://169.254.169.254",
+        ),
+        // The secret's endpoint is the pod author's choice too.
+        (
+            inline(&env, &[("bucket", "other")], {
+                let mut k = keys();
+                k.insert("endpoint".into(), "http://10.0.0.1:9000".into());
+                k
+            }),
+            "http://10.0.0.1:9000",
+        ),
+        // No keys: the driver's default chain (IRSA, the instance role) is never lent.
+        (inline(&env, &[("bucket", "shared")], HashMap::new()), "own keys"),
+        (
+            inline(
+                &env,
+                &[
+                    ("bucket", "shared"),
+                    ("authenticationSource", "pod"),
+                    ("roleArn", "arn:aws:iam::1:role/r"),
+                    ("stsEndpoint", "http://sts.evil"),
+                ],
+                HashMap::new(),
+            ),
+            "http://sts.evil",
+        ),
+    ];
+    for (r, named) in refusals {
+        let e = node.node_publish_volume(Request::new(r.clone())).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{:?}: {e:?}", r.volume_context);
+        assert!(e.message().contains(named), "the error names {named:?}: {}", e.message());
+        assert!(env.mounts().is_empty(), "nothing mounted for {:?}", r.volume_context);
+    }
+    assert!(!outside.exists(), "the plugin made a directory a pod author named");
+    assert!(!env.path("node-files").exists());
+    let records = std::fs::read_dir(env.path("state/volumes")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(records, 0, "a refused volume leaves no record");
+    // Inside the admin's directory, with its own keys, it mounts.
+    let r = inline(&env, &[("bucket", "shared"), ("prefix", "ok")], keys());
+    node.node_publish_volume(Request::new(r)).await.unwrap();
 }
 
 /// A server that dies between the health check's ping and its stat of the mount leaves

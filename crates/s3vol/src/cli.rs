@@ -75,6 +75,14 @@ pub struct CsiArgs {
     /// (`https://...`, `http://...`, or `file:///dir` for a local directory).
     #[arg(long, env = "S3VOL_DEFAULT_ENDPOINT")]
     pub default_endpoint: Option<String>,
+    /// The only directory `file://` stores may be at or below (a volume naming any other
+    /// `file://` path is refused); unset: no volume may use a `file://` store.
+    #[arg(long, env = "S3VOL_FILE_STORE_ROOT")]
+    pub file_store_root: Option<PathBuf>,
+    /// An endpoint inline volumes may name besides `--default-endpoint`, or an `http://`
+    /// STS endpoint allowed to receive pods' tokens in clear (repeat, or comma-separate).
+    #[arg(long = "allow-endpoint", env = "S3VOL_ALLOW_ENDPOINTS", value_delimiter = ',')]
+    pub allow_endpoints: Vec<String>,
     /// Region when neither the StorageClass nor the secret names one.
     #[arg(long, env = "S3VOL_DEFAULT_REGION")]
     pub default_region: Option<String>,

@@ -7,6 +7,7 @@ use s3vol_csi::identity::IdentityService;
 use s3vol_csi::node::launcher::{Launcher, ProcessLauncher};
 use s3vol_csi::node::pod_launcher::PodLauncher;
 use s3vol_csi::node::{NodeConfig, NodeService, UpgradeServers};
+use s3vol_csi::policy::StorePolicy;
 use s3vol_csi::provision::Provisioner;
 use s3vol_csi::server;
 use s3vol_csi::volume::{normalize_endpoint, Endpoint};
@@ -26,10 +27,15 @@ async fn serve(args: CsiArgs) -> anyhow::Result<()> {
         region: args.default_region.clone(),
         addressing: Default::default(),
     };
+    let policy = StorePolicy::new(args.file_store_root.as_deref(), &args.allow_endpoints)?;
+    if let Some(url) = defaults.url.as_deref().filter(|u| u.starts_with("file://")) {
+        policy.file_store_dir(url).map_err(|e| anyhow::anyhow!("--default-endpoint: {e}"))?;
+    }
+    let factory = Arc::new(DefaultStoreFactory::new(policy.clone()));
     let path = server::socket_path(&args.endpoint)?;
     let listener = server::bind_unix(&path)?;
     let controller = matches!(args.mode, Mode::Controller | Mode::All)
-        .then(|| ControllerService::new(Arc::new(Provisioner::new(Arc::new(DefaultStoreFactory), defaults.clone()))));
+        .then(|| ControllerService::new(Arc::new(Provisioner::new(factory.clone(), defaults.clone()))));
     let node = if matches!(args.mode, Mode::Node | Mode::All) {
         let node_id = match &args.node_id {
             Some(n) => n.clone(),
@@ -48,6 +54,7 @@ async fn serve(args: CsiArgs) -> anyhow::Result<()> {
                 UpgradeServersArg::Rolling => UpgradeServers::Rolling,
                 UpgradeServersArg::Never => UpgradeServers::Never,
             },
+            policy,
         };
         let launcher: Arc<dyn Launcher> = match args.servers {
             ServersArg::Processes => {
@@ -68,7 +75,7 @@ async fn serve(args: CsiArgs) -> anyhow::Result<()> {
                 Arc::new(pods)
             }
         };
-        let node = NodeService::new(&cfg, launcher, Arc::new(DefaultStoreFactory))
+        let node = NodeService::new(&cfg, launcher, factory)
             .with_context(|| format!("state dir {}", args.state_dir.display()))?;
         node.recover().await;
         node.spawn_health_loop(cfg.health_interval);

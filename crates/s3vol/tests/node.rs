@@ -1224,7 +1224,7 @@ async fn pod_identity_keys_come_from_the_service_account_token_and_refresh_on_re
     let sts = s3vol_testkit::FakeSts::start(srv.control.clone()).await.unwrap();
     sts.allow_token("token-one-of-team-a");
     sts.allow_token("token-two-of-team-a");
-    let plugin = Plugin::start(dir.path(), &srv.endpoint(), "5");
+    let plugin = Plugin::start_allowing(dir.path(), &srv.endpoint(), "5", &sts.url);
     let (mut node, _) = plugin.clients().await;
     let attrs: HashMap<String, String> = [
         ("authenticationSource", "pod"),
@@ -1330,7 +1330,7 @@ async fn pod_identity_through_moto_sts() {
     };
     boto("s3.create_bucket(Bucket='podid')");
     let dir = tempfile::tempdir().unwrap();
-    let plugin = Plugin::start(dir.path(), &moto, "5");
+    let plugin = Plugin::start_allowing(dir.path(), &moto, "5", &moto);
     let (mut node, _) = plugin.clients().await;
     let attrs: HashMap<String, String> = [
         ("authenticationSource", "pod"),
@@ -1456,7 +1456,7 @@ async fn alibaba_rrsa_exchanges_the_token_with_assume_role_with_oidc() {
     let (srv, dir) = env().await;
     let sts = s3vol_testkit::FakeSts::start(srv.control.clone()).await.unwrap();
     sts.allow_token("rrsa-token-of-app");
-    let plugin = Plugin::start(dir.path(), &srv.endpoint(), "5");
+    let plugin = Plugin::start_allowing(dir.path(), &srv.endpoint(), "5", &sts.url);
     let (mut node, _) = plugin.clients().await;
     let attrs: HashMap<String, String> = [
         ("authenticationSource", "pod"),

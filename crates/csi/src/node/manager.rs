@@ -51,6 +51,7 @@ pub(super) struct Inner {
     pub(super) mounter: Arc<dyn Mounter>,
     pub(super) factory: Arc<dyn StoreFactory>,
     pub(super) defaults: crate::volume::Endpoint,
+    pub(super) policy: crate::policy::StorePolicy,
     pub(super) inflight: InFlight,
     pub(super) upgrade_servers: UpgradeServers,
     /// What the plugin holds in memory of each staged volume.
@@ -153,6 +154,7 @@ impl VolumeManager {
                 mounter,
                 factory,
                 defaults: cfg.defaults.clone(),
+                policy: cfg.policy.clone(),
                 inflight: InFlight::default(),
                 upgrade_servers: cfg.upgrade_servers,
                 volumes: Mutex::new(HashMap::new()),
@@ -225,6 +227,8 @@ impl VolumeManager {
         if spec.endpoint.region.is_none() {
             spec.endpoint.region = self.inner.defaults.region.clone();
         }
+        let ephemeral = is_ephemeral(&r.volume_context);
+        self.check_policy(&spec, &secret, ephemeral)?;
         let mut options = vec!["allow_other".to_string()];
         if let Some(g) = mount_group(cap) {
             options.extend(group_options(&g)?);
@@ -284,7 +288,7 @@ impl VolumeManager {
             resources: spec.server_resources.clone(),
             pod_identity: spec.pod_identity.clone(),
             identity_subject: None,
-            ephemeral: is_ephemeral(&r.volume_context),
+            ephemeral,
             fs_group: mount_group(cap),
             view_of: None,
         };
@@ -329,6 +333,26 @@ impl VolumeManager {
         self.inner.registry.save(&rec).map_err(|e| CsiError::Internal(e.to_string()))?;
         let pid = rec.pid;
         tracing::info!(volume_id = %r.volume_id, pid, "volume staged");
+        Ok(())
+    }
+
+    /// What a volume may reach, by the admin's policy: an inline volume (written by a pod
+    /// author) brings its own keys or pod identity, never the driver's or the node's
+    /// identity, and names only the default or an allowed endpoint; a pod's token goes to
+    /// no STS endpoint the admin did not choose.
+    fn check_policy(&self, spec: &VolumeSpec, secret: &SecretValues, ephemeral: bool) -> CsiResult<()> {
+        if let Some(sts) = spec.pod_identity.as_ref().and_then(|p| p.sts_endpoint.as_deref()) {
+            self.inner.policy.check_sts_endpoint(sts, ephemeral)?;
+        }
+        if !ephemeral {
+            return Ok(());
+        }
+        self.inner.policy.check_inline_endpoint(&spec.endpoint, &self.inner.defaults)?;
+        if secret.credentials.is_none() && spec.pod_identity.is_none() {
+            return Err(CsiError::invalid(
+                "an inline volume needs its own keys (nodePublishSecretRef) or authenticationSource: pod; the driver's and the node's identity are never lent to a pod's inline volume",
+            ));
+        }
         Ok(())
     }
 

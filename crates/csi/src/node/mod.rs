@@ -46,6 +46,9 @@ pub struct NodeConfig {
     pub defaults: crate::volume::Endpoint,
     /// Whether servers of an older binary are handed over to new ones at start.
     pub upgrade_servers: UpgradeServers,
+    /// What the admin lets inline volumes reach (the store factory applies the same
+    /// policy's `file://` rule to every volume).
+    pub policy: crate::policy::StorePolicy,
 }
 
 /// What a node plugin started from a new binary does with servers running the old one.

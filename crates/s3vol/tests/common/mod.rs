@@ -53,6 +53,15 @@ impl Plugin {
         p
     }
 
+    /// A plugin whose admin allows `endpoint` beyond the default (`--allow-endpoint`: an
+    /// `http://` STS endpoint, or an endpoint inline volumes may name).
+    pub fn start_allowing(dir: &Path, endpoint: &str, health: &'static str, allowed: &str) -> Plugin {
+        let mut p = Self::configure(dir, endpoint, health, true);
+        p.extra.extend(["--allow-endpoint".to_string(), allowed.to_string()]);
+        p.spawn();
+        p
+    }
+
     /// A plugin set up but not started (set `extra`/`envs`, then `spawn`).
     pub fn configure(dir: &Path, endpoint: &str, health: &'static str, tmpfs_secrets: bool) -> Plugin {
         let secrets = dir.join("secrets");
