@@ -1,7 +1,9 @@
 //! What this mount knows each directory holds, from its listings and its own changes.
 //!
 //! A listing answers lookups of names in the key range it covered without a request (a
-//! negative cache for that range, trusted for `stat_cache_ttl`): a directory listed to its
+//! negative cache for that range, trusted for `negative_ttl`, so a name another client
+//! creates is found within it; the kinds it showed are trusted for `stat_cache_ttl`): a
+//! directory listed to its
 //! end covers every name; one page listed from a missed name on covers the names up to
 //! its last key, which is where the next names of a program creating files usually fall.
 //! Such a program pays for one listing page instead of a HEAD and a LIST per new name.
@@ -23,6 +25,7 @@ const ABANDONED_AFTER: Duration = Duration::from_secs(30);
 /// Per-directory knowledge, bounded in total entries.
 pub struct DirIndex {
     ttl: Duration,
+    absent_ttl: Duration,
     cap: usize,
     inner: Mutex<Inner>,
 }
@@ -35,8 +38,8 @@ struct Inner {
     next_build: u64,
 }
 
-/// From this `stat_cache_ttl` on, a listing is trusted long enough to pay for itself after
-/// one missed lookup; below it, only a second miss within the TTL (a burst of new names)
+/// From this `negative_ttl` on, a listing is trusted long enough to pay for itself after
+/// one missed lookup; below it, only a second miss within that time (a burst of new names)
 /// starts one.
 const LONG_TTL: Duration = Duration::from_secs(10);
 
@@ -49,6 +52,8 @@ struct Known {
     build: Option<Build>,
     /// No background listing before this: the last one took longer than it stays fresh.
     quiet_until: Option<Instant>,
+    /// When a refresh of an ageing range was last handed out (one at a time).
+    refresh_at: Option<Instant>,
 }
 
 /// A key range (relative to the directory) a listing saw all of.
@@ -90,7 +95,14 @@ struct Build {
 
 impl Known {
     fn new(now: Instant) -> Self {
-        Known { names: HashMap::new(), covers: Vec::new(), seen_until: now, build: None, quiet_until: None }
+        Known {
+            names: HashMap::new(),
+            covers: Vec::new(),
+            seen_until: now,
+            build: None,
+            quiet_until: None,
+            refresh_at: None,
+        }
     }
 
     fn covered(&self, name: &str, now: Instant) -> bool {
@@ -103,9 +115,29 @@ impl Known {
 }
 
 impl DirIndex {
-    /// An index trusting listings for `ttl` (zero: never) and holding at most `cap` names.
-    pub fn new(ttl: Duration, cap: usize) -> Self {
-        DirIndex { ttl, cap: cap.max(1000), inner: Mutex::new(Inner::default()) }
+    /// An index trusting what listings showed for `ttl` (zero: never), what they did not
+    /// show for `absent_ttl` (zero: never), and holding at most `cap` names.
+    pub fn new(ttl: Duration, absent_ttl: Duration, cap: usize) -> Self {
+        let absent_ttl = if ttl.is_zero() { Duration::ZERO } else { absent_ttl };
+        DirIndex { ttl, absent_ttl, cap: cap.max(1000), inner: Mutex::new(Inner::default()) }
+    }
+
+    /// When the range that answered `name` absent is past half its life, the place to
+    /// list it again from (`Some(None)`: the first page), handed out once per range
+    /// lifetime: a directory receiving a burst of new names is listed about once per
+    /// `negative_ttl` in the background, and its misses keep being answered without a
+    /// request while names other clients create still show within `negative_ttl`.
+    pub fn refresh_due(&self, dir: u64, name: &str) -> Option<Option<String>> {
+        let now = Instant::now();
+        let half = self.absent_ttl / 2;
+        let mut inner = self.inner.lock();
+        let k = inner.dirs.get_mut(&dir)?;
+        if k.building(now) || k.refresh_at.is_some_and(|t| now.duration_since(t) < half) {
+            return None;
+        }
+        let after = k.covers.iter().find(|c| c.holds(name, now) && c.until.duration_since(now) < half)?.after.clone();
+        k.refresh_at = Some(now);
+        Some(after)
     }
 
     /// Whether `name` is known not to exist: a fresh listing covered its place (plus this
@@ -132,7 +164,7 @@ impl DirIndex {
     /// fresh (such a directory is not listed again for ten times as long as that listing
     /// took, at least a minute).
     pub fn wants_listing(&self, dir: u64, name: &str) -> bool {
-        if self.ttl.is_zero() {
+        if self.absent_ttl.is_zero() {
             return false;
         }
         let now = Instant::now();
@@ -144,10 +176,10 @@ impl DirIndex {
     }
 
     /// A lookup of `name` in `dir` found nothing. Returns whether to list the directory
-    /// now: when [`DirIndex::wants_listing`], at the first miss with a `stat_cache_ttl` of
-    /// 10 s or more, else at the second miss within the TTL.
+    /// now: when [`DirIndex::wants_listing`], at the first miss with a `negative_ttl` of
+    /// 10 s or more, else at the second miss within `negative_ttl`.
     pub fn missed(&self, dir: u64, name: &str) -> bool {
-        if self.ttl.is_zero() {
+        if self.absent_ttl.is_zero() {
             return false;
         }
         let now = Instant::now();
@@ -156,7 +188,7 @@ impl DirIndex {
             if inner.misses.len() > 10_000 {
                 inner.misses.clear();
             }
-            let ttl = self.ttl;
+            let ttl = self.absent_ttl;
             let run = inner.misses.entry(dir).or_insert((now, 0));
             if now.duration_since(run.0) > ttl {
                 *run = (now, 0);
@@ -239,7 +271,7 @@ impl DirIndex {
         let Some(k) = inner.dirs.get_mut(&dir) else { return };
         let Some(b) = k.build.take_if(|b| b.id == id) else { return };
         let now = Instant::now();
-        let cover = Cover { after: b.after, upto: upto.map(str::to_string), until: b.started + self.ttl };
+        let cover = Cover { after: b.after, upto: upto.map(str::to_string), until: b.started + self.absent_ttl };
         // The listing is the truth for its range; this mount's changes since are newer.
         k.names.retain(|n, _| !cover.spans(n));
         k.names.extend(b.names);
@@ -255,7 +287,7 @@ impl DirIndex {
             k.covers.remove(0);
         }
         k.seen_until = k.seen_until.max(b.started + self.ttl);
-        if b.started + self.ttl <= now {
+        if b.started + self.absent_ttl <= now && !self.absent_ttl.is_zero() {
             let took = now - b.started;
             k.quiet_until = Some(now + (took * 10).max(Duration::from_secs(60)));
         }
@@ -286,7 +318,7 @@ mod tests {
     use super::*;
 
     fn index() -> DirIndex {
-        DirIndex::new(Duration::from_secs(60), 1000)
+        DirIndex::new(Duration::from_secs(60), Duration::from_secs(60), 1000)
     }
 
     #[test]
@@ -382,10 +414,10 @@ mod tests {
 
     #[test]
     fn listings_are_not_trusted_with_a_zero_ttl_or_after_it() {
-        let off = DirIndex::new(Duration::ZERO, 1000);
+        let off = DirIndex::new(Duration::ZERO, Duration::from_secs(1), 1000);
         assert!(off.begin(1, None).is_none());
         assert!(!off.wants_listing(1, "x"));
-        let short = DirIndex::new(Duration::from_millis(30), 1000);
+        let short = DirIndex::new(Duration::from_millis(30), Duration::from_millis(30), 1000);
         let id = short.begin(1, None).unwrap();
         short.add_page(1, id, [("a", FileKind::File)]);
         short.finish(1, id, None);
@@ -401,7 +433,7 @@ mod tests {
     fn a_miss_starts_a_listing_the_second_with_a_short_ttl() {
         let long = index();
         assert!(long.missed(1, "x"), "with a long TTL the first miss lists");
-        let ix = DirIndex::new(Duration::from_secs(5), 1000);
+        let ix = DirIndex::new(Duration::from_secs(60), Duration::from_secs(5), 1000);
         assert!(!ix.missed(1, "x"), "one miss is not worth a listing");
         assert!(!ix.missed(2, "x"));
         assert!(ix.missed(1, "x"));
@@ -412,7 +444,7 @@ mod tests {
         assert!(ix.has_first_page(1));
         assert!(!ix.missed(1, "c"), "not while one covers the name");
         assert!(ix.missed(1, "x"), "a name after the listed range");
-        let short = DirIndex::new(Duration::from_millis(20), 1000);
+        let short = DirIndex::new(Duration::from_secs(60), Duration::from_millis(20), 1000);
         assert!(!short.missed(1, "x"));
         std::thread::sleep(Duration::from_millis(30));
         assert!(!short.missed(1, "x"), "misses further apart than the TTL are no pattern");
@@ -420,7 +452,7 @@ mod tests {
 
     #[test]
     fn a_directory_slower_to_list_than_the_ttl_is_not_listed_again_soon() {
-        let ix = DirIndex::new(Duration::from_millis(20), 1000);
+        let ix = DirIndex::new(Duration::from_secs(60), Duration::from_millis(20), 1000);
         let id = ix.begin(1, None).unwrap();
         ix.add_page(1, id, [("a", FileKind::File)]);
         std::thread::sleep(Duration::from_millis(30));

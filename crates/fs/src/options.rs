@@ -30,8 +30,11 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Refuse every write with EROFS.
     pub read_only: bool,
-    /// How long metadata (and negative lookups) are trusted; zero = always ask the store.
+    /// How long attributes and directory contents are trusted; zero = always ask the store.
     pub stat_cache_ttl: Duration,
+    /// How long "no such name" is trusted (negative entries and names missing from a
+    /// listing), so a name another client creates is found this soon; zero = always ask.
+    pub negative_ttl: Duration,
     /// Bound on cached metadata entries.
     pub max_stat_cache_size: usize,
     /// ListObjects version (1 or 2).
@@ -87,6 +90,7 @@ impl Default for MountOptions {
             allow_other: false,
             read_only: false,
             stat_cache_ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(1),
             max_stat_cache_size: 100_000,
             list_type: 2,
             cache_dir: None,
@@ -150,6 +154,15 @@ fn seconds(name: &str, v: &str) -> Result<Duration, OptionError> {
         .ok_or_else(|| OptionError(format!("option {name}={v:?}: expected a positive number of seconds")))
 }
 
+/// A cache lifetime in seconds, where `0` turns the cache off.
+fn ttl(name: &str, v: &str) -> Result<Duration, OptionError> {
+    if number::<f64>(name, v)? == 0.0 {
+        Ok(Duration::ZERO)
+    } else {
+        seconds(name, v)
+    }
+}
+
 fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, OptionError> {
     v.parse().map_err(|_| OptionError(format!("option {name}={v:?}: expected a number")))
 }
@@ -191,10 +204,8 @@ impl MountOptions {
                 }
                 "allow_other" => o.allow_other = flag(name, value)?,
                 "ro" => o.read_only = flag(name, value)?,
-                "stat_cache_ttl" => {
-                    let v = need()?;
-                    o.stat_cache_ttl = if number::<f64>(name, v)? == 0.0 { Duration::ZERO } else { seconds(name, v)? };
-                }
+                "stat_cache_ttl" => o.stat_cache_ttl = ttl(name, need()?)?,
+                "negative_ttl" => o.negative_ttl = ttl(name, need()?)?,
                 "max_stat_cache_size" => o.max_stat_cache_size = number(name, need()?)?,
                 "list_type" => {
                     o.list_type = match need()? {
@@ -237,7 +248,7 @@ impl MountOptions {
                     return Err(OptionError(match foreign_hint(bare) {
                         Some(instead) => format!("mount option {n:?} is not supported by s3vol: {instead}"),
                         None => format!(
-                            "unknown mount option {n:?} (supported: uid, gid, umask, file_mode, dir_mode, allow_other, ro, stat_cache_ttl, max_stat_cache_size, list_type, cache_dir, cache_size, read_ahead, part_size, upload_concurrency, storage_class, sse, mime, list_attrs, memory_limit, retries, request_timeout, readwrite_timeout, debug)"
+                            "unknown mount option {n:?} (supported: uid, gid, umask, file_mode, dir_mode, allow_other, ro, stat_cache_ttl, negative_ttl, max_stat_cache_size, list_type, cache_dir, cache_size, read_ahead, part_size, upload_concurrency, storage_class, sse, mime, list_attrs, memory_limit, retries, request_timeout, readwrite_timeout, debug)"
                         ),
                     }));
                 }
@@ -311,6 +322,9 @@ mod tests {
             assert!(e.contains(o.split('=').next().unwrap()), "{e}");
         }
         assert_eq!(MountOptions::parse(&["stat_cache_ttl=0"]).unwrap().stat_cache_ttl, Duration::ZERO);
+        assert_eq!(MountOptions::parse(&["negative_ttl=0"]).unwrap().negative_ttl, Duration::ZERO);
+        assert_eq!(MountOptions::default().negative_ttl, Duration::from_secs(1));
+        assert!(MountOptions::parse(&["negative_ttl=-1"]).unwrap_err().0.contains("negative_ttl"));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use fuser::consts::{
@@ -8,7 +8,7 @@ use fuser::consts::{
     FUSE_PARALLEL_DIROPS,
 };
 use fuser::{
-    FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    FileAttr, FileType, Filesystem, KernelConfig, Notifier, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
 use s3vol_fs::{Attr, Caller, Errno, FileKind, Fs, SetAttr, SpecialKind};
@@ -28,12 +28,20 @@ pub struct FuseAdapter {
     resumed: bool,
     /// Admits requests until a graceful handover begins.
     drain: DrainControl,
+    /// The session's way to tell the kernel its cached attributes are stale (set once
+    /// the session exists).
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 impl FuseAdapter {
     /// An adapter running operations on `rt`.
     pub fn new(fs: Arc<Fs>, rt: tokio::runtime::Handle) -> Self {
-        FuseAdapter { fs, rt, resumed: false, drain: DrainControl::default() }
+        FuseAdapter { fs, rt, resumed: false, drain: DrainControl::default(), notifier: Arc::default() }
+    }
+
+    /// Where the session's [`Notifier`] goes once the session is made from this adapter.
+    pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
+        self.notifier.clone()
     }
 
     /// The same adapter, drained through `drain` at a graceful handover.
@@ -341,9 +349,22 @@ impl Filesystem for FuseAdapter {
     fn open(&mut self, req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
         let fs = self.fs.clone();
         let who = caller(req);
+        let notifier = self.notifier.clone();
         self.run(async move {
+            let before = fs.cached_attr(ino);
             match fs.open(ino, flags, who).await {
-                Ok(fh) => reply.opened(fh, 0),
+                Ok(fh) => {
+                    // Close-to-open found another client's new object: the kernel's size
+                    // and times (cached for stat_cache_ttl) must not clip or date its reads.
+                    let after = fs.cached_attr(ino);
+                    let changed = before.zip(after).is_some_and(|(b, a)| b.size != a.size || b.mtime != a.mtime);
+                    if let Some(n) = notifier.get().filter(|_| changed) {
+                        if let Err(e) = n.inval_inode(ino, -1, 0) {
+                            tracing::debug!(ino, error = %e, "attribute invalidation not delivered");
+                        }
+                    }
+                    reply.opened(fh, 0)
+                }
                 Err(e) => reply.error(e.0),
             }
         });

@@ -107,7 +107,11 @@ pub fn serve_fd_resumed(
     let mut feeder = std::fs::File::from(feeder);
     let slot = session_end.as_raw_fd();
     let acl = if fs.options().allow_other { SessionACL::All } else { SessionACL::Owner };
-    let mut session = Session::from_fd(FuseAdapter::new(fs, rt).resumed().drained_by(drain), session_end, acl);
+    let adapter = FuseAdapter::new(fs, rt).resumed().drained_by(drain);
+    let notifier = adapter.notifier_slot();
+    let mut session = Session::from_fd(adapter, session_end, acl);
+    // It writes to the session's descriptor number, which is the kernel's after the dup2.
+    let _ = notifier.set(session.notifier());
     feeder.write_all(&synthetic_init()).map_err(|e| ResumeError::Sys("synthetic INIT", e))?;
     let thread = std::thread::Builder::new()
         .name("fuse-session".into())

@@ -11,6 +11,9 @@ use crate::drain::DrainControl;
 /// calling thread; operations run on `rt`; `drain` stops it for a graceful handover.
 pub fn serve_fd(fs: Arc<Fs>, fd: OwnedFd, rt: tokio::runtime::Handle, drain: DrainControl) -> std::io::Result<()> {
     let acl = if fs.options().allow_other { SessionACL::All } else { SessionACL::Owner };
-    let mut session = Session::from_fd(FuseAdapter::new(fs, rt).drained_by(drain), fd, acl);
+    let adapter = FuseAdapter::new(fs, rt).drained_by(drain);
+    let notifier = adapter.notifier_slot();
+    let mut session = Session::from_fd(adapter, fd, acl);
+    let _ = notifier.set(session.notifier());
     session.run()
 }

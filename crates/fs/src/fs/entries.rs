@@ -87,9 +87,11 @@ impl Fs {
         Ok(())
     }
 
+    /// Until when "no such name" is believed without asking: `negative_ttl` from now
+    /// (`None` when it is zero), never longer, so other clients' new names show.
     pub(super) fn negative_until(&self) -> Option<Instant> {
-        let ttl = self.cfg.options.stat_cache_ttl;
-        (!ttl.is_zero()).then(|| Instant::now() + ttl)
+        let ttl = self.cfg.options.negative_ttl;
+        (!ttl.is_zero() && !self.cfg.options.stat_cache_ttl.is_zero()).then(|| Instant::now() + ttl)
     }
 
     /// unlink.

@@ -294,7 +294,7 @@ impl Fs {
             open_files: OpenFiles::default(),
             listed: Mutex::new(HashMap::new()),
             usage: Mutex::new(None),
-            index: Arc::new(DirIndex::new(o.stat_cache_ttl, o.max_stat_cache_size)),
+            index: Arc::new(DirIndex::new(o.stat_cache_ttl, o.negative_ttl, o.max_stat_cache_size)),
             next_fh: AtomicU64::new(1),
             wcfg,
             cfg,
@@ -388,6 +388,12 @@ impl Fs {
 
     /// The inode the kernel names. An id this server does not know (one its predecessor
     /// gave out and did not journal, or one that was dropped) is ESTALE.
+    /// The attributes held for `ino`, asking nothing: the adapter compares them around
+    /// an open to tell the kernel when close-to-open found the object changed.
+    pub fn cached_attr(&self, ino: u64) -> Option<Attr> {
+        self.table.lock().get(ino).map(|i| i.attr)
+    }
+
     fn inode(&self, ino: u64) -> FsResult<Inode> {
         self.table.lock().get(ino).cloned().ok_or(Errno::ESTALE)
     }

@@ -121,6 +121,9 @@ impl Fs {
             }
         }
         if self.index.is_absent(parent, name) {
+            if let Some(after) = self.index.refresh_due(parent, name) {
+                self.refresh_listing(&p, after);
+            }
             return Err(Errno::ENOENT);
         }
         match self.probe(&p, name).await? {
@@ -139,8 +142,7 @@ impl Fs {
                 Ok(attr)
             }
             None => {
-                let ttl = self.cfg.options.stat_cache_ttl;
-                let until = (!ttl.is_zero()).then(|| Instant::now() + ttl);
+                let until = self.negative_until();
                 self.table.lock().remove_name(parent, name, until);
                 self.note(parent, name, None);
                 self.list_in_background(&p, name);
@@ -175,6 +177,26 @@ impl Fs {
             }
             if let Err(e) = res {
                 tracing::debug!(dir = ino, error = %e, "background listing failed; lookups ask the store");
+            }
+        });
+    }
+
+    /// Lists one page of `dir` from `after` again in the background (see
+    /// [`DirIndex::refresh_due`]): a range answering a burst of misses is renewed before
+    /// it expires instead of each miss after it paying a HEAD and a LIST.
+    fn refresh_listing(&self, dir: &Inode, after: Option<String>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let key = self.key(&dir.path, FileKind::Dir);
+        let (store, bucket, index) = (self.store.clone(), self.cfg.bucket.clone(), self.index.clone());
+        let (ino, hide_marker) = (dir.ino, dir.ino == ROOT_INO);
+        rt.spawn(async move {
+            let mut stream = DirStream::new(store, bucket, key, hide_marker).recording(index, ino);
+            if let Some(after) = after {
+                stream = stream.after(&after);
+            }
+            let res = stream.record_page().await;
+            if let Err(e) = res {
+                tracing::debug!(dir = ino, error = %e, "listing refresh failed; lookups ask the store");
             }
         });
     }

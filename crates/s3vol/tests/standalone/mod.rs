@@ -38,6 +38,11 @@ pub struct Mounted {
 
 /// Mounts `s3://bkt` of `srv` in a fresh directory and waits for the mount to appear.
 pub fn mount(srv: &TestS3) -> Mounted {
+    mount_with(srv, &[])
+}
+
+/// [`mount`] with `-o` options (none: the defaults).
+pub fn mount_with(srv: &TestS3, options: &[&str]) -> Mounted {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     let log = dir.path().join("mount.log");
@@ -47,6 +52,7 @@ pub fn mount(srv: &TestS3) -> Mounted {
         .arg(&mnt)
         .args(["--endpoint", &srv.endpoint(), "--foreground", "--log-file"])
         .arg(&log)
+        .args(options.iter().flat_map(|o| ["-o", o]))
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
         .env("RUST_LOG", "warn")
