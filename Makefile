@@ -1,5 +1,5 @@
 # Developer targets. `make test` is the test command of README.md and of CI.
-.PHONY: all build release fmt fmt-check clippy test check reliability fuzz
+.PHONY: all build release fmt fmt-check clippy test check reliability fuzz cluster-up cluster-down
 
 all: build
 
@@ -19,13 +19,15 @@ clippy:
 	cargo clippy --workspace --all-targets -- -D warnings
 
 # Every test, with moto started as the second S3 implementation, then the official CSI
-# conformance suite (csi-sanity), the POSIX suite (pjdfstest) and the offline manifest
-# validation.
+# conformance suite (csi-sanity), the POSIX suite (pjdfstest), the offline manifest
+# validation, and the end-to-end scenarios on a real one-node Kubernetes cluster
+# (tests/cluster/run.sh; its components are built once into /var/cache/s3vol-tools).
 test:
 	scripts/with-moto.sh cargo test --workspace
 	S3VOL_BIN=$(CURDIR)/target/debug/s3vol scripts/with-moto.sh scripts/csi-sanity.sh
 	S3VOL_BIN=$(CURDIR)/target/debug/s3vol scripts/with-moto.sh scripts/pjdfstest.sh
 	deploy/validate.sh
+	tests/cluster/run.sh
 
 check: fmt-check clippy test
 
@@ -41,3 +43,9 @@ reliability:
 # million cases per target, optimised build. `make test` runs 2000 cases of each.
 fuzz:
 	S3VOL_FUZZ_CASES=1000000 cargo test --release -p s3vol-csi -p s3vol-fs -p s3vol-store --test fuzz_inputs
+
+# A one-node Kubernetes cluster on this machine (prints the kubeconfig path), and its end.
+cluster-up:
+	scripts/cluster/up.sh
+cluster-down:
+	scripts/cluster/down.sh

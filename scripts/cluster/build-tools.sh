@@ -41,7 +41,7 @@ kubernetes_module() {
 
 build_kubernetes() {
   local want=() c
-  for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl; do
+  for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
     built "$c" "$KUBERNETES_VERSION" || want+=("$c")
   done
   [ ${#want[@]} -eq 0 ] && return 0
@@ -70,7 +70,18 @@ build_containerd() {
   install_module ctr github.com/containerd/containerd/v2/cmd/ctr "$CONTAINERD_VERSION"
 }
 
+# Our own Go programs for the cluster (tools/): the pause image's process and the driver
+# registrar that stands in for node-driver-registrar (not served by the module proxy).
+build_cluster_tools() {
+  local sum
+  sum=$(cat "$HERE"/tools/go.mod "$HERE"/tools/go.sum "$HERE"/tools/*/main.go | sha256sum | cut -c1-16)
+  built registrar "$sum" && built pause "$sum" && built livenessprobe "$sum" && return 0
+  echo "build-tools: building pause, registrar and livenessprobe ($sum)" >&2
+  (cd "$HERE/tools" && CGO_ENABLED=0 go build -o "$BIN/pause" ./pause && CGO_ENABLED=0 go build -o "$BIN/registrar" ./registrar && CGO_ENABLED=0 go build -o "$BIN/livenessprobe" ./livenessprobe)
+  stamp pause "$sum"; stamp registrar "$sum"; stamp livenessprobe "$sum"
+}
+
 tools=("$@")
-[ ${#tools[@]} -eq 0 ] && tools=(kubernetes kine containerd)
+[ ${#tools[@]} -eq 0 ] && tools=(kubernetes kine containerd cluster_tools)
 for t in "${tools[@]}"; do "build_$t"; done
 echo "build-tools: ${tools[*]} ready in $BIN" >&2

@@ -312,6 +312,29 @@ async fn an_inline_volume_lives_and_ends_with_its_publish() {
     assert_eq!(std::fs::read_dir(env.path("state/volumes")).unwrap().count(), 0);
 }
 
+/// After a node restart nothing is mounted, but the state dir still holds the volume's
+/// record; when kubelet stages the volume again with other attributes (an admin changed
+/// the PV's endpoint meanwhile), the stale record gives way instead of refusing the stage
+/// with ALREADY_EXISTS forever (seen on the real cluster: a leftover record of an earlier
+/// install blocked every pod of the volume).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_record_of_an_unmounted_volume_gives_way_to_a_new_stage() {
+    let env = Env::new();
+    let staging = env.path("staging");
+    let node = env.node();
+    node.node_stage_volume(stage(VOL, &staging)).await.unwrap();
+    let mut other = stage(VOL, &staging).into_inner();
+    other.volume_context.insert("mountOptions".into(), "uid=1000".into());
+    let e = node.node_stage_volume(Request::new(other.clone())).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "a mounted volume keeps its options: {e:?}");
+    env.mounter.reboot();
+    let node = env.node();
+    node.node_stage_volume(Request::new(other)).await.unwrap();
+    assert_eq!(env.mounts(), vec![staging.clone()]);
+    let record = std::fs::read_to_string(env.volume_dir(VOL).join("record.json")).unwrap();
+    assert!(record.contains("uid=1000"), "the new stage's options are recorded: {record}");
+}
+
 /// An inline volume as a pod author writes it: attributes and a publish secret of the
 /// author's choice.
 fn inline(env: &Env, attrs: &[(&str, &str)], secrets: HashMap<String, String>) -> pb::NodePublishVolumeRequest {

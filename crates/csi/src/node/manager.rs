@@ -260,20 +260,25 @@ impl VolumeManager {
             hex::encode(&Sha256::digest(serde_json::to_vec(&(&config, &staging)).unwrap_or_default())[..12])
         };
         if let Some(existing) = self.inner.registry.load(&r.volume_id) {
-            let at = staging.clone();
+            let at = existing.staging_path.clone();
             let mounted = self.mounts(move |m| m.is_mount_point(&at)).await;
-            if existing.staging_path == staging && existing.fingerprint == fingerprint && mounted {
+            if mounted && existing.staging_path == staging && existing.fingerprint == fingerprint {
                 return Ok(());
             }
-            if existing.staging_path == staging && existing.fingerprint == fingerprint {
-                // Recorded but not mounted: fall through and stage again.
-            } else {
+            if mounted {
                 return Err(CsiError::AlreadyExists(format!(
                     "volume {:?} is already staged at {} with other options",
                     r.volume_id,
                     existing.staging_path.display()
                 )));
             }
+            // Recorded but mounted nowhere (the node restarted, or the mount was lost): the
+            // record describes nothing that serves a pod, so it gives way to this stage,
+            // whatever options it had (a PV's attributes may have changed meanwhile).
+            self.inner.launcher.stop(&self.slot(&existing)).await;
+            self.inner.registry.remove(&r.volume_id);
+            self.clear_abnormal(&r.volume_id);
+            tracing::info!(volume_id = %r.volume_id, was_at = %existing.staging_path.display(), "a stale record of an unmounted volume gives way to a new stage");
         }
         std::fs::create_dir_all(&staging).map_err(|e| io_err("create staging path", &staging, e))?;
         let mut rec = VolumeRecord {

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Puts the test cluster's images into its containerd (namespace k8s.io), with no registry:
+#   s3vol.local/pause:1            the pod sandbox (tools/pause)
+#   ghcr.io/s3vol/s3vol:0.1.0      this repository's Dockerfile with the binary built here:
+#                                  the name deploy/ gives the image, so its files apply as-is
+#   s3vol.local/registrar:test     stand-ins for node-driver-registrar and livenessprobe
+#   s3vol.local/livenessprobe:test (tools/; their modules are not served here)
+#   s3vol.local/base:bookworm      a Debian root (debootstrap) for test pods: sh, python3
+# Usage: images.sh CONTAINERD_SOCKET. Needs a Docker engine (scripts/dockerd.sh) to build.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+SOCK=$1
+TOOLS=${S3VOL_TOOLS:-/var/cache/s3vol-tools}
+DOCKER=${DOCKER:-docker}
+ctr_() { "$TOOLS/bin/ctr" --address "$SOCK" -n k8s.io "$@"; }
+
+"$ROOT/scripts/dockerd.sh" >/dev/null
+# s3vol:test and s3vol-base:bookworm from the node harness's script (same binary rules;
+# the debug build the tests use when there is one, as they do).
+if [ -z "${S3VOL_BIN:-}" ] && [ -x "$ROOT/target/debug/s3vol" ]; then export S3VOL_BIN=target/debug/s3vol; fi
+(cd "$ROOT" && scripts/images.sh) >&2
+
+# IMAGE BINARY: a one-file image whose entrypoint is the static binary.
+single() {
+  local dir
+  dir=$(mktemp -d)
+  cp "$TOOLS/bin/$2" "$dir/$2"
+  tar -C "$dir" -c . | $DOCKER import -c "ENTRYPOINT [\"/$2\"]" - "$1" >/dev/null
+  rm -rf "$dir"
+}
+single s3vol.local/pause:1 pause
+single s3vol.local/registrar:test registrar
+single s3vol.local/livenessprobe:test livenessprobe
+$DOCKER tag s3vol:test ghcr.io/s3vol/s3vol:0.1.0
+$DOCKER tag s3vol-base:bookworm s3vol.local/base:bookworm
+
+for image in s3vol.local/pause:1 ghcr.io/s3vol/s3vol:0.1.0 s3vol.local/registrar:test \
+  s3vol.local/livenessprobe:test s3vol.local/base:bookworm; do
+  id=$($DOCKER image inspect -f '{{.Id}}' "$image")
+  if [ "$(ctr_ images ls -q "name==docker.io/$image" "name==$image" 2>/dev/null | head -1)" != "" ] \
+     && [ "$(cat "$TOOLS/.image-$(echo "$image" | tr '/:' '__')" 2>/dev/null)" = "$id" ]; then
+    continue
+  fi
+  $DOCKER save "$image" | ctr_ images import --all-platforms - >/dev/null
+  echo "$id" > "$TOOLS/.image-$(echo "$image" | tr '/:' '__')"
+  echo "cluster images: imported $image" >&2
+done
