@@ -16,8 +16,8 @@ use crate::connect::StoreFactory;
 use crate::error::{CsiError, CsiResult};
 use crate::snapshot::ContentSource;
 use crate::volume::{
-    bucket_name_for, Endpoint, OnDelete, ProvisionParams, SecretValues, VolumeId, VolumeSpec, DEFAULT_CAPACITY,
-    MAX_VOLUME_ID,
+    bucket_name_for, implied_addressing, Endpoint, OnDelete, ProvisionParams, SecretValues, VolumeId, VolumeSpec,
+    DEFAULT_CAPACITY, MAX_VOLUME_ID,
 };
 
 /// Name of the ownership marker object, relative to the volume prefix.
@@ -169,31 +169,56 @@ impl Provisioner {
         Provisioner { factory, defaults }
     }
 
-    /// The store a request talks to: StorageClass parameter, then secret, then the
-    /// volume id's record, then the driver's defaults.
-    pub(crate) async fn store_for(
+    /// The store a new volume (or a listing by secret) talks to: StorageClass parameter,
+    /// then secret, then the driver's defaults. The addressing style is the parameter's
+    /// when `addressing_given`, else the one the endpoint so found implies (OSS and COS
+    /// refuse path-style requests, wherever their endpoint was named).
+    pub(crate) async fn store_for_new(
         &self,
         param: &Endpoint,
-        recorded: Option<&VolumeId>,
+        addressing_given: bool,
         secret: &SecretValues,
     ) -> CsiResult<(Arc<dyn ObjectStore>, Endpoint)> {
+        let url = param.url.clone().or_else(|| secret.endpoint.clone()).or_else(|| self.defaults.url.clone());
+        let implied_region = url.as_deref().and_then(|u| crate::volume::provider_defaults(u).0);
         let ep = Endpoint {
-            url: param
-                .url
-                .clone()
-                .or_else(|| secret.endpoint.clone())
-                .or_else(|| recorded.and_then(|r| r.endpoint.clone()))
-                .or_else(|| self.defaults.url.clone()),
             region: param
                 .region
                 .clone()
                 .or_else(|| secret.region.clone())
-                .or_else(|| recorded.and_then(|r| r.region.clone()))
+                .or(implied_region)
                 .or_else(|| self.defaults.region.clone()),
-            addressing: param.addressing,
+            addressing: if addressing_given { param.addressing } else { implied_addressing(url.as_deref()) },
+            url,
         };
         let creds: Option<StaticCredentials> = secret.credentials.clone();
         Ok((self.factory.connect(&ep, creds).await?, ep))
+    }
+
+    /// The store of a volume (or snapshot) s3vol created: exactly where its id says, as
+    /// CreateVolume reached it. A secret's endpoint or region never redirects the call
+    /// (it would delete, expand or copy at another store, or with the wrong addressing).
+    pub(crate) async fn store_for_volume(
+        &self,
+        id: &VolumeId,
+        secret: &SecretValues,
+    ) -> CsiResult<Arc<dyn ObjectStore>> {
+        let mut ep = id.location();
+        // An id without an endpoint was made where the driver's default was the store.
+        if ep.url.is_none() {
+            ep.url = self.defaults.url.clone();
+        }
+        if ep.region.is_none() {
+            ep.region = self.defaults.region.clone();
+        }
+        if secret.endpoint.is_some() && secret.endpoint != ep.url {
+            tracing::info!(
+                secret_endpoint = secret.endpoint.as_deref().unwrap_or(""),
+                recorded = ep.url.as_deref().unwrap_or("AWS"),
+                "the secret names another endpoint than the volume id records; using the recorded one"
+            );
+        }
+        self.factory.connect(&ep, secret.credentials.clone()).await
     }
 
     /// The ownership marker of the volume at `bucket`/`prefix`, if it is one we created
@@ -225,7 +250,7 @@ impl Provisioner {
         let p = ProvisionParams::parse(params)?;
         let secret = SecretValues::from_map(secrets)?;
         let cap = capacity.resolve()?;
-        let (store, ep) = self.store_for(&p.endpoint, None, &secret).await?;
+        let (store, ep) = self.store_for_new(&p.endpoint, params.contains_key("addressingStyle"), &secret).await?;
         if name.contains('/') || name.contains('|') {
             return Err(CsiError::invalid(format!("volume name {name:?} may not contain '/' or '|'")));
         }
@@ -239,6 +264,7 @@ impl Provisioner {
                     prefix: format!("{}/", p.base_prefix),
                     region: ep.region.clone(),
                     endpoint: ep.url.clone(),
+                    addressing: ep.addressing,
                 };
                 let budget = MAX_VOLUME_ID.saturating_sub(probe.encoded_len());
                 if budget < MIN_DIR_NAME {
@@ -258,6 +284,7 @@ impl Provisioner {
             prefix: prefix.clone(),
             region: ep.region.clone(),
             endpoint: ep.url.clone(),
+            addressing: ep.addressing,
         }
         .encode()?;
         let fingerprint = p.fingerprint();
@@ -275,7 +302,7 @@ impl Provisioner {
 
         // The source must exist (and be in this bucket) before anything is made.
         let copy_from = match source {
-            Some(src) => Some(self.resolve_source(src, &bucket, secrets).await?.1),
+            Some(src) => Some(self.resolve_source(src, &bucket, ep.url.as_deref(), secrets).await?.1),
             None => None,
         };
         let source_text = source.map(ContentSource::describe);
@@ -371,7 +398,7 @@ impl Provisioner {
             return Ok(());
         };
         let secret = SecretValues::from_map(secrets)?;
-        let (store, _) = self.store_for(&Endpoint::default(), Some(&id), &secret).await?;
+        let store = self.store_for_volume(&id, &secret).await?;
         let Some(marker) = Self::read_marker(store.as_ref(), &id.bucket, &id.prefix).await? else {
             tracing::info!(
                 volume_id,
@@ -464,7 +491,7 @@ impl Provisioner {
             CsiError::NotFound(format!("volume {volume_id:?} does not exist (not an s3vol volume id)"))
         })?;
         let secret = SecretValues::from_map(secrets)?;
-        let (store, _) = self.store_for(&Endpoint::default(), Some(&id), &secret).await?;
+        let store = self.store_for_volume(&id, &secret).await?;
         let marker = Self::read_marker(store.as_ref(), &id.bucket, &id.prefix)
             .await?
             .ok_or_else(|| CsiError::NotFound(format!("volume {volume_id:?} does not exist (no ownership marker)")))?;

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{CsiError, CsiResult};
 use crate::provision::{dir_name_for, parent_prefix, read_json, write_json, Provisioner, MARKER_NAME, MIN_DIR_NAME};
 use crate::snapshot_list::{index_snapshot, unindex_snapshot};
-use crate::volume::{Endpoint, SecretValues, VolumeId, MAX_VOLUME_ID};
+use crate::volume::{SecretValues, VolumeId, MAX_VOLUME_ID};
 
 /// Name of a snapshot's marker object, relative to the snapshot prefix.
 pub const SNAPSHOT_MARKER: &str = ".s3vol-snapshot.json";
@@ -247,17 +247,19 @@ impl Provisioner {
             return Ok(None);
         };
         let secret = SecretValues::from_map(secrets)?;
-        let (store, _) = self.store_for(&Endpoint::default(), Some(&id), &secret).await?;
+        let store = self.store_for_volume(&id, &secret).await?;
         Ok(read_snapshot_marker(store.as_ref(), &id.bucket, &id.prefix).await?.map(|m| (store, id, m)))
     }
 
     /// Checks a new volume's content source before anything is created: NOT_FOUND for a
-    /// source that does not exist, INVALID_ARGUMENT for one in another bucket (server-side
-    /// copy works within a bucket). Returns the bucket and prefix to copy from.
+    /// source that does not exist, INVALID_ARGUMENT for one on another endpoint or in
+    /// another bucket (server-side copy works within a bucket of one store; a bucket of
+    /// the same name elsewhere is other data). Returns the bucket and prefix to copy from.
     pub(crate) async fn resolve_source(
         &self,
         source: &ContentSource,
         bucket: &str,
+        endpoint: Option<&str>,
         secrets: &HashMap<String, String>,
     ) -> CsiResult<(Arc<dyn ObjectStore>, String)> {
         let (store, id) = match source {
@@ -271,6 +273,14 @@ impl Provisioner {
                 None => return Err(CsiError::NotFound(format!("snapshot {s:?} does not exist"))),
             },
         };
+        if id.endpoint.as_deref() != endpoint {
+            return Err(CsiError::invalid(format!(
+                "volume_content_source {}: it is on endpoint {:?}, the new volume on {:?}; a volume made from a snapshot or a volume must be on the same store (StorageClass parameter `endpoint`)",
+                source.describe(),
+                id.endpoint.as_deref().unwrap_or("AWS"),
+                endpoint.unwrap_or("AWS"),
+            )));
+        }
         if id.bucket != bucket {
             return Err(CsiError::invalid(format!(
                 "volume_content_source {}: it is in bucket {:?}, the new volume in {bucket:?}; a volume made from a snapshot or a volume must be in the same bucket (StorageClass parameter `bucket`)",

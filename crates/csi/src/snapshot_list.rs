@@ -92,14 +92,14 @@ impl Provisioner {
             match VolumeId::parse(&q.source_volume_id) {
                 None => Vec::new(), // not a volume of ours: it has no snapshots
                 Some(vol) => {
-                    let (store, _) = self.store_for(&Endpoint::default(), Some(&vol), &secret).await?;
+                    let store = self.store_for_volume(&vol, &secret).await?;
                     let mut found = indexed_snapshots(&store, &vol.bucket).await?;
                     found.retain(|s| s.marker.source_volume_id == q.source_volume_id);
                     found
                 }
             }
         } else {
-            let (store, ep) = self.store_for(&Endpoint::default(), None, &secret).await?;
+            let (store, ep) = self.store_for_new(&Endpoint::default(), false, &secret).await?;
             let buckets = store.list_buckets().await.map_err(|e| match CsiError::from(e) {
                 CsiError::PermissionDenied(m) => CsiError::PermissionDenied(format!(
                     "{m}: listing every snapshot needs ListBuckets on {} with the keys of the snapshotter's list secret (csi.storage.k8s.io/snapshotter-list-secret-name)",

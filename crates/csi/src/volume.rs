@@ -101,9 +101,12 @@ pub fn provider_defaults(url: &str) -> (Option<String>, Option<AddressingStyle>)
     (None, None)
 }
 
-/// Identifies a volume without any database: bucket and prefix, plus the endpoint and
-/// region when they fit in 128 bytes. Text form: `v1|bucket|prefix|region|endpoint`.
-/// An empty prefix means the volume is the whole bucket.
+/// Identifies a volume without any database: bucket, prefix, region, endpoint and
+/// addressing style, everything a later call needs to reach the store exactly as
+/// CreateVolume did. Text form: `v1|bucket|prefix|region|endpoint` when the addressing
+/// is the one the endpoint implies (virtual-hosted for Alibaba OSS and Tencent COS, path
+/// elsewhere), else `v2|bucket|prefix|region|endpoint|virtual` (or `|path`). An empty
+/// prefix means the volume is the whole bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeId {
     /// Bucket.
@@ -114,13 +117,32 @@ pub struct VolumeId {
     pub region: Option<String>,
     /// Endpoint, when recorded (`https://` dropped to save space).
     pub endpoint: Option<String>,
+    /// How requests name the bucket.
+    pub addressing: AddressingStyle,
+}
+
+/// The addressing style an endpoint implies when nothing else says.
+pub fn implied_addressing(url: Option<&str>) -> AddressingStyle {
+    url.and_then(|u| provider_defaults(u).1).unwrap_or(AddressingStyle::Path)
 }
 
 impl VolumeId {
     /// The text form, whatever its length.
     fn text(&self) -> String {
         let ep = self.endpoint.as_deref().map(|e| e.strip_prefix("https://").unwrap_or(e)).unwrap_or("");
-        format!("v1|{}|{}|{}|{}", self.bucket, self.prefix, self.region.as_deref().unwrap_or(""), ep)
+        let region = self.region.as_deref().unwrap_or("");
+        if self.addressing == implied_addressing(self.endpoint.as_deref()) {
+            format!("v1|{}|{}|{region}|{ep}", self.bucket, self.prefix)
+        } else {
+            let a = if self.addressing == AddressingStyle::Virtual { "virtual" } else { "path" };
+            format!("v2|{}|{}|{region}|{ep}|{a}", self.bucket, self.prefix)
+        }
+    }
+
+    /// Where the volume's store is, as recorded: what every call after CreateVolume
+    /// reaches (a secret's endpoint never redirects them); `None` region = the default.
+    pub fn location(&self) -> Endpoint {
+        Endpoint { url: self.endpoint.clone(), region: self.region.clone(), addressing: self.addressing }
     }
 
     /// Length of the text form.
@@ -153,13 +175,22 @@ impl VolumeId {
             return None;
         }
         let mut parts = id.split('|');
-        if parts.next()? != "v1" {
+        let version = parts.next()?;
+        if version != "v1" && version != "v2" {
             return None;
         }
         let bucket = parts.next()?.to_string();
         let prefix = parts.next()?.to_string();
         let region = parts.next()?;
         let ep = parts.next()?;
+        let addressing = match version {
+            "v2" => Some(match parts.next()? {
+                "virtual" => AddressingStyle::Virtual,
+                "path" => AddressingStyle::Path,
+                _ => return None,
+            }),
+            _ => None,
+        };
         if parts.next().is_some() || bucket.is_empty() || !(prefix.is_empty() || prefix.ends_with('/')) {
             return None;
         }
@@ -168,7 +199,11 @@ impl VolumeId {
             e if e.starts_with("http://") || e.starts_with("file://") => Some(e.to_string()),
             e => Some(format!("https://{e}")),
         };
-        Some(VolumeId { bucket, prefix, region: (!region.is_empty()).then(|| region.to_string()), endpoint })
+        let addressing = addressing.unwrap_or_else(|| implied_addressing(endpoint.as_deref()));
+        let parsed =
+            VolumeId { bucket, prefix, region: (!region.is_empty()).then(|| region.to_string()), endpoint, addressing };
+        // One text per id: a v2 id naming the implied style is not one encode makes.
+        (parsed.text() == id).then_some(parsed)
     }
 }
 
@@ -705,10 +740,24 @@ mod tests {
             prefix: "vols/pvc-1/".into(),
             region: Some("eu-west-1".into()),
             endpoint: Some("https://s3.example.com".into()),
+            addressing: AddressingStyle::Path,
         };
         let s = id.encode().unwrap();
         assert_eq!(s, "v1|shared|vols/pvc-1/|eu-west-1|s3.example.com");
         assert_eq!(VolumeId::parse(&s).unwrap(), id);
+        // Virtual-hosted on an endpoint that does not imply it is recorded (v2); OSS and
+        // COS endpoints imply it, so their v1 ids (made before v2 existed) still mean it.
+        let virt = VolumeId { addressing: AddressingStyle::Virtual, ..id.clone() };
+        let s = virt.encode().unwrap();
+        assert_eq!(s, "v2|shared|vols/pvc-1/|eu-west-1|s3.example.com|virtual");
+        assert_eq!(VolumeId::parse(&s).unwrap(), virt);
+        let oss = VolumeId::parse("v1|b|p/|cn-hangzhou|oss-cn-hangzhou.aliyuncs.com").unwrap();
+        assert_eq!(oss.addressing, AddressingStyle::Virtual);
+        assert_eq!(oss.encode().unwrap(), "v1|b|p/|cn-hangzhou|oss-cn-hangzhou.aliyuncs.com");
+        let cos_path = VolumeId { addressing: AddressingStyle::Path, ..oss };
+        assert!(cos_path.encode().unwrap().ends_with("|path"));
+        assert!(VolumeId::parse("v2|b|p/|r|s3.example.com|path").is_none(), "v2 only where v1 cannot say it");
+        assert!(VolumeId::parse("v2|b|p/|r|s3.example.com|sideways").is_none());
         let long = VolumeId { endpoint: Some(format!("http://{}.example.com:9000", "x".repeat(80))), ..id.clone() };
         let e = long.encode().unwrap_err();
         assert!(matches!(&e, CsiError::InvalidArgument(m) if m.contains("xxxx.example.com")), "never dropped: {e}");
@@ -827,7 +876,13 @@ mod tests {
         let e = VolumeSpec::resolve(handle, &ctx, &SecretValues::default()).unwrap_err();
         assert!(e.to_string().contains("another-volume"), "{e}");
         // Our own ids are authoritative the same way.
-        let id = VolumeId { bucket: "bucket-one".into(), prefix: "vols/pvc-1/".into(), region: None, endpoint: None };
+        let id = VolumeId {
+            bucket: "bucket-one".into(),
+            prefix: "vols/pvc-1/".into(),
+            region: None,
+            endpoint: None,
+            addressing: AddressingStyle::Path,
+        };
         let id = id.encode().unwrap();
         let e = VolumeSpec::resolve(&id, &map(&[("bucket", "bucket-two"), ("prefix", "")]), &SecretValues::default())
             .unwrap_err();
