@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # POSIX conformance (pjdfstest, ../shared/tools/pjdfstest) in an `s3vol mount -o allow_other`
 # over moto, the Linux base of 8417 tests (run.sh's set). Fails below the score reached
-# (PJD_MIN, percent). Run under scripts/with-moto.sh; needs root, /dev/fuse and prove (perl).
+# (PJD_MIN, percent), and on any failing test not in tests/posix/pjdfstest-baseline.txt. Run under scripts/with-moto.sh; needs root, /dev/fuse and prove (perl).
 # Env: PJDFSTEST (default ../shared/tools/pjdfstest), PJD_MIN, S3VOL_ALLOW_SKIP=1 as elsewhere.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -42,3 +42,18 @@ if [ -z "$score" ] || ! python3 -c "import sys; sys.exit(0 if float('$score') >=
   awk '/\.t \.\./{f=$2} /^not ok/{n[f]++} END{for (k in n) print n[k], k}' "$work/pjdfstest.log" | sort -rn | head -20 >&2
   exit 1
 fi
+# Per test: every failure must be a known one (tests/posix/pjdfstest-baseline.txt, one
+# `dir/NN.t:N` a line, each explained in SEMANTICS or by design); any other fails the run.
+# PJD_WRITE_BASELINE=1 rewrites the baseline from this run (review the diff).
+awk '/\.t \.\./{f=$2; sub(/.*\/tests\//, "", f)} /^not ok/{print f ":" $3}' "$work/pjdfstest.log" | sort -u > "$work/failed.txt"
+baseline=$ROOT/tests/posix/pjdfstest-baseline.txt
+if [ "${PJD_WRITE_BASELINE:-}" = 1 ]; then cp "$work/failed.txt" "$baseline"; echo "pjdfstest: baseline written ($(wc -l < "$baseline") failures)"; fi
+new_failures=$(comm -23 "$work/failed.txt" <(sort -u "$baseline"))
+fixed=$(comm -13 "$work/failed.txt" <(sort -u "$baseline") | wc -l)
+[ "$fixed" -gt 0 ] && echo "pjdfstest: $fixed failures of the baseline now pass (PJD_WRITE_BASELINE=1 to record)"
+if [ -n "$new_failures" ]; then
+  echo "pjdfstest: failures not in $baseline (regressions):" >&2
+  echo "$new_failures" | head -40 >&2
+  exit 1
+fi
+echo "pjdfstest: no failure outside the baseline ($(wc -l < "$work/failed.txt") known)"

@@ -25,6 +25,10 @@ teardown() {
   rm -rf "$WORK"
 }
 
+if [ -n "${S3VOL_SKIP_CONTAINERS:-}" ]; then
+  echo "cluster e2e: SKIPPED: $S3VOL_SKIP_CONTAINERS"
+  exit 0
+fi
 KUBECONFIG=$(scripts/cluster/up.sh) || { echo "cluster e2e: the cluster did not start"; scripts/cluster/down.sh; exit 1; }
 export KUBECONFIG
 trap teardown EXIT
