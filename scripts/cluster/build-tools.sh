@@ -70,15 +70,20 @@ build_containerd() {
   install_module ctr github.com/containerd/containerd/v2/cmd/ctr "$CONTAINERD_VERSION"
 }
 
-# Our own Go programs for the cluster (tools/): the pause image's process and the driver
-# registrar that stands in for node-driver-registrar (not served by the module proxy).
+# Our own Go programs for the cluster (tools/): the pause image's process, and stand-ins
+# for the kubernetes-csi sidecars the module proxy does not serve (registrar,
+# livenessprobe, provisioner).
+CLUSTER_TOOLS=(pause registrar livenessprobe provisioner)
 build_cluster_tools() {
-  local sum
+  local sum t missing=0
   sum=$(cat "$HERE"/tools/go.mod "$HERE"/tools/go.sum "$HERE"/tools/*/main.go | sha256sum | cut -c1-16)
-  built registrar "$sum" && built pause "$sum" && built livenessprobe "$sum" && return 0
-  echo "build-tools: building pause, registrar and livenessprobe ($sum)" >&2
-  (cd "$HERE/tools" && CGO_ENABLED=0 go build -o "$BIN/pause" ./pause && CGO_ENABLED=0 go build -o "$BIN/registrar" ./registrar && CGO_ENABLED=0 go build -o "$BIN/livenessprobe" ./livenessprobe)
-  stamp pause "$sum"; stamp registrar "$sum"; stamp livenessprobe "$sum"
+  for t in "${CLUSTER_TOOLS[@]}"; do built "$t" "$sum" || missing=1; done
+  [ "$missing" = 0 ] && return 0
+  echo "build-tools: building ${CLUSTER_TOOLS[*]} ($sum)" >&2
+  for t in "${CLUSTER_TOOLS[@]}"; do
+    (cd "$HERE/tools" && CGO_ENABLED=0 go build -o "$BIN/$t" "./$t")
+    stamp "$t" "$sum"
+  done
 }
 
 tools=("$@")

@@ -3,8 +3,9 @@
 #   s3vol.local/pause:1            the pod sandbox (tools/pause)
 #   ghcr.io/s3vol/s3vol:0.1.0      this repository's Dockerfile with the binary built here:
 #                                  the name deploy/ gives the image, so its files apply as-is
-#   s3vol.local/registrar:test     stand-ins for node-driver-registrar and livenessprobe
-#   s3vol.local/livenessprobe:test (tools/; their modules are not served here)
+#   s3vol.local/registrar:test     stand-ins for node-driver-registrar, livenessprobe and
+#   s3vol.local/livenessprobe:test external-provisioner (tools/; their modules are not
+#   s3vol.local/provisioner:test   served here)
 #   s3vol.local/base:bookworm      a Debian root (debootstrap) for test pods: sh, python3
 # Usage: images.sh CONTAINERD_SOCKET. Needs a Docker engine (scripts/dockerd.sh) to build.
 set -euo pipefail
@@ -32,11 +33,12 @@ single() {
 single s3vol.local/pause:1 pause
 single s3vol.local/registrar:test registrar
 single s3vol.local/livenessprobe:test livenessprobe
+single s3vol.local/provisioner:test provisioner
 $DOCKER tag s3vol:test ghcr.io/s3vol/s3vol:0.1.0
 $DOCKER tag s3vol-base:bookworm s3vol.local/base:bookworm
 
 for image in s3vol.local/pause:1 ghcr.io/s3vol/s3vol:0.1.0 s3vol.local/registrar:test \
-  s3vol.local/livenessprobe:test s3vol.local/base:bookworm; do
+  s3vol.local/livenessprobe:test s3vol.local/provisioner:test s3vol.local/base:bookworm; do
   id=$($DOCKER image inspect -f '{{.Id}}' "$image")
   if [ "$(ctr_ images ls -q "name==docker.io/$image" "name==$image" 2>/dev/null | head -1)" != "" ] \
      && [ "$(cat "$TOOLS/.image-$(echo "$image" | tr '/:' '__')" 2>/dev/null)" = "$id" ]; then

@@ -57,6 +57,7 @@ for _ in $(seq 1 50); do s3 mb e2e 2>/dev/null && break; sleep 0.2; done
 
 kubectl apply -k tests/cluster > "$WORK/apply.log"
 kubectl -n s3vol rollout status ds/s3vol-node --timeout=120s > /dev/null
+kubectl -n s3vol rollout status deploy/s3vol-controller --timeout=120s > /dev/null
 kubectl apply -f - > /dev/null <<EOF
 apiVersion: v1
 kind: Secret
@@ -294,7 +295,37 @@ pod_with_a_dead_mount_server_terminates() {
   gone pvc dead; gone pv dead
 }
 
+# deploy/examples/minio as a user fills it in: the store's address and keys.
+example() {
+  sed -e "s|http://minio.minio.svc.cluster.local:9000|$STORE|" -e "s|bucket: k8s-volumes|bucket: e2e|" \
+    -e "s|REPLACE_WITH_ACCESS_KEY_ID|testing|; s|REPLACE_WITH_SECRET_ACCESS_KEY|testing|" "deploy/examples/minio/$1"
+}
+
+# A claim of deploy/examples' prefix class (reclaimPolicy Delete, onDelete delete): bound
+# through CreateVolume, mounted by kubelet in two pods at once, and its data gone from the
+# bucket once the claim is deleted.
+dynamic_prefix_claim_from_the_example_class() {
+  example secret.yaml | kubectl apply -f - > /dev/null
+  example storageclass-prefix.yaml | kubectl apply -f - > /dev/null
+  example pvc-dynamic.yaml | kubectl apply -f - > /dev/null
+  kubectl wait --for=jsonpath='{.status.phase}'=Bound pvc/s3vol-minio-dynamic --timeout=120s > /dev/null \
+    || { kubectl describe pvc s3vol-minio-dynamic | tail -8 >&2; fail "the claim was not bound"; }
+  local pv
+  pv=$(kubectl get pvc s3vol-minio-dynamic -o jsonpath='{.spec.volumeName}')
+  pod dyn-writer s3vol-minio-dynamic 'echo dynamic > /data/d.txt && sleep 2'
+  pod dyn-reader s3vol-minio-dynamic 'for i in $(seq 1 50); do [ "$(cat /data/d.txt 2>/dev/null)" = dynamic ] && exit 0; sleep 0.2; done; exit 1'
+  done_ok dyn-writer; done_ok dyn-reader
+  [ "$(s3 get "volumes/$pv/d.txt")" = dynamic ] || fail "the claim's file is not at volumes/$pv/d.txt"
+  gone pod dyn-writer dyn-reader
+  gone pvc s3vol-minio-dynamic
+  for _ in $(seq 1 60); do kubectl get pv "$pv" > /dev/null 2>&1 || break; sleep 1; done
+  ! kubectl get pv "$pv" > /dev/null 2>&1 || fail "the PV was not deleted"
+  [ -z "$(s3 ls "volumes/$pv/")" ] || fail "objects left under volumes/$pv/: $(s3 ls "volumes/$pv/")"
+  gone storageclass s3vol-minio-prefix
+}
+
 scenarios=(
+  dynamic_prefix_claim_from_the_example_class
   static_pv_non_root_writes_and_a_second_pod_reads
   read_only_volume_refuses_writes
   sub_path_is_a_directory_of_the_volume
