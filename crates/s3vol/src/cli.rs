@@ -168,7 +168,8 @@ pub struct MountArgs {
     /// Stay in the foreground instead of returning once the mount is ready.
     #[arg(long, short = 'f')]
     pub foreground: bool,
-    /// Where a background mount writes its log (default: nowhere).
+    /// Where the mount writes its log and anything else it prints to stderr (default: a
+    /// background mount logs nowhere, a foreground one to stderr).
     #[arg(long)]
     pub log_file: Option<PathBuf>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9811).

@@ -39,3 +39,11 @@ pub fn init(format: &str, debug: bool) {
         builder.init();
     }
 }
+
+/// Sends this process's stderr (its log and panic messages) to the end of `path`,
+/// created if missing and readable by its owner only (a log names buckets and keys).
+pub fn stderr_to(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    nix::unistd::dup2_stderr(file).map_err(std::io::Error::from)
+}

@@ -29,6 +29,16 @@ fn main() -> std::process::ExitCode {
         libc::mallopt(libc::M_ARENA_MAX, 4);
     }
     let cli = cli::Cli::parse();
+    if let cli::Command::Mount(m) = &cli.command {
+        if let (true, Some(path)) = (m.foreground, &m.log_file) {
+            // A foreground mount logs where --log-file says, as a background one does:
+            // the log lines and anything else written to stderr (a panic's message).
+            if let Err(e) = logging::stderr_to(path) {
+                eprintln!("s3vol: --log-file {}: {e}", path.display());
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
     logging::init(&cli.log_format, cli.command.debug());
     let result = match cli.command {
         cli::Command::Csi(args) => csi_cmd::run(args),

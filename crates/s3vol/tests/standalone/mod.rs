@@ -64,6 +64,8 @@ pub fn mount_with(srv: &TestS3, options: &[&str]) -> Mounted {
         assert!(Instant::now() < deadline, "mount did not appear");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The log the no-panic checks read: a foreground mount writes it too.
+    assert!(log.exists(), "--log-file was not opened by the foreground mount");
     Mounted { mnt, log, child, _dir: dir }
 }
 
