@@ -1,5 +1,5 @@
 # Developer targets. `make test` is the test command of README.md and of CI.
-.PHONY: all build release fmt fmt-check clippy test check reliability fuzz cluster-up cluster-down
+.PHONY: all build release fmt fmt-check clippy test check reliability fuzz cluster-up cluster-down cluster-e2e-upstream
 
 all: build
 
@@ -49,3 +49,6 @@ cluster-up:
 	scripts/cluster/up.sh
 cluster-down:
 	scripts/cluster/down.sh
+# The upstream external storage suite (e2e.test) on that cluster; FOCUS narrows it.
+cluster-e2e-upstream:
+	tests/cluster/run.sh --upstream "$(or $(FOCUS),External.Storage)"

@@ -54,6 +54,33 @@ build_kubernetes() {
   done
 }
 
+# The upstream end-to-end suite (e2e.test, with its External.Storage tests) and agnhost,
+# the image most of its pods run, from the same pinned release: a module of ours that
+# imports what e2e_test.go and agnhost import, so `go mod tidy` pins all of it. By hand
+# only (`build-tools.sh e2e`): CI runs the scenarios of tests/cluster/run.sh instead.
+build_e2e() {
+  built e2e.test "$KUBERNETES_VERSION" && built agnhost "$KUBERNETES_VERSION" && return 0
+  local dir=$TOOLS/src/kubernetes-e2e-$KUBERNETES_VERSION k8s
+  k8s=$(kubernetes_module)
+  if [ ! -f "$dir/go.sum" ]; then
+    rm -rf "$dir"; mkdir -p "$dir"
+    sed 's|^module .*|module s3vol.local/kubernetes-e2e|' "$k8s/go.mod" > "$dir/go.mod"
+    local src
+    src=$(cd "$k8s" && go list -m -f '{{.Dir}}' "k8s.io/kubernetes")
+    {
+      echo "package tools"; echo; echo "import ("
+      for f in "$src/test/e2e/e2e_test.go" "$src/test/images/agnhost/agnhost.go"; do
+        sed -n '/^import (/,/^)/p' "$f" | grep -oE '"[^"]+/[^"]+"' | grep -E 'k8s.io|github.com|go.yaml.in' | sed 's/^/\t_ /'
+      done | sort -u
+      echo ")"
+    } > "$dir/tools.go"
+    (cd "$dir" && go mod tidy >/dev/null)
+  fi
+  echo "build-tools: building e2e.test and agnhost $KUBERNETES_VERSION" >&2
+  (cd "$dir" && go test -c -o "$BIN/e2e.test" k8s.io/kubernetes/test/e2e && go build -o "$BIN/agnhost" k8s.io/kubernetes/test/images/agnhost)
+  stamp e2e.test "$KUBERNETES_VERSION"; stamp agnhost "$KUBERNETES_VERSION"
+}
+
 # A plain `go install` for modules without replace directives.
 install_module() { # NAME PACKAGE VERSION
   built "$1" "$3" && return 0

@@ -37,8 +37,29 @@ single s3vol.local/provisioner:test provisioner
 $DOCKER tag s3vol:test ghcr.io/s3vol/s3vol:0.1.0
 $DOCKER tag s3vol-base:bookworm s3vol.local/base:bookworm
 
-for image in s3vol.local/pause:1 ghcr.io/s3vol/s3vol:0.1.0 s3vol.local/registrar:test \
-  s3vol.local/livenessprobe:test s3vol.local/provisioner:test s3vol.local/base:bookworm; do
+images=(s3vol.local/pause:1 ghcr.io/s3vol/s3vol:0.1.0 s3vol.local/registrar:test
+  s3vol.local/livenessprobe:test s3vol.local/provisioner:test s3vol.local/base:bookworm)
+
+# For the upstream suite (S3VOL_E2E_IMAGES=1): the images its pods name, made here from the
+# same release's agnhost (build-tools.sh e2e), Debian's static busybox, and our pause.
+if [ "${S3VOL_E2E_IMAGES:-}" = 1 ]; then
+  dpkg -s busybox-static >/dev/null 2>&1 || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null; }
+  dir=$(mktemp -d)
+  mkdir -p "$dir/bin" "$dir/tmp"
+  cp /bin/busybox "$dir/bin/busybox"
+  for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$dir/bin/$a"; done
+  tar -C "$dir" -c . | $DOCKER import -c 'ENV PATH=/bin' -c 'CMD ["/bin/sh"]' - registry.k8s.io/e2e-test-images/busybox:1.37.0-1 >/dev/null
+  rm -rf "$dir"
+  dir=$(mktemp -d)
+  cp "$TOOLS/bin/agnhost" "$dir/agnhost"
+  printf 'FROM s3vol-base:bookworm\nCOPY agnhost /agnhost\nENTRYPOINT ["/agnhost"]\n' > "$dir/Dockerfile"
+  $DOCKER build -q --network host -t registry.k8s.io/e2e-test-images/agnhost:2.63.0 "$dir" >/dev/null
+  rm -rf "$dir"
+  $DOCKER tag s3vol.local/pause:1 registry.k8s.io/pause:3.10.2
+  images+=(registry.k8s.io/e2e-test-images/busybox:1.37.0-1 registry.k8s.io/e2e-test-images/agnhost:2.63.0 registry.k8s.io/pause:3.10.2)
+fi
+
+for image in "${images[@]}"; do
   id=$($DOCKER image inspect -f '{{.Id}}' "$image")
   if [ "$(ctr_ images ls -q "name==docker.io/$image" "name==$image" 2>/dev/null | head -1)" != "" ] \
      && [ "$(cat "$TOOLS/.image-$(echo "$image" | tr '/:' '__')" 2>/dev/null)" = "$id" ]; then

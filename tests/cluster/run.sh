@@ -25,6 +25,14 @@ teardown() {
   rm -rf "$WORK"
 }
 
+# `run.sh --upstream [FOCUS]`: the upstream external storage suite (e2e.test) instead of
+# the scenarios, on the same install; by hand (make cluster-e2e-upstream), not in CI.
+upstream=
+if [ "${1:-}" = --upstream ]; then
+  upstream=${2:-External.Storage}
+  scripts/cluster/build-tools.sh e2e
+  export S3VOL_E2E_IMAGES=1
+fi
 if [ -n "${S3VOL_SKIP_CONTAINERS:-}" ]; then
   echo "cluster e2e: SKIPPED: $S3VOL_SKIP_CONTAINERS"
   exit 0
@@ -64,6 +72,19 @@ kind: Secret
 metadata: {name: e2e-keys, namespace: default}
 stringData: {accessKeyID: testing, secretAccessKey: testing}
 EOF
+
+if [ -n "$upstream" ]; then
+  mkdir -p "$ROOT/target/tmp/upstream-e2e"
+  # Disruptive tests restart nodes over SSH and Slow ones take hours: not run here.
+  "$TOOLS/bin/e2e.test" -kubeconfig "$KUBECONFIG" -provider skeleton -repo-root "$ROOT" \
+    -storage.testdriver="$ROOT/tests/cluster/upstream/testdriver.yaml" \
+    -ginkgo.focus="$upstream" -ginkgo.skip='\[Disruptive\]|\[Slow\]|\[Serial\]' \
+    -ginkgo.no-color -ginkgo.timeout="${S3VOL_E2E_TIMEOUT:-2h}" -report-dir="$ROOT/target/tmp/upstream-e2e" \
+    > "$ROOT/target/tmp/upstream-e2e/e2e.log" 2>&1
+  rc=$?
+  grep -E "^(Ran|FAIL!|SUCCESS!|PASS|FAIL)|^\s*\[FAIL\]" "$ROOT/target/tmp/upstream-e2e/e2e.log" | sort | uniq -c | tail -40
+  exit $rc
+fi
 
 # --- helpers ---------------------------------------------------------------------------
 fail() { echo "    $*" >&2; return 1; }
