@@ -41,7 +41,8 @@ images=(s3vol.local/pause:1 ghcr.io/s3vol/s3vol:0.1.0 s3vol.local/registrar:test
   s3vol.local/livenessprobe:test s3vol.local/provisioner:test s3vol.local/base:bookworm)
 
 # For the upstream suite (S3VOL_E2E_IMAGES=1): the images its pods name, made here from the
-# same release's agnhost (build-tools.sh e2e), Debian's static busybox, and our pause.
+# same release's agnhost (build-tools.sh e2e), Debian's static busybox, our pause, and
+# our Debian base for nginx (the storage tests run only shell commands in it).
 if [ "${S3VOL_E2E_IMAGES:-}" = 1 ]; then
   dpkg -s busybox-static >/dev/null 2>&1 || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null; }
   dir=$(mktemp -d)
@@ -56,7 +57,10 @@ if [ "${S3VOL_E2E_IMAGES:-}" = 1 ]; then
   $DOCKER build -q --network host -t registry.k8s.io/e2e-test-images/agnhost:2.63.0 "$dir" >/dev/null
   rm -rf "$dir"
   $DOCKER tag s3vol.local/pause:1 registry.k8s.io/pause:3.10.2
-  images+=(registry.k8s.io/e2e-test-images/busybox:1.37.0-1 registry.k8s.io/e2e-test-images/agnhost:2.63.0 registry.k8s.io/pause:3.10.2)
+  # The storage tests that name nginx run only shell commands in it.
+  $DOCKER tag s3vol-base:bookworm registry.k8s.io/e2e-test-images/nginx:1.15-4
+  images+=(registry.k8s.io/e2e-test-images/busybox:1.37.0-1 registry.k8s.io/e2e-test-images/agnhost:2.63.0
+    registry.k8s.io/pause:3.10.2 registry.k8s.io/e2e-test-images/nginx:1.15-4)
 fi
 
 for image in "${images[@]}"; do

@@ -176,26 +176,27 @@ sub_path_is_a_directory_of_the_volume() {
   gone pod sub-pod; gone pvc sub; gone pv sub
 }
 
-inline_volume_lives_with_its_pod() {
+# inline_pod NAME ATTRIBUTES SECRET-REF SCRIPT: a pod (uid 1000) with a `csi:` inline
+# volume at /data, written as a pod author writes one.
+inline_pod() {
   kubectl apply -f - > /dev/null <<EOF
 apiVersion: v1
 kind: Pod
-metadata: {name: inline, namespace: default}
+metadata: {name: $1, namespace: default}
 spec:
-  terminationGracePeriodSeconds: 5
+  terminationGracePeriodSeconds: 2
   securityContext: {runAsUser: 1000, runAsGroup: 1000}
   containers:
-  - name: c
-    image: s3vol.local/base:bookworm
-    command: ["sh", "-c", "echo inline > /data/i.txt && sleep 3600"]
-    volumeMounts: [{name: data, mountPath: /data}]
+  - {name: c, image: s3vol.local/base:bookworm, command: ["sh", "-c", "$4"], volumeMounts: [{name: data, mountPath: /data}]}
   volumes:
   - name: data
-    csi:
-      driver: s3vol.csi.io
-      volumeAttributes: {bucket: e2e, prefix: inline, endpoint: "$STORE", mountOptions: "uid=1000,gid=1000"}
-      nodePublishSecretRef: {name: e2e-keys}
+    csi: {driver: s3vol.csi.io, volumeAttributes: $2 $3}
 EOF
+}
+
+inline_volume_lives_with_its_pod() {
+  inline_pod inline '{bucket: e2e, prefix: inline, endpoint: "'$STORE'", mountOptions: "uid=1000,gid=1000"}' \
+    ', nodePublishSecretRef: {name: e2e-keys}' 'echo inline > /data/i.txt && sleep 3600'
   ready inline
   for _ in $(seq 1 50); do [ "$(s3 get inline/i.txt 2>/dev/null)" = inline ] && break; sleep 0.2; done
   [ "$(s3 get inline/i.txt)" = inline ] || fail "inline write not in the bucket"
@@ -210,18 +211,7 @@ hostile_inline_volumes_are_refused() {
     IFS='|' read -r endpoint secret want <<< "$case"
     local ref=""
     [ "$secret" != none ] && ref=", nodePublishSecretRef: {name: $secret}"
-    kubectl apply -f - > /dev/null <<EOF
-apiVersion: v1
-kind: Pod
-metadata: {name: hostile, namespace: default}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - {name: c, image: s3vol.local/base:bookworm, command: ["sleep", "3600"], volumeMounts: [{name: data, mountPath: /data}]}
-  volumes:
-  - name: data
-    csi: {driver: s3vol.csi.io, volumeAttributes: {bucket: kubelet, endpoint: "$endpoint"}$ref}
-EOF
+    inline_pod hostile "{bucket: kubelet, endpoint: \"$endpoint\"}" "$ref" 'sleep 3600'
     local seen=
     for _ in $(seq 1 60); do
       if kubectl get events --field-selector involvedObject.name=hostile -o jsonpath='{.items[*].message}' | grep -q "$want"; then seen=1; break; fi
