@@ -115,9 +115,9 @@ spec:
   resources: {requests: {storage: 1Gi}}
 EOF
 }
-# pod NAME CLAIM SCRIPT [VOLUME-MOUNT-EXTRA]: a non-root pod (uid/fsGroup 1000) running
-# SCRIPT with the claim at /data.
-pod() {
+# pod_with NAME VOLUME-SOURCE SCRIPT [VOLUME-MOUNT-EXTRA]: a non-root pod (uid/fsGroup
+# 1000) running SCRIPT once, with the volume at /data.
+pod_with() {
   kubectl apply -f - > /dev/null <<EOF
 apiVersion: v1
 kind: Pod
@@ -132,10 +132,11 @@ spec:
     command: ["sh", "-c", $(printf '%s' "$3" | jq -Rs .)]
     volumeMounts: [{name: data, mountPath: /data ${4:-}}]
   volumes:
-  - name: data
-    persistentVolumeClaim: {claimName: $2}
+  - {name: data, $2}
 EOF
 }
+# pod NAME CLAIM SCRIPT [VOLUME-MOUNT-EXTRA]: the claim at /data.
+pod() { pod_with "$1" "persistentVolumeClaim: {claimName: $2}" "$3" "${4:-}"; }
 ready() { kubectl wait --for=condition=Ready "pod/$1" --timeout="${2:-120}s" > /dev/null || { kubectl describe pod "$1" | tail -15 >&2; return 1; }; }
 # done_ok NAME: waits for the pod to finish and for it to have succeeded.
 done_ok() {
@@ -176,23 +177,9 @@ sub_path_is_a_directory_of_the_volume() {
   gone pod sub-pod; gone pvc sub; gone pv sub
 }
 
-# inline_pod NAME ATTRIBUTES SECRET-REF SCRIPT: a pod (uid 1000) with a `csi:` inline
-# volume at /data, written as a pod author writes one.
-inline_pod() {
-  kubectl apply -f - > /dev/null <<EOF
-apiVersion: v1
-kind: Pod
-metadata: {name: $1, namespace: default}
-spec:
-  terminationGracePeriodSeconds: 2
-  securityContext: {runAsUser: 1000, runAsGroup: 1000}
-  containers:
-  - {name: c, image: s3vol.local/base:bookworm, command: ["sh", "-c", "$4"], volumeMounts: [{name: data, mountPath: /data}]}
-  volumes:
-  - name: data
-    csi: {driver: s3vol.csi.io, volumeAttributes: $2 $3}
-EOF
-}
+# inline_pod NAME ATTRIBUTES SECRET-REF SCRIPT: a `csi:` inline volume at /data, written
+# as a pod author writes one.
+inline_pod() { pod_with "$1" "csi: {driver: s3vol.csi.io, volumeAttributes: $2 $3}" "$4"; }
 
 inline_volume_lives_with_its_pod() {
   inline_pod inline '{bucket: e2e, prefix: inline, endpoint: "'$STORE'", mountOptions: "uid=1000,gid=1000"}' \
