@@ -254,8 +254,11 @@ impl SecretValues {
                 return Err(CsiError::invalid("secret has a secretAccessKey but no accessKeyID (or akId)"))
             }
         };
-        let endpoint =
-            first(m, &["endpoint", "url"]).map(|e| normalize_endpoint(e, "secret key endpoint")).transpose()?;
+        // The error names the key the secret really has (`url` is the OSS driver's name).
+        let endpoint = ["endpoint", "url"]
+            .iter()
+            .find_map(|k| first(m, &[k]).map(|e| normalize_endpoint(e, &format!("secret key {k}"))))
+            .transpose()?;
         Ok(SecretValues { credentials, endpoint, region: first(m, &["region"]).map(str::to_string) })
     }
 }
@@ -509,8 +512,9 @@ impl VolumeSpec {
         }
         let id = VolumeId::parse(volume_id);
         let (bucket, prefix) = Self::bucket_and_prefix(volume_id, id.as_ref(), ctx)?;
-        let url = match ctx.get("endpoint").or_else(|| ctx.get("url")).filter(|s| !s.is_empty()) {
-            Some(u) => Some(normalize_endpoint(u, "volume attribute endpoint")?),
+        let named = ["endpoint", "url"].into_iter().find_map(|k| ctx.get(k).filter(|s| !s.is_empty()).map(|v| (k, v)));
+        let url = match named {
+            Some((k, u)) => Some(normalize_endpoint(u, &format!("volume attribute {k}"))?),
             None => secret.endpoint.clone().or_else(|| id.as_ref().and_then(|i| i.endpoint.clone())),
         };
         let region = ctx
@@ -541,7 +545,14 @@ impl VolumeSpec {
         if !ignored.is_empty() {
             tracing::info!(volume = %volume_id, ignored = %ignored.join(" "), "options of the previous driver that mean nothing to s3vol are ignored");
         }
-        MountOptions::parse(&mount_options).map_err(|e| CsiError::invalid(format!("mount options: {e}")))?;
+        MountOptions::parse(&mount_options).map_err(|e| {
+            // Name the attributes the options came from, and what they said.
+            let from: Vec<&str> = std::iter::once("mountOptions")
+                .chain(FOREIGN_OPTION_ATTRIBUTES.iter().copied())
+                .filter(|k| ctx.contains_key(*k))
+                .collect();
+            CsiError::invalid(format!("volume attribute {} = {mount_options:?}: {e}", from.join(", ")))
+        })?;
         let read_only = match ctx.get("readOnly").map(String::as_str) {
             None | Some("false") | Some("") => false,
             Some("true") => true,
