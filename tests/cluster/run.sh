@@ -45,9 +45,9 @@ moto=$!
 
 # s3 OP ARGS...: the store as a tool sees it (boto3). put KEY BODY | get KEY | ls PREFIX | mb BUCKET
 s3() {
-  python3 - "$@" <<'PY'
-import sys, boto3
-c = boto3.client("s3", endpoint_url="http://10.88.0.1:18555", aws_access_key_id="testing",
+  STORE=$STORE python3 - "$@" <<'PY'
+import os, sys, boto3
+c = boto3.client("s3", endpoint_url=os.environ["STORE"], aws_access_key_id="testing",
                  aws_secret_access_key="testing", region_name="us-east-1")
 op, args = sys.argv[1], sys.argv[2:]
 if op == "mb":

@@ -26,7 +26,7 @@ impl StorePolicy {
         let file_root = match file_root {
             None => None,
             Some(p) => {
-                if !p.is_absolute() || p.components().any(|c| !matches!(c, Component::RootDir | Component::Normal(_))) {
+                if !plain_absolute(p) {
                     return Err(CsiError::invalid(format!(
                         "--file-store-root {}: must be an absolute path without . or ..",
                         p.display()
@@ -60,7 +60,7 @@ impl StorePolicy {
             )));
         };
         let path = Path::new(raw);
-        if !path.is_absolute() || path.components().any(|c| !matches!(c, Component::RootDir | Component::Normal(_))) {
+        if !plain_absolute(path) {
             return Err(CsiError::invalid(format!(
                 "endpoint {url:?}: a file:// path must be absolute, without . or .."
             )));
@@ -125,6 +125,11 @@ impl StorePolicy {
         };
         Err(CsiError::invalid(format!("stsEndpoint {sts_endpoint:?} is refused: {why}")))
     }
+}
+
+/// Whether `p` is absolute and made of plain names only (no `.` or `..`).
+fn plain_absolute(p: &Path) -> bool {
+    p.is_absolute() && p.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
 }
 
 #[cfg(test)]

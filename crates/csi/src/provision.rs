@@ -16,7 +16,7 @@ use crate::connect::StoreFactory;
 use crate::error::{CsiError, CsiResult};
 use crate::snapshot::ContentSource;
 use crate::volume::{
-    bucket_name_for, implied_addressing, Endpoint, OnDelete, ProvisionParams, SecretValues, VolumeId, VolumeSpec,
+    bucket_name_for, provider_defaults, Endpoint, OnDelete, ProvisionParams, SecretValues, VolumeId, VolumeSpec,
     DEFAULT_CAPACITY, MAX_VOLUME_ID,
 };
 
@@ -180,7 +180,7 @@ impl Provisioner {
         secret: &SecretValues,
     ) -> CsiResult<(Arc<dyn ObjectStore>, Endpoint)> {
         let url = param.url.clone().or_else(|| secret.endpoint.clone()).or_else(|| self.defaults.url.clone());
-        let implied_region = url.as_deref().and_then(|u| crate::volume::provider_defaults(u).0);
+        let (implied_region, implied_addressing) = url.as_deref().map(provider_defaults).unwrap_or_default();
         let ep = Endpoint {
             region: param
                 .region
@@ -188,7 +188,7 @@ impl Provisioner {
                 .or_else(|| secret.region.clone())
                 .or(implied_region)
                 .or_else(|| self.defaults.region.clone()),
-            addressing: if addressing_given { param.addressing } else { implied_addressing(url.as_deref()) },
+            addressing: if addressing_given { param.addressing } else { implied_addressing.unwrap_or_default() },
             url,
         };
         let creds: Option<StaticCredentials> = secret.credentials.clone();

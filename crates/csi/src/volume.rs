@@ -134,8 +134,7 @@ impl VolumeId {
         if self.addressing == implied_addressing(self.endpoint.as_deref()) {
             format!("v1|{}|{}|{region}|{ep}", self.bucket, self.prefix)
         } else {
-            let a = if self.addressing == AddressingStyle::Virtual { "virtual" } else { "path" };
-            format!("v2|{}|{}|{region}|{ep}|{a}", self.bucket, self.prefix)
+            format!("v2|{}|{}|{region}|{ep}|{}", self.bucket, self.prefix, self.addressing.as_str())
         }
     }
 
@@ -183,12 +182,9 @@ impl VolumeId {
         let prefix = parts.next()?.to_string();
         let region = parts.next()?;
         let ep = parts.next()?;
+        // Only the canonical name passes: the id must be the text encode makes (below).
         let addressing = match version {
-            "v2" => Some(match parts.next()? {
-                "virtual" => AddressingStyle::Virtual,
-                "path" => AddressingStyle::Path,
-                _ => return None,
-            }),
+            "v2" => Some(parts.next()?.parse::<AddressingStyle>().ok()?),
             _ => None,
         };
         if parts.next().is_some() || bucket.is_empty() || !(prefix.is_empty() || prefix.ends_with('/')) {
@@ -659,7 +655,7 @@ impl VolumeSpec {
             m.insert("region".into(), r.clone());
         }
         if self.endpoint.addressing == AddressingStyle::Virtual {
-            m.insert("addressingStyle".into(), "virtual".into());
+            m.insert("addressingStyle".into(), self.endpoint.addressing.as_str().into());
         }
         if !self.mount_options.is_empty() {
             m.insert("mountOptions".into(), self.mount_options.join(","));

@@ -35,6 +35,17 @@ pub enum AddressingStyle {
     Virtual,
 }
 
+impl AddressingStyle {
+    /// The style's name as volume ids, attributes and the server config write it (what
+    /// [`str::parse`] reads back).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddressingStyle::Path => "path",
+            AddressingStyle::Virtual => "virtual",
+        }
+    }
+}
+
 impl std::str::FromStr for AddressingStyle {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

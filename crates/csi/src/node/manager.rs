@@ -245,11 +245,7 @@ impl VolumeManager {
             prefix: spec.prefix.clone(),
             endpoint: spec.endpoint.url.clone(),
             region: spec.endpoint.region().to_string(),
-            addressing: if spec.endpoint.addressing == s3vol_store::AddressingStyle::Virtual {
-                "virtual".into()
-            } else {
-                "path".into()
-            },
+            addressing: spec.endpoint.addressing.as_str().into(),
             options,
             capacity: spec.capacity.map(|c| c.max(0) as u64),
             hard_quota: spec.hard_quota,

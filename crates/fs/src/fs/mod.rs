@@ -386,14 +386,14 @@ impl Fs {
         Instant::now() + self.cfg.options.stat_cache_ttl
     }
 
-    /// The inode the kernel names. An id this server does not know (one its predecessor
-    /// gave out and did not journal, or one that was dropped) is ESTALE.
     /// The attributes held for `ino`, asking nothing: the adapter compares them around
     /// an open to tell the kernel when close-to-open found the object changed.
     pub fn cached_attr(&self, ino: u64) -> Option<Attr> {
         self.table.lock().get(ino).map(|i| i.attr)
     }
 
+    /// The inode the kernel names. An id this server does not know (one its predecessor
+    /// gave out and did not journal, or one that was dropped) is ESTALE.
     fn inode(&self, ino: u64) -> FsResult<Inode> {
         self.table.lock().get(ino).cloned().ok_or(Errno::ESTALE)
     }

@@ -161,21 +161,34 @@ impl Fs {
         if !self.index.missed(dir.ino, name) {
             return;
         }
+        let (index, ino, name) = (self.index.clone(), dir.ino, name.to_string());
+        self.record_pages_in_background(dir, move |stream| async move {
+            if !index.has_first_page(ino) {
+                stream().record_page().await?;
+            }
+            if index.wants_listing(ino, &name) {
+                stream().after(&name).record_page().await?;
+            }
+            Ok(())
+        });
+    }
+
+    /// Runs `pages` in the background with a maker of streams over `dir` that record into
+    /// the directory index; a failure is logged and lookups ask the store meanwhile.
+    fn record_pages_in_background<F, Fut>(&self, dir: &Inode, pages: F)
+    where
+        F: FnOnce(Box<dyn Fn() -> DirStream + Send>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = FsResult<()>> + Send,
+    {
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         let key = self.key(&dir.path, FileKind::Dir);
         let (store, bucket, index) = (self.store.clone(), self.cfg.bucket.clone(), self.index.clone());
-        let (ino, hide_marker, name) = (dir.ino, dir.ino == ROOT_INO, name.to_string());
+        let (ino, hide_marker) = (dir.ino, dir.ino == ROOT_INO);
+        let stream = Box::new(move || {
+            DirStream::new(store.clone(), bucket.clone(), key.clone(), hide_marker).recording(index.clone(), ino)
+        });
         rt.spawn(async move {
-            let stream = || DirStream::new(store.clone(), bucket.clone(), key.clone(), hide_marker);
-            let mut res = Ok(());
-            if !index.has_first_page(ino) {
-                let mut first = stream().recording(index.clone(), ino);
-                res = first.record_page().await;
-            }
-            if res.is_ok() && index.wants_listing(ino, &name) {
-                res = stream().recording(index, ino).after(&name).record_page().await;
-            }
-            if let Err(e) = res {
+            if let Err(e) = pages(stream).await {
                 tracing::debug!(dir = ino, error = %e, "background listing failed; lookups ask the store");
             }
         });
@@ -185,18 +198,10 @@ impl Fs {
     /// [`DirIndex::refresh_due`]): a range answering a burst of misses is renewed before
     /// it expires instead of each miss after it paying a HEAD and a LIST.
     fn refresh_listing(&self, dir: &Inode, after: Option<String>) {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
-        let key = self.key(&dir.path, FileKind::Dir);
-        let (store, bucket, index) = (self.store.clone(), self.cfg.bucket.clone(), self.index.clone());
-        let (ino, hide_marker) = (dir.ino, dir.ino == ROOT_INO);
-        rt.spawn(async move {
-            let mut stream = DirStream::new(store, bucket, key, hide_marker).recording(index, ino);
-            if let Some(after) = after {
-                stream = stream.after(&after);
-            }
-            let res = stream.record_page().await;
-            if let Err(e) = res {
-                tracing::debug!(dir = ino, error = %e, "listing refresh failed; lookups ask the store");
+        self.record_pages_in_background(dir, move |stream| async move {
+            match after {
+                Some(after) => stream().after(&after).record_page().await,
+                None => stream().record_page().await,
             }
         });
     }
