@@ -97,6 +97,13 @@ build_containerd() {
   install_module ctr github.com/containerd/containerd/v2/cmd/ctr "$CONTAINERD_VERSION"
 }
 
+# The benchmark's world (bench/world.sh): MinIO as the store, toxiproxy for cloud latency.
+build_minio() { install_module minio github.com/minio/minio "$MINIO_VERSION"; }
+build_toxiproxy() {
+  install_module toxiproxy-server github.com/Shopify/toxiproxy/v2/cmd/server "$TOXIPROXY_VERSION"
+  install_module toxiproxy-cli github.com/Shopify/toxiproxy/v2/cmd/cli "$TOXIPROXY_VERSION"
+}
+
 # Our own Go programs for the cluster (tools/): the pause image's process, and stand-ins
 # for the kubernetes-csi sidecars the module proxy does not serve (registrar,
 # livenessprobe, provisioner).

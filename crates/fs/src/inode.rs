@@ -39,6 +39,9 @@ pub struct Inode {
     pub checked: Instant,
     /// Kernel lookup count.
     pub lookups: u64,
+    /// The object's ETag as of `checked`, when a HEAD told it and this mount has not
+    /// changed the object since (empty otherwise): the version the read cache serves.
+    pub etag: String,
 }
 
 /// How old attributes may be for an `open` to trust them without asking the store:
@@ -125,6 +128,7 @@ impl InodeTable {
                     checked: now,
                     // The kernel holds at least one reference; forgets count down from here.
                     lookups: 1,
+                    etag: String::new(),
                 },
             );
             self.next = self.next.max(ino + 1);

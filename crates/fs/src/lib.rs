@@ -11,6 +11,7 @@
 //! - `dir_check`: directory checks finishing after a lookup answered with a file.
 //! - `dir_index`: what listings and this mount's changes showed each directory to hold.
 //! - `read`: the prefetching reader.
+//! - `read_cache`, `cached_fetch`: the node-local read cache of object data, and reads through it.
 //! - `write`: streaming multipart uploads and the staging cache.
 //! - `open_files`: the handles open on each inode, for unlink, rename and setattr.
 //! - `journal`: the node ids and handles a successor server needs, recorded as they are given out.
@@ -20,6 +21,7 @@
 
 mod attr;
 mod budget;
+mod cached_fetch;
 mod chunk_buf;
 mod dir;
 mod dir_check;
@@ -34,6 +36,7 @@ mod open_files;
 mod options;
 mod prefetch;
 mod read;
+mod read_cache;
 mod staging;
 mod write;
 
@@ -46,4 +49,5 @@ pub use fs::{Caller, Drained, Fs, FsConfig, Restored, SetAttr, StatFs};
 pub use inode::ROOT_INO;
 pub use journal::{decode_all, encode, HandleKind, JournalRecord, MemoryJournal, StateJournal, COMPACT_MIN_BYTES};
 pub use options::{MountOptions, OptionError};
+pub use read_cache::{ObjectVersion, ReadCache, ReadCacheConfig, ReadCacheError, ReadCacheStats};
 pub use write::StreamState;

@@ -43,6 +43,13 @@ pub struct MountOptions {
     pub cache_dir: Option<PathBuf>,
     /// Bound on the staging cache, bytes.
     pub cache_size: u64,
+    /// Bound on the node-local read cache, bytes; 0 = no read cache.
+    pub read_cache_size: u64,
+    /// Where the read cache keeps its blocks; `None` = a directory per volume chosen by
+    /// [`MountOptions::read_cache`] (in CSI mode the node plugin always chooses it).
+    pub read_cache_dir: Option<PathBuf>,
+    /// Share of the read cache's filesystem left free, in thousandths (`free_space_ratio`).
+    pub free_space_permille: u32,
     /// Largest prefetch window for sequential reads, bytes.
     pub read_ahead: u64,
     /// Multipart part size, bytes (≥ 5 MiB).
@@ -95,6 +102,9 @@ impl Default for MountOptions {
             list_type: 2,
             cache_dir: None,
             cache_size: 1024 * MIB,
+            read_cache_size: 0,
+            read_cache_dir: None,
+            free_space_permille: 100,
             read_ahead: 64 * MIB,
             part_size: 8 * MIB,
             upload_concurrency: 8,
@@ -216,6 +226,27 @@ impl MountOptions {
                 }
                 "cache_dir" => o.cache_dir = Some(PathBuf::from(need()?)),
                 "cache_size" => o.cache_size = number::<u64>(name, need()?)? * MIB,
+                "read_cache_size" => o.read_cache_size = number::<u64>(name, need()?)? * MIB,
+                "read_cache_dir" => {
+                    let dir = PathBuf::from(need()?);
+                    if !dir.is_absolute() {
+                        return Err(OptionError(format!(
+                            "option read_cache_dir={:?}: expected an absolute path",
+                            dir.display()
+                        )));
+                    }
+                    o.read_cache_dir = Some(dir);
+                }
+                "free_space_ratio" => {
+                    let v = need()?;
+                    let r = number::<f64>(name, v)?;
+                    if !(0.0..1.0).contains(&r) {
+                        return Err(OptionError(format!(
+                            "option free_space_ratio={v:?}: expected a fraction from 0 to 0.99"
+                        )));
+                    }
+                    o.free_space_permille = (r * 1000.0).round() as u32;
+                }
                 "read_ahead" => o.read_ahead = number::<u64>(name, need()?)?.max(1) * MIB,
                 "part_size" => {
                     let mib: u64 = number(name, need()?)?;
@@ -248,13 +279,25 @@ impl MountOptions {
                     return Err(OptionError(match foreign_hint(bare) {
                         Some(instead) => format!("mount option {n:?} is not supported by s3vol: {instead}"),
                         None => format!(
-                            "unknown mount option {n:?} (supported: uid, gid, umask, file_mode, dir_mode, allow_other, ro, stat_cache_ttl, negative_ttl, max_stat_cache_size, list_type, cache_dir, cache_size, read_ahead, part_size, upload_concurrency, storage_class, sse, mime, list_attrs, memory_limit, retries, request_timeout, readwrite_timeout, debug)"
+                            "unknown mount option {n:?} (supported: uid, gid, umask, file_mode, dir_mode, allow_other, ro, stat_cache_ttl, negative_ttl, max_stat_cache_size, list_type, cache_dir, cache_size, read_cache_size, read_cache_dir, free_space_ratio, read_ahead, part_size, upload_concurrency, storage_class, sse, mime, list_attrs, memory_limit, retries, request_timeout, readwrite_timeout, debug)"
                         ),
                     }));
                 }
             }
         }
         Ok(o)
+    }
+
+    /// The read cache of volume `volume` (a name for metrics and for the default
+    /// directory), when `read_cache_size` turns one on.
+    pub fn read_cache(&self, volume: &str) -> Option<crate::ReadCacheConfig> {
+        (self.read_cache_size > 0).then(|| crate::ReadCacheConfig {
+            dir: self.read_cache_dir.clone().unwrap_or_else(|| default_read_cache_dir(volume)),
+            max_bytes: self.read_cache_size,
+            min_free_permille: self.free_space_permille,
+            block_size: crate::read_cache::DEFAULT_BLOCK_SIZE,
+            volume: volume.to_string(),
+        })
     }
 
     /// Applies the options that shape the store client (listing version, retries,
@@ -285,6 +328,24 @@ impl MountOptions {
             None => default & 0o7777 & !self.umask,
         }
     }
+}
+
+/// The read cache directory of `volume` when none is given: under /var/cache/s3vol for
+/// root, else under the user's cache directory; one directory per volume, by a hash of its
+/// name (which may hold characters a file name cannot).
+pub fn default_read_cache_dir(volume: &str) -> PathBuf {
+    use sha2::Digest;
+    let base = if nix::unistd::geteuid().is_root() {
+        PathBuf::from("/var/cache/s3vol")
+    } else {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir)
+            .join("s3vol")
+    };
+    let hash = hex::encode(&sha2::Sha256::digest(volume.as_bytes())[..12]);
+    base.join("read-cache").join(hash)
 }
 
 #[cfg(test)]
@@ -336,6 +397,18 @@ mod tests {
 
     #[test]
     fn tuning_options_take_their_units() {
+        let o = MountOptions::parse(&["read_cache_size=2048", "read_cache_dir=/var/cache/x", "free_space_ratio=0.25"])
+            .unwrap();
+        let rc = o.read_cache("vol-1").expect("read_cache_size turns the read cache on");
+        assert_eq!((rc.max_bytes, rc.dir.to_str(), rc.min_free_permille), (2048 * MIB, Some("/var/cache/x"), 250));
+        assert!(MountOptions::default().read_cache("v").is_none(), "off by default");
+        let rc = MountOptions::parse(&["read_cache_size=1"]).unwrap().read_cache("a/b").unwrap();
+        assert!(rc.dir.ends_with(default_read_cache_dir("a/b").file_name().unwrap()));
+        assert_ne!(default_read_cache_dir("a/b"), default_read_cache_dir("a/c"), "one directory per volume");
+        for bad in ["free_space_ratio=1.5", "read_cache_dir=relative/dir", "read_cache_size=lots"] {
+            let e = MountOptions::parse(&[bad]).unwrap_err().0;
+            assert!(e.contains(bad.split('=').next().unwrap()), "{e}");
+        }
         let o = MountOptions::parse(&["read_ahead=8", "storage_class=STANDARD_IA", "cache_size=100"]).unwrap();
         assert_eq!(o.read_ahead, 8 * MIB);
         assert_eq!(o.storage_class.as_deref(), Some("STANDARD_IA"));

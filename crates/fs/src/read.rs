@@ -11,8 +11,10 @@ use s3vol_store::{ErrorKind, ObjectStore, StoreError, StoreResult};
 use tokio::task::JoinHandle;
 
 use crate::budget::{MemoryBudget, Reservation};
+use crate::cached_fetch::{fetch_through_cache, CachedObject};
 use crate::chunk_buf::{ChunkBuf, ChunkPool, PoolUser};
 use crate::error::{store_errno, Errno, FsResult};
+use crate::read_cache::{ObjectVersion, ReadCache};
 
 /// First prefetch request size: small, so the first bytes come back fast.
 const FIRST_CHUNK: u64 = 256 * 1024;
@@ -53,6 +55,8 @@ pub struct Reader {
     budget: Option<MemoryBudget>,
     /// The mount's kept chunk buffers (none: each chunk on the heap).
     chunk_pool: Option<(ChunkPool, PoolUser)>,
+    /// The volume's read cache and the version of the object this reader opened.
+    cached: Option<CachedObject>,
 }
 
 /// Attempts at one ranged GET whose body broke off or came up short. The store client
@@ -72,6 +76,20 @@ async fn fetch(
     end: u64,
     pool: Option<ChunkPool>,
 ) -> StoreResult<Bytes> {
+    fetch_tagged(store, bucket, key, start, end, pool).await.map(|(data, _)| data)
+}
+
+/// [`fetch`], with the ETag of the version the bytes came from (empty when the store sent
+/// none, or when a resumed body came from another version than its start).
+pub(crate) async fn fetch_tagged(
+    store: Arc<dyn ObjectStore>,
+    bucket: String,
+    key: String,
+    start: u64,
+    end: u64,
+    pool: Option<ChunkPool>,
+) -> StoreResult<(Bytes, String)> {
+    let mut etag: Option<String> = None;
     let want = (end - start) as usize;
     let mut buf = match pool {
         Some(p) => p.buffer(want),
@@ -81,7 +99,13 @@ async fn fetch(
     loop {
         let from = start + buf.len() as u64;
         let res: StoreResult<()> = async {
-            let mut body = store.get_object(&bucket, &key, Some(from..end)).await?.body;
+            let got = store.get_object(&bucket, &key, Some(from..end)).await?;
+            match &etag {
+                None => etag = Some(got.meta.etag.clone()),
+                Some(e) if *e != got.meta.etag => etag = Some(String::new()),
+                Some(_) => {}
+            }
+            let mut body = got.body;
             while let Some(chunk) = body.next().await {
                 let chunk = chunk?;
                 if buf.len() + chunk.len() > want {
@@ -98,7 +122,7 @@ async fn fetch(
         }
         .await;
         let err = match res {
-            Ok(()) if buf.len() == want => return Ok(buf.freeze()),
+            Ok(()) if buf.len() == want => return Ok((buf.freeze(), etag.unwrap_or_default())),
             Ok(()) => StoreError::new(
                 ErrorKind::Unavailable,
                 format!("GET {bucket}/{key}: body ended after {} of {want} bytes", buf.len()),
@@ -137,7 +161,21 @@ impl Reader {
             chunk_size: CHUNK.min(read_ahead.max(FIRST_CHUNK)),
             budget: None,
             chunk_pool: None,
+            cached: None,
         }
+    }
+
+    /// Reads through `cache`, as the version `etag` of the object (the one the open saw);
+    /// without an ETag nothing identifies the version, and the cache is not used.
+    pub(crate) fn with_read_cache(mut self, cache: Option<&ReadCache>, etag: &str) -> Self {
+        self.cached = match cache {
+            Some(cache) if !etag.is_empty() => Some(CachedObject {
+                cache: cache.clone(),
+                version: ObjectVersion { key: self.key.clone(), etag: etag.to_string(), size: self.size },
+            }),
+            _ => None,
+        };
+        self
     }
 
     /// Fills chunks into `pool`'s buffers, kept for the next chunks while readers exist.
@@ -161,6 +199,8 @@ impl Reader {
     /// still in flight for the old key is dropped.
     pub fn retarget(&mut self, key: String) {
         self.reset();
+        // A renamed object is a copy, whose ETag the open did not see.
+        self.cached = None;
         self.key = key;
     }
 
@@ -190,7 +230,10 @@ impl Reader {
             } else {
                 self.chunk_size.min(self.window)
             };
-            let mut end = (start + len).min(self.size);
+            let mut end = match &self.cached {
+                Some(c) => c.aligned_end(start, len),
+                None => (start + len).min(self.size),
+            };
             let reserved = match &self.budget {
                 Some(b) if start >= needed => match b.try_reserve_optional(end - start) {
                     Some(r) => Some(r),
@@ -208,8 +251,7 @@ impl Reader {
                 },
                 None => None,
             };
-            let h =
-                tokio::spawn(fetch(self.store.clone(), self.bucket.clone(), self.key.clone(), start, end, self.pool()));
+            let h = tokio::spawn(self.fetch_task(start, end));
             self.chunks.push_back(Chunk { start, end, data: ChunkData::Pending(h), _reserved: reserved });
             self.scheduled_end = end;
         }
@@ -282,11 +324,25 @@ impl Reader {
 }
 
 impl Reader {
-    /// Exactly the bytes asked for, in one GET.
+    /// Exactly the bytes asked for, in one GET (or from the read cache).
     async fn fetch_exact(&self, off: u64, end: u64) -> FsResult<Bytes> {
-        fetch(self.store.clone(), self.bucket.clone(), self.key.clone(), off, end, self.pool())
-            .await
-            .map_err(|e| store_errno("read", &e))
+        self.fetch_task(off, end).await.map_err(|e| store_errno("read", &e))
+    }
+
+    /// Fetches `start..end`, through the read cache when there is one.
+    fn fetch_task(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> impl std::future::Future<Output = StoreResult<Bytes>> + Send + 'static {
+        let (store, bucket, key, pool) = (self.store.clone(), self.bucket.clone(), self.key.clone(), self.pool());
+        let cached = self.cached.clone();
+        async move {
+            match cached {
+                Some(c) => fetch_through_cache(&c, store, &bucket, start, end).await,
+                None => fetch(store, bucket, key, start, end, pool).await,
+            }
+        }
     }
 
     /// The data of chunk `i`, once its GET is done.

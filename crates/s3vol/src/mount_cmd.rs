@@ -50,7 +50,14 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         StoreKind::S3 => format!("s3vol:{}/{}", loc.bucket, loc.prefix),
     };
     let (allow_other, read_only) = (opts.allow_other, opts.read_only);
-    let fs = Arc::new(Fs::new(
+    let read_cache = match opts.read_cache(&args.source).map(s3vol_fs::ReadCache::open).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            report(ready, &e.to_string());
+            bail!("{e}");
+        }
+    };
+    let fs = Fs::new(
         store,
         FsConfig {
             bucket: loc.bucket.clone(),
@@ -59,7 +66,11 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             capacity: args.capacity,
             hard_quota: args.hard_quota,
         },
-    ));
+    );
+    let fs = Arc::new(match read_cache {
+        Some(c) => fs.with_read_cache(c),
+        None => fs,
+    });
     if args.hard_quota {
         // A hard quota needs the bytes already stored; without them nothing is enforced.
         match rt.block_on(fs.measure_usage()) {

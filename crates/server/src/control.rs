@@ -29,6 +29,10 @@ pub(crate) struct State {
     pub(crate) fs: Option<Arc<Fs>>,
     /// Stops the FUSE adapter from taking requests at a handover.
     pub(crate) drain: DrainControl,
+    /// The directory of the control socket: the node keeps one per volume, removed when
+    /// the volume is unstaged, so the volume's read cache lives in it (and outlives this
+    /// server, for its successor).
+    pub(crate) volume_dir: Option<std::path::PathBuf>,
 }
 
 /// How long a drain waits for running requests before giving up (the plugin then
@@ -65,7 +69,7 @@ pub fn run(control: &Path, metrics: Option<MetricsRender>) -> Result<(), ServerE
         .map_err(ServerError::io("starting the async runtime"))?;
     let listener = handoff::ControlListener::bind(control)
         .map_err(|e| ServerError::Bind { path: control.to_path_buf(), source: e.into() })?;
-    let state = Arc::new(Mutex::new(State::default()));
+    let state = Arc::new(Mutex::new(State { volume_dir: control.parent().map(Path::to_path_buf), ..State::default() }));
     tracing::info!(control = %control.display(), pid = std::process::id(), "FUSE server waiting for a volume");
     loop {
         let conn = match listener.accept() {

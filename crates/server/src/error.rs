@@ -31,6 +31,9 @@ pub enum ServerError {
     /// The live connection could not be taken over.
     #[error("resuming the session: {0}")]
     Resume(#[from] s3vol_fuse::ResumeError),
+    /// The read cache's directory cannot be used.
+    #[error(transparent)]
+    ReadCache(#[from] s3vol_fs::ReadCacheError),
     /// The hard quota needs the volume's usage, and measuring it failed.
     #[error("measuring usage for the hard quota: errno {0}")]
     Quota(i32),

@@ -49,6 +49,7 @@ pub(crate) fn start(
             .map_err(ServerError::io("reading the state journal"))?;
     let valid = if resume { s3vol_fs::decode_all(&history).1 } else { 0 };
     journal.keep(valid as u64).map_err(ServerError::io("trimming the state journal"))?;
+    let cache = read_cache(&options, &config.volume_id, state);
     let fs = Fs::new(
         store,
         FsConfig {
@@ -60,6 +61,10 @@ pub(crate) fn start(
         },
     )
     .journaled(Arc::new(journal));
+    let fs = match cache {
+        Some(cfg) => fs.with_read_cache(s3vol_fs::ReadCache::open(cfg)?),
+        None => fs,
+    };
     if resume {
         let r = fs.restore(&history[..valid]);
         tracing::info!(
@@ -132,4 +137,16 @@ pub(crate) fn start(
     })
     .map_err(ServerError::io("starting the session waiter"))?;
     Ok(resend)
+}
+
+/// The volume's read cache, when its options turn one on: in the volume's directory
+/// beside the control socket (the node plugin never lets a volume name the directory).
+fn read_cache(options: &MountOptions, volume_id: &str, state: &Mutex<State>) -> Option<s3vol_fs::ReadCacheConfig> {
+    let mut cfg = options.read_cache(volume_id)?;
+    if options.read_cache_dir.is_none() {
+        if let Some(dir) = &state.lock().volume_dir {
+            cfg.dir = dir.join("read-cache");
+        }
+    }
+    Some(cfg)
 }

@@ -118,6 +118,25 @@ pub(super) fn mount_group(cap: &pb::VolumeCapability) -> Option<String> {
 }
 
 /// fsGroup semantics: the group owns everything and may write.
+/// Local directories are the node's to choose: the read cache always lives in the volume's
+/// own directory (removed at unstage), and a pod author's inline volume may not point the
+/// root server's staging files at a node path.
+fn check_local_paths(o: &MountOptions, ephemeral: bool) -> CsiResult<()> {
+    if let Some(dir) = &o.read_cache_dir {
+        return Err(CsiError::invalid(format!(
+            "mount option read_cache_dir={:?}: the node plugin keeps each volume's read cache in the volume's own directory; set only read_cache_size",
+            dir.display()
+        )));
+    }
+    match &o.cache_dir {
+        Some(dir) if ephemeral => Err(CsiError::invalid(format!(
+            "mount option cache_dir={:?}: an inline volume cannot choose a directory on the node",
+            dir.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 pub(super) fn group_options(group: &str) -> CsiResult<Vec<String>> {
     group
         .parse::<u32>()
@@ -238,7 +257,8 @@ impl VolumeManager {
         if spec.read_only || is_readonly_mode(cap) {
             options.push("ro".into());
         }
-        MountOptions::parse(&options).map_err(|e| CsiError::invalid(format!("mount options: {e}")))?;
+        let parsed = MountOptions::parse(&options).map_err(|e| CsiError::invalid(format!("mount options: {e}")))?;
+        check_local_paths(&parsed, ephemeral)?;
         let config = ServeConfig {
             volume_id: r.volume_id.clone(),
             bucket: spec.bucket.clone(),

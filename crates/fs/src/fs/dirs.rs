@@ -123,6 +123,7 @@ impl Fs {
                 expires: if dir { now } else { listing_expiry },
                 checked: now,
                 lookups: 0,
+                etag: String::new(),
             });
             // The kernel may keep listing attributes as long as getattr would answer with
             // them anyway; open re-checks access against the object itself.

@@ -40,7 +40,14 @@ impl Fs {
         let now = SystemTime::now();
         let stored =
             StoredMeta { mode: Some(mode), uid: Some(caller.uid), gid: Some(caller.gid), mtime: Some(now), rdev };
-        let found = Found { kind, size: body.len() as u64, mtime: now, stored, has_marker: kind == FileKind::Dir };
+        let found = Found {
+            kind,
+            size: body.len() as u64,
+            mtime: now,
+            stored,
+            has_marker: kind == FileKind::Dir,
+            etag: String::new(),
+        };
         let inode = self.make_inode(&p, name, found);
         let key = self.key(&inode.path, kind);
         let put = PutOptions { content_type: None, ..self.put_options(name, stored) };

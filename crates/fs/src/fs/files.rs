@@ -23,10 +23,13 @@ impl Fs {
         if acc == libc::O_RDONLY {
             // Close-to-open: a stale entry is checked against the store before reading.
             let attr = self.revalidated(&i).await?;
+            // The version the revalidation saw (none when this mount changed it since).
+            let etag = self.inode(ino).map(|n| n.etag).unwrap_or_default();
             let o = &self.cfg.options;
             let reader = Reader::new(self.store.clone(), self.cfg.bucket.clone(), key, attr.size, o.read_ahead)
                 .with_budget(self.wcfg.budget.clone())
-                .with_chunk_pool(self.chunk_pool.clone());
+                .with_chunk_pool(self.chunk_pool.clone())
+                .with_read_cache(self.read_cache.as_ref(), &etag);
             return Ok(self.add_handle(Handle::Read { ino, reader }));
         }
         self.writable()?;
@@ -59,7 +62,14 @@ impl Fs {
         let inode = self.make_inode(
             &p,
             name,
-            Found { kind: FileKind::File, size: 0, mtime: SystemTime::now(), stored, has_marker: false },
+            Found {
+                kind: FileKind::File,
+                size: 0,
+                mtime: SystemTime::now(),
+                stored,
+                has_marker: false,
+                etag: String::new(),
+            },
         );
         let key = self.key(&inode.path, FileKind::File);
         let attr = inode.attr;

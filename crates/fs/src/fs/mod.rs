@@ -159,6 +159,8 @@ struct Found {
     mtime: SystemTime,
     stored: StoredMeta,
     has_marker: bool,
+    /// The object's ETag, when a HEAD found it.
+    etag: String,
 }
 
 impl Found {
@@ -166,7 +168,14 @@ impl Found {
     /// stored mode), size, mtime and stored attributes.
     fn object(m: &s3vol_store::ObjectMeta) -> Found {
         let stored = StoredMeta::from_metadata(&m.metadata);
-        Found { kind: stored.object_kind(), size: m.size, mtime: m.last_modified, stored, has_marker: false }
+        Found {
+            kind: stored.object_kind(),
+            size: m.size,
+            mtime: m.last_modified,
+            stored,
+            has_marker: false,
+            etag: m.etag.clone(),
+        }
     }
 }
 
@@ -198,6 +207,8 @@ pub struct Fs {
     dir_checks: DirChecks,
     next_fh: AtomicU64,
     wcfg: WriteConfig,
+    /// The volume's node-local read cache, when it has one.
+    read_cache: Option<crate::ReadCache>,
     /// Where node ids and handles are recorded for a successor server.
     journal: Option<Arc<dyn StateJournal>>,
     /// Handle records are appended under it shared, a compaction takes it alone: no
@@ -272,6 +283,7 @@ impl Fs {
             expires: Instant::now() + std::time::Duration::from_secs(3600 * 24 * 365),
             checked: Instant::now(),
             lookups: 1,
+            etag: String::new(),
         };
         let wcfg = WriteConfig {
             part_size: o.part_size,
@@ -298,6 +310,7 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             wcfg,
             cfg,
+            read_cache: None,
             journal: None,
             journal_gate: parking_lot::RwLock::new(()),
             capacity: AtomicU64::new(cfg_capacity),
@@ -322,6 +335,17 @@ impl Fs {
         self.table.get_mut().set_journal(journal.clone());
         self.journal = Some(journal);
         self
+    }
+
+    /// Reads through `cache` from now on (see [`crate::ReadCache`]).
+    pub fn with_read_cache(mut self, cache: crate::ReadCache) -> Self {
+        self.read_cache = Some(cache);
+        self
+    }
+
+    /// The read cache, for its statistics.
+    pub fn read_cache(&self) -> Option<&crate::ReadCache> {
+        self.read_cache.as_ref()
     }
 
     /// The mount options in force.
@@ -425,6 +449,7 @@ impl Fs {
             expires: self.expiry(),
             checked: Instant::now(),
             lookups: 0,
+            etag: found.etag,
         }
     }
 

@@ -85,7 +85,7 @@ impl Fs {
             return Ok(Some(self.make_inode(
                 parent,
                 name,
-                Found { kind: FileKind::Dir, size: 0, mtime, stored, has_marker },
+                Found { kind: FileKind::Dir, size: 0, mtime, stored, has_marker, etag: String::new() },
             )));
         }
         match head {
@@ -229,6 +229,7 @@ impl Fs {
                     cur.kind = fresh.kind;
                     cur.stored = fresh.stored;
                     cur.has_marker = fresh.has_marker;
+                    cur.etag = fresh.etag;
                     cur.verified = true;
                     cur.expires = fresh.expires;
                     cur.checked = fresh.checked;
@@ -279,6 +280,8 @@ impl Fs {
     pub(super) fn update_attr(&self, ino: u64, f: impl FnOnce(&mut Inode)) -> FsResult<Attr> {
         let mut t = self.table.lock();
         let i = t.get_mut(ino).ok_or(Errno::ENOENT)?;
+        // Whatever this mount changes, the version a HEAD named is no longer known.
+        i.etag.clear();
         f(i);
         let o = &self.cfg.options;
         i.attr = i.stored.attr(ino, i.kind, i.attr.size, i.attr.mtime, o);
