@@ -27,6 +27,7 @@ test:
 	S3VOL_BIN=$(CURDIR)/target/debug/s3vol scripts/with-moto.sh scripts/csi-sanity.sh
 	S3VOL_BIN=$(CURDIR)/target/debug/s3vol scripts/with-moto.sh scripts/pjdfstest.sh
 	deploy/validate.sh
+	bench/epochs-smoke.sh
 	tests/cluster/run.sh
 
 check: fmt-check clippy test

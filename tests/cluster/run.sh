@@ -194,11 +194,15 @@ inline_volume_lives_with_its_pod() {
 # A pod author's inline volume that names the node's own files, or no keys, is refused:
 # the pod never starts, its events say why, and deleting it does not hang.
 hostile_inline_volumes_are_refused() {
-  for case in "file:///var/lib/kubelet|e2e-keys|file:///var/lib/kubelet\" is not allowed" "$STORE|none|own keys"; do
-    IFS='|' read -r endpoint secret want <<< "$case"
+  # endpoint|secret|what the event must say|mount options
+  for case in "file:///var/lib/kubelet|e2e-keys|file:///var/lib/kubelet\" is not allowed|" "$STORE|none|own keys|" \
+      "$STORE|e2e-keys|cannot keep a read cache on the node|read_cache_size=100000,free_space_ratio=0" \
+      "$STORE|e2e-keys|the node plugin keeps each volume|read_cache_dir=/var/lib/kubelet" \
+      "$STORE|e2e-keys|cannot choose a directory on the node|cache_dir=/var/lib/kubelet"; do
+    IFS='|' read -r endpoint secret want opts <<< "$case"
     local ref=""
     [ "$secret" != none ] && ref=", nodePublishSecretRef: {name: $secret}"
-    inline_pod hostile "{bucket: kubelet, endpoint: \"$endpoint\"}" "$ref" 'sleep 3600'
+    inline_pod hostile "{bucket: kubelet, endpoint: \"$endpoint\", mountOptions: \"$opts\"}" "$ref" 'sleep 3600'
     local seen=
     for _ in $(seq 1 60); do
       if kubectl get events --field-selector involvedObject.name=hostile -o jsonpath='{.items[*].message}' | grep -q "$want"; then seen=1; break; fi
@@ -324,8 +328,48 @@ dynamic_prefix_claim_from_the_example_class() {
   gone storageclass s3vol-minio-prefix
 }
 
+# A claim of deploy/examples' dataset class (read cache on): what one pod read, the next
+# pod reads from the node's cache (the node plugin's metrics count the hits), the cache is
+# root's only, and it is gone once the node unmounts the volume. This machine's disk is
+# more than 80 % full, so the class's free_space_ratio=0.2 would cache nothing here: the
+# scenario lowers it to 0.05, and nothing else.
+dataset_class_reads_the_next_epoch_from_the_node_cache() {
+  example secret.yaml | kubectl apply -f - > /dev/null
+  example storageclass-dataset.yaml | sed 's/free_space_ratio=0.2/free_space_ratio=0.05/' | kubectl apply -f - > /dev/null
+  example pvc-dynamic.yaml | sed 's/s3vol-minio-prefix/s3vol-minio-dataset/; s/s3vol-minio-dynamic/dataset/' | kubectl apply -f - > /dev/null
+  kubectl wait --for=jsonpath='{.status.phase}'=Bound pvc/dataset --timeout=120s > /dev/null || fail "the claim was not bound"
+  local pv hits0 hits1 blocks
+  pv=$(kubectl get pvc dataset -o jsonpath='{.spec.volumeName}')
+  pod ds-writer dataset 'head -c 6291456 /dev/urandom > /data/train.bin && md5sum < /data/train.bin > /data/train.md5'
+  done_ok ds-writer
+  # An epoch: read everything, check it, after the 1 s in which an open trusts its last check.
+  local epoch='sleep 1.5; test "$(md5sum < /data/train.bin)" = "$(cat /data/train.md5)"'
+  pod ds-epoch1 dataset "$epoch"
+  done_ok ds-epoch1
+  for _ in $(seq 1 50); do
+    blocks=$(find /var/lib/s3vol -path '*/read-cache/blocks/*' -type f | wc -l)
+    [ "$blocks" -ge 6 ] && break; sleep 0.2
+  done
+  [ "$blocks" -ge 6 ] || fail "the node cache holds $blocks blocks after reading 6 MiB"
+  [ -z "$(find /var/lib/s3vol -path '*/read-cache*' \( -type f ! -perm 0600 -o -type d ! -perm 0700 \) -print)" ] \
+    || fail "read cache files readable beyond their owner: $(find /var/lib/s3vol -path '*/read-cache*' -ls | head -3)"
+  hit() { curl -s http://127.0.0.1:9810/metrics | awk '/^s3vol_read_cache_bytes_total\{/ && /result="hit"/ {s += $NF} END {print s + 0}'; }
+  hits0=$(hit)
+  pod ds-epoch2 dataset "$epoch"
+  done_ok ds-epoch2
+  hits1=$(hit)
+  [ "$((hits1 - hits0))" -ge 6291456 ] || fail "the second epoch read $((hits1 - hits0)) bytes from the cache, want 6291456"
+  gone pod ds-writer ds-epoch1 ds-epoch2
+  for _ in $(seq 1 50); do [ -z "$(find /var/lib/s3vol -type d -name read-cache)" ] && break; sleep 0.2; done
+  [ -z "$(find /var/lib/s3vol -type d -name read-cache)" ] || fail "the read cache outlived the volume's unstage"
+  gone pvc dataset
+  kubectl delete pv "$pv" --wait=false > /dev/null
+  gone storageclass s3vol-minio-dataset
+}
+
 scenarios=(
   dynamic_prefix_claim_from_the_example_class
+  dataset_class_reads_the_next_epoch_from_the_node_cache
   static_pv_non_root_writes_and_a_second_pod_reads
   read_only_volume_refuses_writes
   sub_path_is_a_directory_of_the_volume

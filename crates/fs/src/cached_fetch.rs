@@ -4,9 +4,10 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use s3vol_store::{ErrorKind, ObjectStore, StoreError, StoreResult};
 
+use crate::chunk_buf::{ChunkBuf, ChunkPool};
 use crate::read::fetch_tagged;
 use crate::read_cache::{ObjectVersion, ReadCache};
 
@@ -41,6 +42,7 @@ pub(crate) async fn fetch_through_cache(
     bucket: &str,
     start: u64,
     end: u64,
+    pool: Option<ChunkPool>,
 ) -> StoreResult<Bytes> {
     let bs = c.cache.block_size();
     let key = &c.version.key;
@@ -64,7 +66,7 @@ pub(crate) async fn fetch_through_cache(
             b += 1;
         }
         let (s, e) = (run * bs, (b * bs).min(c.version.size));
-        let (data, etag) = fetch_tagged(store.clone(), bucket.to_string(), key.clone(), s, e, None).await?;
+        let (data, etag) = fetch_tagged(store.clone(), bucket.to_string(), key.clone(), s, e, pool.clone()).await?;
         for i in run..b {
             let from = (i - run) * bs;
             let piece = data.slice(from as usize..(from + c.block_len(i)) as usize);
@@ -78,7 +80,12 @@ pub(crate) async fn fetch_through_cache(
     if let [Some(only)] = &blocks[..] {
         return Ok(only.slice((start - at(0)) as usize..(end - at(0)) as usize));
     }
-    let mut out = BytesMut::with_capacity((end - start) as usize);
+    // The mount's chunk buffers, as a chunk from the store would use: the cache adds no
+    // heap of its own to the reader's memory.
+    let mut out = match &pool {
+        Some(p) => p.buffer((end - start) as usize),
+        None => ChunkBuf::heap((end - start) as usize),
+    };
     for (i, d) in blocks.iter().enumerate() {
         let d = d.as_ref().expect("every block is filled above");
         let from = start.max(at(i)) - at(i);

@@ -35,6 +35,11 @@ pub struct MountOptions {
     /// How long "no such name" is trusted (negative entries and names missing from a
     /// listing), so a name another client creates is found this soon; zero = always ask.
     pub negative_ttl: Duration,
+    /// How long an `open` trusts what the store last said of a file without asking again
+    /// (JuiceFS's `open-cache`). The default, 1 s, is close-to-open: what another client
+    /// closed is what the next open sees. Longer suits data nobody rewrites (datasets read
+    /// epoch after epoch from the read cache): an open then costs no request.
+    pub open_cache: Duration,
     /// Bound on cached metadata entries.
     pub max_stat_cache_size: usize,
     /// ListObjects version (1 or 2).
@@ -98,6 +103,7 @@ impl Default for MountOptions {
             read_only: false,
             stat_cache_ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(1),
+            open_cache: crate::inode::OPEN_REVALIDATE,
             max_stat_cache_size: 100_000,
             list_type: 2,
             cache_dir: None,
@@ -216,6 +222,7 @@ impl MountOptions {
                 "ro" => o.read_only = flag(name, value)?,
                 "stat_cache_ttl" => o.stat_cache_ttl = ttl(name, need()?)?,
                 "negative_ttl" => o.negative_ttl = ttl(name, need()?)?,
+                "open_cache" => o.open_cache = ttl(name, need()?)?,
                 "max_stat_cache_size" => o.max_stat_cache_size = number(name, need()?)?,
                 "list_type" => {
                     o.list_type = match need()? {
@@ -279,7 +286,7 @@ impl MountOptions {
                     return Err(OptionError(match foreign_hint(bare) {
                         Some(instead) => format!("mount option {n:?} is not supported by s3vol: {instead}"),
                         None => format!(
-                            "unknown mount option {n:?} (supported: uid, gid, umask, file_mode, dir_mode, allow_other, ro, stat_cache_ttl, negative_ttl, max_stat_cache_size, list_type, cache_dir, cache_size, read_cache_size, read_cache_dir, free_space_ratio, read_ahead, part_size, upload_concurrency, storage_class, sse, mime, list_attrs, memory_limit, retries, request_timeout, readwrite_timeout, debug)"
+                            "unknown mount option {n:?} (supported: uid, gid, umask, file_mode, dir_mode, allow_other, ro, stat_cache_ttl, negative_ttl, open_cache, max_stat_cache_size, list_type, cache_dir, cache_size, read_cache_size, read_cache_dir, free_space_ratio, read_ahead, part_size, upload_concurrency, storage_class, sse, mime, list_attrs, memory_limit, retries, request_timeout, readwrite_timeout, debug)"
                         ),
                     }));
                 }
@@ -400,6 +407,9 @@ mod tests {
         let o = MountOptions::parse(&["read_cache_size=2048", "read_cache_dir=/var/cache/x", "free_space_ratio=0.25"])
             .unwrap();
         let rc = o.read_cache("vol-1").expect("read_cache_size turns the read cache on");
+        assert_eq!(MountOptions::default().open_cache, Duration::from_secs(1), "close-to-open by default");
+        assert_eq!(MountOptions::parse(&["open_cache=3600"]).unwrap().open_cache, Duration::from_secs(3600));
+        assert!(MountOptions::parse(&["open_cache=-1"]).unwrap_err().0.contains("open_cache"));
         assert_eq!((rc.max_bytes, rc.dir.to_str(), rc.min_free_permille), (2048 * MIB, Some("/var/cache/x"), 250));
         assert!(MountOptions::default().read_cache("v").is_none(), "off by default");
         let rc = MountOptions::parse(&["read_cache_size=1"]).unwrap().read_cache("a/b").unwrap();

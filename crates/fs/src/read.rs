@@ -339,7 +339,7 @@ impl Reader {
         let cached = self.cached.clone();
         async move {
             match cached {
-                Some(c) => fetch_through_cache(&c, store, &bucket, start, end).await,
+                Some(c) => fetch_through_cache(&c, store, &bucket, start, end, pool).await,
                 None => fetch(store, bucket, key, start, end, pool).await,
             }
         }

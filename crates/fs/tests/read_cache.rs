@@ -288,3 +288,38 @@ async fn a_full_cache_disk_changes_nothing_for_the_reader() {
     assert_eq!(disk_bytes(dir2.path()), 0, "cached below the free-space floor");
     assert_eq!(cache.stats().write_errors, 0);
 }
+
+/// With `open_cache` longer than an epoch (a dataset class), epoch 2 asks the store
+/// nothing at all: no HEAD at open, no GET; at the default every open asks once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_open_cache_the_second_epoch_makes_no_request() {
+    for (open_cache, heads_per_open) in [("3600", 0), ("1", 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ReadCache::open(cache_cfg(dir.path(), 64 * MIB)).unwrap();
+        let mem = Arc::new(MemoryStore::with_buckets(&[B]));
+        for i in 0..5u64 {
+            mem.put_object(B, &format!("vol/f{i}"), Bytes::from(pattern(i, 300 * 1024)), &PutOptions::default())
+                .await
+                .unwrap();
+        }
+        let counting = Arc::new(CountingStore::new(mem, "t"));
+        let counts = counting.counts();
+        let options = MountOptions::parse(&[format!("open_cache={open_cache}")]).unwrap();
+        let fs = fs_over(counting, options).with_read_cache(cache.clone());
+        for i in 0..5u64 {
+            assert_eq!(read_all(&fs, &format!("f{i}")).await, pattern(i, 300 * 1024));
+        }
+        settled(&cache, dir.path(), 5 * 300 * 1024).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let total = counts.total();
+        for i in 0..5u64 {
+            assert_eq!(read_all(&fs, &format!("f{i}")).await, pattern(i, 300 * 1024));
+        }
+        assert_eq!(
+            counts.total() - total,
+            5 * heads_per_open,
+            "open_cache={open_cache}: requests in epoch 2: {:?}",
+            counts.snapshot()
+        );
+    }
+}

@@ -128,6 +128,13 @@ fn check_local_paths(o: &MountOptions, ephemeral: bool) -> CsiResult<()> {
             dir.display()
         )));
     }
+    if ephemeral && o.read_cache_size > 0 {
+        // A pod author would otherwise spend the node's disk (free_space_ratio=0 included).
+        return Err(CsiError::invalid(format!(
+            "mount option read_cache_size={}: an inline volume cannot keep a read cache on the node's disk; use a PersistentVolume or a StorageClass that sets it",
+            o.read_cache_size >> 20
+        )));
+    }
     match &o.cache_dir {
         Some(dir) if ephemeral => Err(CsiError::invalid(format!(
             "mount option cache_dir={:?}: an inline volume cannot choose a directory on the node",

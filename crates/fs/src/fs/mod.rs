@@ -21,7 +21,7 @@ use crate::dir::{DirEntry, DirStream, VOLUME_MARKER};
 use crate::dir_check::{DirCheck, DirChecks};
 use crate::dir_index::DirIndex;
 use crate::error::{store_errno, Errno, FsResult};
-use crate::inode::{Inode, InodeTable, OPEN_REVALIDATE, ROOT_INO};
+use crate::inode::{Inode, InodeTable, ROOT_INO};
 use crate::journal::{decode_all, HandleKind, JournalRecord, StateJournal};
 use crate::mime::content_type_for;
 use crate::open_files::OpenFiles;

@@ -220,7 +220,23 @@ impl Fs {
     /// Reads an entry's own metadata (HEAD), replacing attributes that came from a listing.
     pub(super) async fn verify(&self, i: &Inode) -> FsResult<Attr> {
         let parent = self.inode(i.parent)?;
-        match self.probe(&parent, &i.name).await? {
+        // A file's revalidation (every open after `open_cache`) needs its HEAD only; the
+        // LIST that tells directories apart is for names not known yet, or gone.
+        let known_file = match i.kind {
+            FileKind::File => {
+                match self.store.head_object(&self.cfg.bucket, &self.key(&i.path, FileKind::File)).await {
+                    Ok(m) => Some(self.make_inode(&parent, &i.name, Found::object(&m))),
+                    Err(e) if e.kind == ErrorKind::NotFound => None,
+                    Err(e) => return Err(store_errno("lookup", &e)),
+                }
+            }
+            _ => None,
+        };
+        let found = match known_file {
+            Some(f) => Some(f),
+            None => self.probe(&parent, &i.name).await?,
+        };
+        match found {
             Some(fresh) if fresh.kind == i.kind || i.kind == FileKind::File => {
                 let attr = Attr { ino: i.ino, ..fresh.attr };
                 let mut t = self.table.lock();
@@ -267,11 +283,11 @@ impl Fs {
     }
 
     /// Attributes an `open` may trust: the cached ones while an upload of this mount is
-    /// pending or the store confirmed them within [`OPEN_REVALIDATE`], else the object's
-    /// own (close-to-open: a file another client closed is seen at the next open, however
-    /// long `stat` may cache it).
+    /// pending or the store confirmed them within `open_cache` (1 s by default), else the
+    /// object's own (close-to-open: a file another client closed is seen at the next
+    /// open, however long `stat` may cache it).
     pub(super) async fn revalidated(&self, i: &Inode) -> FsResult<Attr> {
-        if self.has_writer(i.ino) || i.checked.elapsed() < OPEN_REVALIDATE {
+        if self.has_writer(i.ino) || i.checked.elapsed() < self.cfg.options.open_cache {
             return Ok(i.attr);
         }
         self.verify(i).await

@@ -170,6 +170,14 @@ impl ReadCache {
                 peak: AtomicU64::new(0),
             }),
         };
+        // Every series from the start (at 0), so dashboards and alerts see the volume.
+        let v = cache.inner.cfg.volume.clone();
+        for result in ["hit", "miss"] {
+            metrics::counter!("s3vol_read_cache_bytes_total", "volume" => v.clone(), "result" => result).increment(0);
+        }
+        metrics::counter!("s3vol_read_cache_evictions_total", "volume" => v.clone()).increment(0);
+        metrics::counter!("s3vol_read_cache_dropped_blocks_total", "volume" => v.clone()).increment(0);
+        metrics::gauge!("s3vol_read_cache_size_bytes", "volume" => v).set(0.0);
         cache.inner.state.lock().locking = true;
         cache.inner.try_take_over();
         Ok(cache)
@@ -326,10 +334,12 @@ impl Inner {
 
     /// Takes the directory's lock if it is free, then learns what the directory holds.
     fn try_take_over(&self) {
+        use std::os::unix::fs::OpenOptionsExt;
         let took = File::options()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(self.cfg.dir.join("lock"))
             .ok()
             .and_then(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).ok());
@@ -402,8 +412,10 @@ impl Inner {
         let path = self.block_path(&name);
         let res = block_file::write(&tmp, &name, data).and_then(|()| {
             let parent = path.parent().expect("blocks/xx");
-            if !parent.exists() {
-                std::fs::DirBuilder::new().mode(0o700).create(parent)?;
+            // Another write may create the same fan-out directory at the same moment.
+            match std::fs::DirBuilder::new().mode(0o700).create(parent) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
             }
             std::fs::rename(&tmp, &path)
         });
