@@ -340,8 +340,13 @@ dataset_class_reads_the_next_epoch_from_the_node_cache() {
   kubectl wait --for=jsonpath='{.status.phase}'=Bound pvc/dataset --timeout=120s > /dev/null || fail "the claim was not bound"
   local pv hits0 hits1 blocks
   pv=$(kubectl get pvc dataset -o jsonpath='{.spec.volumeName}')
-  pod ds-writer dataset 'head -c 6291456 /dev/urandom > /data/train.bin && md5sum < /data/train.bin > /data/train.md5'
-  done_ok ds-writer
+  # The writer stays (as a Deployment's replica would), so the volume stays staged on the
+  # node while the epoch pods come and go: the cache lives as long as the node has the
+  # volume staged.
+  pod ds-writer dataset 'head -c 6291456 /dev/urandom > /data/train.bin && md5sum < /data/train.bin > /data/train.md5 && sleep 3600'
+  ready ds-writer
+  for _ in $(seq 1 100); do [ -n "$(s3 ls "datasets/$pv/train.md5")" ] && break; sleep 0.2; done
+  [ -n "$(s3 ls "datasets/$pv/train.md5")" ] || fail "the writer's files did not reach the bucket"
   # An epoch: read everything, check it, after the 1 s in which an open trusts its last check.
   local epoch='sleep 1.5; test "$(md5sum < /data/train.bin)" = "$(cat /data/train.md5)"'
   pod ds-epoch1 dataset "$epoch"
@@ -353,8 +358,15 @@ dataset_class_reads_the_next_epoch_from_the_node_cache() {
   [ "$blocks" -ge 6 ] || fail "the node cache holds $blocks blocks after reading 6 MiB"
   [ -z "$(find /var/lib/s3vol -path '*/read-cache*' \( -type f ! -perm 0600 -o -type d ! -perm 0700 \) -print)" ] \
     || fail "read cache files readable beyond their owner: $(find /var/lib/s3vol -path '*/read-cache*' -ls | head -3)"
-  hit() { curl -s http://127.0.0.1:9810/metrics | awk '/^s3vol_read_cache_bytes_total\{/ && /result="hit"/ {s += $NF} END {print s + 0}'; }
+  local node_ip
+  node_ip=$(kubectl -n s3vol get pod -o jsonpath='{range .items[*]}{.metadata.name} {.status.podIP}{"\n"}{end}' | awk '/^s3vol-node/ {print $2}')
+  # The node plugin's metrics, with every server's (the read cache's counters among them).
+  hit() { curl -sf "http://$node_ip:9810/metrics" | awk '/^s3vol_read_cache_bytes_total\{/ && /result="hit"/ {s += $NF} END {print s + 0}'; }
   hits0=$(hit)
+  # The kernel keeps what epoch 1 read in its page cache (the pods share the node's
+  # mount): drop it, so epoch 2's reads reach the server and its cache, as under memory
+  # pressure or after the pages aged out.
+  sync; echo 3 > /proc/sys/vm/drop_caches
   pod ds-epoch2 dataset "$epoch"
   done_ok ds-epoch2
   hits1=$(hit)

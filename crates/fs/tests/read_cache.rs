@@ -321,5 +321,15 @@ async fn with_open_cache_the_second_epoch_makes_no_request() {
             "open_cache={open_cache}: requests in epoch 2: {:?}",
             counts.snapshot()
         );
+        // A file this mount wrote: its version is asked once, then its reads are cached.
+        let fh = fs.create(ROOT_INO, "mine", 0o644, ME).await.unwrap().1;
+        fs.write(fh, 0, &pattern(9, 2 * MIB)).await.unwrap();
+        fs.release(fh).await.unwrap();
+        let before = cache.stats().hit_bytes;
+        for _ in 0..2 {
+            assert_eq!(read_all(&fs, "mine").await, pattern(9, 2 * MIB));
+            settled(&cache, dir.path(), 5 * 300 * 1024 + 2 * MIB).await;
+        }
+        assert_eq!(cache.stats().hit_bytes - before, 2 * MIB, "open_cache={open_cache}: own file not cached");
     }
 }

@@ -22,7 +22,13 @@ impl Fs {
         let key = self.key(&i.path, FileKind::File);
         if acc == libc::O_RDONLY {
             // Close-to-open: a stale entry is checked against the store before reading.
-            let attr = self.revalidated(&i).await?;
+            // With a read cache, a file whose version is unknown (this mount wrote it) is
+            // asked for it once, whatever `open_cache` says, so its reads can be cached.
+            let attr = if self.read_cache.is_some() && i.etag.is_empty() && !self.has_writer(ino) {
+                self.verify(&i).await?
+            } else {
+                self.revalidated(&i).await?
+            };
             // The version the revalidation saw (none when this mount changed it since).
             let etag = self.inode(ino).map(|n| n.etag).unwrap_or_default();
             let o = &self.cfg.options;
