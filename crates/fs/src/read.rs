@@ -67,20 +67,9 @@ const BODY_ATTEMPTS: u32 = 5;
 const BODY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Bytes `start..end` of the object, exactly: fewer (a body that ended early) is retried,
-/// more (a store that ignored the range) is an error, never data handed out.
-async fn fetch(
-    store: Arc<dyn ObjectStore>,
-    bucket: String,
-    key: String,
-    start: u64,
-    end: u64,
-    pool: Option<ChunkPool>,
-) -> StoreResult<Bytes> {
-    fetch_tagged(store, bucket, key, start, end, pool).await.map(|(data, _)| data)
-}
-
-/// [`fetch`], with the ETag of the version the bytes came from (empty when the store sent
-/// none, or when a resumed body came from another version than its start).
+/// more (a store that ignored the range) is an error, never data handed out. With the
+/// ETag of the version the bytes came from (empty when the store sent none, or when a
+/// resumed body came from another version than its start).
 pub(crate) async fn fetch_tagged(
     store: Arc<dyn ObjectStore>,
     bucket: String,
@@ -340,7 +329,7 @@ impl Reader {
         async move {
             match cached {
                 Some(c) => fetch_through_cache(&c, store, &bucket, start, end, pool).await,
-                None => fetch(store, bucket, key, start, end, pool).await,
+                None => fetch_tagged(store, bucket, key, start, end, pool).await.map(|(data, _)| data),
             }
         }
     }

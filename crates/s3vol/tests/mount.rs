@@ -11,7 +11,7 @@ use s3vol_testkit::{TestS3, ACCESS_KEY, SECRET_KEY};
 const BIN: &str = env!("CARGO_BIN_EXE_s3vol");
 
 mod standalone;
-use standalone::is_mounted;
+use standalone::{is_mounted, metrics_text};
 
 struct Env {
     srv: TestS3,
@@ -846,15 +846,6 @@ fn misses_during_a_listing_start_no_second_one() {
     // Each foreground miss is a HEAD and a LIST; the rest are the background listing.
     assert!(lists - heads <= 2, "more than one background listing: {c:?}");
     assert!(heads < 8, "later misses were not answered from the listing: {c:?}");
-}
-
-fn metrics_text(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 /// Random 4 KiB reads of a large object fetch about what is read: no whole-object

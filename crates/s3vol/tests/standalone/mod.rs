@@ -82,3 +82,13 @@ impl Drop for Mounted {
         let _ = self.child.wait();
     }
 }
+
+/// The Prometheus text a `--metrics-addr` endpoint serves now.
+pub fn metrics_text(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
