@@ -117,7 +117,6 @@ pub(super) fn mount_group(cap: &pb::VolumeCapability) -> Option<String> {
     }
 }
 
-/// fsGroup semantics: the group owns everything and may write.
 /// Local directories are the node's to choose: the read cache always lives in the volume's
 /// own directory (removed at unstage), and a pod author's inline volume may not point the
 /// root server's staging files at a node path.
@@ -144,6 +143,7 @@ fn check_local_paths(o: &MountOptions, ephemeral: bool) -> CsiResult<()> {
     }
 }
 
+/// fsGroup semantics: the group owns everything and may write.
 pub(super) fn group_options(group: &str) -> CsiResult<Vec<String>> {
     group
         .parse::<u32>()

@@ -29,13 +29,7 @@ impl Fs {
             } else {
                 self.revalidated(&i).await?
             };
-            // The version the revalidation saw (none when this mount changed it since).
-            let etag = self.inode(ino).map(|n| n.etag).unwrap_or_default();
-            let o = &self.cfg.options;
-            let reader = Reader::new(self.store.clone(), self.cfg.bucket.clone(), key, attr.size, o.read_ahead)
-                .with_budget(self.wcfg.budget.clone())
-                .with_chunk_pool(self.chunk_pool.clone())
-                .with_read_cache(self.read_cache.as_ref(), &etag);
+            let reader = self.reader(ino, key, attr.size);
             return Ok(self.add_handle(Handle::Read { ino, reader }));
         }
         self.writable()?;
@@ -48,6 +42,17 @@ impl Fs {
             Writer::existing(self.store.clone(), self.cfg.bucket.clone(), key, put, self.wcfg.clone(), stored_size)
         };
         Ok(self.add_handle(Handle::Write { ino, writer: Box::new(writer), base: stored_size }))
+    }
+
+    /// A reader of `size` bytes of `key` (inode `ino`), within the mount's memory budget and
+    /// chunk buffers, through the read cache as the version the inode last learned (none
+    /// when this mount changed the object since).
+    pub(super) fn reader(&self, ino: u64, key: String, size: u64) -> Reader {
+        let etag = self.inode(ino).map(|n| n.etag).unwrap_or_default();
+        Reader::new(self.store.clone(), self.cfg.bucket.clone(), key, size, self.cfg.options.read_ahead)
+            .with_budget(self.wcfg.budget.clone())
+            .with_chunk_pool(self.chunk_pool.clone())
+            .with_read_cache(self.read_cache.as_ref(), &etag)
     }
 
     /// Creates and opens a new file.

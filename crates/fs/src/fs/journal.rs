@@ -240,15 +240,7 @@ impl Fs {
             HandleKind::Read => {
                 let attr = self.getattr(ino).await?;
                 let key = self.key(&i.path, FileKind::File);
-                let etag = self.inode(ino).map(|n| n.etag).unwrap_or_default();
-                let o = &self.cfg.options;
-                Handle::Read {
-                    ino,
-                    reader: Reader::new(self.store.clone(), self.cfg.bucket.clone(), key, attr.size, o.read_ahead)
-                        .with_budget(self.wcfg.budget.clone())
-                        .with_chunk_pool(self.chunk_pool.clone())
-                        .with_read_cache(self.read_cache.as_ref(), &etag),
-                }
+                Handle::Read { ino, reader: self.reader(ino, key, attr.size) }
             }
             HandleKind::Write => {
                 let attr = self.getattr(ino).await?;

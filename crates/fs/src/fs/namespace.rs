@@ -7,9 +7,15 @@ impl Fs {
     /// Asks the store what `name` in `parent` is: a HEAD of the key and a one-key LIST of
     /// `key/` in parallel (the LIST finds marker and implicit directories alike).
     pub(super) async fn probe(&self, parent: &Inode, name: &str) -> FsResult<Option<Inode>> {
-        // A recent listing showed this name as a plain object (no `name/` prefix beside
-        // it): its metadata needs only a HEAD, not the LIST that detects directories.
-        if self.index.kind(parent.ino, name) == Some(FileKind::File) {
+        self.probe_known(parent, name, false).await
+    }
+
+    /// [`Fs::probe`]; `known_file`: the name is a file this mount already knows (a
+    /// revalidation), so, as for a name a recent listing showed as a plain object (no
+    /// `name/` prefix beside it), its metadata needs only a HEAD, not the LIST that
+    /// detects directories. Gone, it gets the full question.
+    async fn probe_known(&self, parent: &Inode, name: &str, known_file: bool) -> FsResult<Option<Inode>> {
+        if known_file || self.index.kind(parent.ino, name) == Some(FileKind::File) {
             let path = Self::child_path(parent, name);
             // Fetched in the background while the directory was read (see AttrPrefetch).
             let (head, fetched) = match self.prefetch.take(parent.ino, name).await {
@@ -220,23 +226,8 @@ impl Fs {
     /// Reads an entry's own metadata (HEAD), replacing attributes that came from a listing.
     pub(super) async fn verify(&self, i: &Inode) -> FsResult<Attr> {
         let parent = self.inode(i.parent)?;
-        // A file's revalidation (every open after `open_cache`) needs its HEAD only; the
-        // LIST that tells directories apart is for names not known yet, or gone.
-        let known_file = match i.kind {
-            FileKind::File => {
-                match self.store.head_object(&self.cfg.bucket, &self.key(&i.path, FileKind::File)).await {
-                    Ok(m) => Some(self.make_inode(&parent, &i.name, Found::object(&m))),
-                    Err(e) if e.kind == ErrorKind::NotFound => None,
-                    Err(e) => return Err(store_errno("lookup", &e)),
-                }
-            }
-            _ => None,
-        };
-        let found = match known_file {
-            Some(f) => Some(f),
-            None => self.probe(&parent, &i.name).await?,
-        };
-        match found {
+        // A file's revalidation (every open after `open_cache`) needs its HEAD only.
+        match self.probe_known(&parent, &i.name, i.kind == FileKind::File).await? {
             Some(fresh) if fresh.kind == i.kind || i.kind == FileKind::File => {
                 let attr = Attr { ino: i.ino, ..fresh.attr };
                 let mut t = self.table.lock();
