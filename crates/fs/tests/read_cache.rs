@@ -325,11 +325,12 @@ async fn with_open_cache_the_second_epoch_makes_no_request() {
         let fh = fs.create(ROOT_INO, "mine", 0o644, ME).await.unwrap().1;
         fs.write(fh, 0, &pattern(9, 2 * MIB)).await.unwrap();
         fs.release(fh).await.unwrap();
+        assert_eq!(read_all(&fs, "mine").await, pattern(9, 2 * MIB));
+        settled(&cache, dir.path(), 5 * 300 * 1024 + 2 * MIB).await;
+        // The first read may already find a block it wrote a moment before (its first,
+        // exact read and the prefetch after it share block 0): count the second read only.
         let before = cache.stats().hit_bytes;
-        for _ in 0..2 {
-            assert_eq!(read_all(&fs, "mine").await, pattern(9, 2 * MIB));
-            settled(&cache, dir.path(), 5 * 300 * 1024 + 2 * MIB).await;
-        }
+        assert_eq!(read_all(&fs, "mine").await, pattern(9, 2 * MIB));
         assert_eq!(cache.stats().hit_bytes - before, 2 * MIB, "open_cache={open_cache}: own file not cached");
     }
 }
